@@ -1,0 +1,1 @@
+"""Device simulator, scenarios and report for sizing obrol deployments."""

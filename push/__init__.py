@@ -1,0 +1,1 @@
+"""Push bridge: wakes offline devices through APNs and other providers."""

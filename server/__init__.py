@@ -1,0 +1,1 @@
+"""The running service: HTTP API, gateway, hub, CLI."""

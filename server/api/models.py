@@ -1,0 +1,149 @@
+"""Request bodies: strict pydantic models (unknown fields refused, lengths bounded)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+]
+AccountName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=2, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"
+    ),
+]
+Phone = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 ()-]{2,31}$")
+]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Role = Literal["owner", "admin", "department_admin", "member"]
+Platform = Literal["ios", "android", "macos", "windows", "linux", "web"]
+
+
+def _ed25519_key(value: object) -> bytes:
+    """Base64 (standard or URL-safe, padding optional) of exactly 32 bytes."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("must be a base64 string")
+    try:
+        raw = base64.urlsafe_b64decode(
+            value.replace("+", "-").replace("/", "_") + "=" * (-len(value) % 4)
+        )
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64") from None
+    if len(raw) != 32:
+        raise ValueError("must be a 32-byte Ed25519 public key")
+    return raw
+
+
+PublicKey = Annotated[bytes, BeforeValidator(_ed25519_key)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OwnerIn(Strict):
+    account_name: AccountName
+    work_email: Email
+    display_name: Name
+    password: Password
+    phone: Phone | None = None
+    position: Name | None = None
+
+
+class CreateOrgIn(Strict):
+    name: Name
+    owner: OwnerIn
+
+
+class DeviceIn(Strict):
+    name: Name
+    platform: Platform
+    public_key: PublicKey
+
+
+class LoginIn(Strict):
+    email: Email
+    password: Password
+    device: DeviceIn
+
+
+class RefreshIn(Strict):
+    refresh_token: Token
+
+
+class DepartmentIn(Strict):
+    name: Name
+    parent_id: uuid.UUID | None = None
+
+
+class DepartmentPatch(Strict):
+    name: Name
+
+
+class MemberIn(Strict):
+    account_name: AccountName
+    work_email: Email
+    display_name: Name
+    initial_password: Password
+    phone: Phone | None = None
+    department_id: uuid.UUID | None = None
+    position: Name | None = None
+    role: Role = "member"
+    admin_department_id: uuid.UUID | None = None
+
+
+class MemberPatch(Strict):
+    """Only the fields sent are changed; `null` clears phone, department or position."""
+
+    account_name: AccountName | None = None
+    work_email: Email | None = None
+    display_name: Name | None = None
+    phone: Phone | None = None
+    department_id: uuid.UUID | None = None
+    position: Name | None = None
+    role: Role | None = None
+    admin_department_id: uuid.UUID | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent; raises ValueError for a null where a value is required."""
+        sent = self.model_dump(exclude_unset=True)
+        required = {"account_name", "work_email", "display_name", "role"}
+        nulls = sorted(k for k in required & set(sent) if sent[k] is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null")
+        return sent
+
+
+class ProfilePatch(Strict):
+    """Self-service corrections. Admin-controlled fields are accepted here only so the
+    handler can refuse them by name."""
+
+    display_name: Name | None = None
+    phone: Phone | None = None
+    account_name: object = None
+    work_email: object = None
+    department_id: object = None
+    position: object = None
+    role: object = None
+    admin_department_id: object = None
+
+    def changes(self) -> dict[str, Any]:
+        sent = self.model_dump(exclude_unset=True)
+        if "display_name" in sent and sent["display_name"] is None:
+            raise ValueError("display_name cannot be null")
+        return sent
+
+
+class PasswordChangeIn(Strict):
+    current_password: Password
+    new_password: Password

@@ -1,0 +1,117 @@
+"""Organizations, departments and the member directory."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from typing import Any
+
+from quart import Blueprint, request
+
+from server.api.context import actor, body, ctx, invalid
+from server.api.models import CreateOrgIn, DepartmentIn, DepartmentPatch, MemberIn, MemberPatch
+from server.api.present import account_json, department_json, org_json
+
+bp = Blueprint("orgs", __name__, url_prefix="/v1/orgs")
+
+DEFAULT_PAGE = 50
+
+
+@bp.post("")
+async def create_org() -> tuple[dict[str, Any], int]:
+    req = await body(CreateOrgIn)
+    owner = req.owner.model_dump(exclude={"password"})
+    org, account = await ctx().orgs.create_org(req.name, owner, req.owner.password)
+    return {"org": org_json(org), "owner": account_json(account)}, 201
+
+
+@bp.get("/<uuid:org_id>")
+async def get_org(org_id: uuid.UUID) -> dict[str, Any]:
+    return org_json(await ctx().orgs.get_org(await actor(), org_id))
+
+
+@bp.get("/<uuid:org_id>/departments")
+async def list_departments(org_id: uuid.UUID) -> dict[str, Any]:
+    departments = await ctx().orgs.departments(await actor(), org_id)
+    return {"departments": [department_json(d) for d in departments]}
+
+
+@bp.post("/<uuid:org_id>/departments")
+async def create_department(org_id: uuid.UUID) -> tuple[dict[str, Any], int]:
+    who = await actor()
+    req = await body(DepartmentIn)
+    department = await ctx().orgs.create_department(who, org_id, req.parent_id, req.name)
+    return department_json(department), 201
+
+
+@bp.patch("/<uuid:org_id>/departments/<uuid:department_id>")
+async def rename_department(org_id: uuid.UUID, department_id: uuid.UUID) -> dict[str, Any]:
+    who = await actor()
+    req = await body(DepartmentPatch)
+    department = await ctx().orgs.rename_department(who, org_id, department_id, req.name)
+    return department_json(department)
+
+
+def _encode_cursor(key: tuple[str, uuid.UUID]) -> str:
+    raw = json.dumps([key[0], str(key[1])]).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, uuid.UUID]:
+    try:
+        name, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return str(name), uuid.UUID(ident)
+    except (ValueError, TypeError, binascii.Error):
+        raise invalid("not a cursor this server gave out", "after") from None
+
+
+@bp.get("/<uuid:org_id>/members")
+async def directory(org_id: uuid.UUID) -> dict[str, Any]:
+    """One page of the directory: `?limit=1..200&after=<next cursor of the last page>`."""
+    who = await actor()
+    try:
+        limit = int(request.args.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        raise invalid("must be a whole number", "limit") from None
+    if not 1 <= limit <= 200:
+        raise invalid("must be between 1 and 200", "limit")
+    cursor = request.args.get("after")
+    after = None if cursor is None else _decode_cursor(cursor)
+    members, next_key = await ctx().orgs.directory(who, org_id, after, limit)
+    return {
+        "members": [account_json(m) for m in members],
+        "next": None if next_key is None else _encode_cursor(next_key),
+    }
+
+
+@bp.post("/<uuid:org_id>/members")
+async def add_member(org_id: uuid.UUID) -> tuple[dict[str, Any], int]:
+    who = await actor()
+    req = await body(MemberIn)
+    fields = req.model_dump(exclude={"initial_password"})
+    member = await ctx().orgs.add_member(who, org_id, fields, req.initial_password)
+    return account_json(member), 201
+
+
+@bp.get("/<uuid:org_id>/members/<uuid:account_id>")
+async def get_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, Any]:
+    return account_json(await ctx().orgs.member(await actor(), org_id, account_id))
+
+
+@bp.patch("/<uuid:org_id>/members/<uuid:account_id>")
+async def update_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, Any]:
+    who = await actor()
+    req = await body(MemberPatch)
+    try:
+        changes = req.changes()
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    return account_json(await ctx().orgs.update_member(who, org_id, account_id, changes))
+
+
+@bp.post("/<uuid:org_id>/members/<uuid:account_id>/deactivate")
+async def deactivate_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, Any]:
+    who = await actor()
+    return account_json(await ctx().orgs.deactivate_member(who, org_id, account_id))

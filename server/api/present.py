@@ -1,0 +1,77 @@
+"""Records -> JSON-ready dicts. ids are strings, times ISO 8601 UTC, keys base64url."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from storage.accounts import Account
+from storage.devices import Device
+from storage.logins import LoginAttempt
+from storage.orgs import Department, Org
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def org_json(org: Org) -> dict[str, Any]:
+    return {"id": str(org.id), "name": org.name, "created_at": iso(org.created_at)}
+
+
+def department_json(d: Department) -> dict[str, Any]:
+    return {
+        "id": str(d.id),
+        "org_id": str(d.org_id),
+        "parent_id": None if d.parent_id is None else str(d.parent_id),
+        "name": d.name,
+        "created_at": iso(d.created_at),
+    }
+
+
+def account_json(a: Account) -> dict[str, Any]:
+    return {
+        "id": str(a.id),
+        "org_id": str(a.org_id),
+        "account_name": a.account_name,
+        "work_email": a.work_email,
+        "display_name": a.display_name,
+        "phone": a.phone,
+        "department_id": None if a.department_id is None else str(a.department_id),
+        "position": a.position,
+        "role": a.role,
+        "admin_department_id": (
+            None if a.admin_department_id is None else str(a.admin_department_id)
+        ),
+        "status": a.status,
+        "password_change_required": a.password_change_required,
+        "created_at": iso(a.created_at),
+        "updated_at": iso(a.updated_at),
+    }
+
+
+def device_json(d: Device) -> dict[str, Any]:
+    return {
+        "id": str(d.id),
+        "name": d.name,
+        "platform": d.platform,
+        "public_key": b64url(d.public_key),
+        "created_at": iso(d.created_at),
+        "last_seen_at": iso(d.last_seen_at),
+        "revoked_at": iso(d.revoked_at),
+    }
+
+
+def login_json(r: LoginAttempt) -> dict[str, Any]:
+    return {
+        "at": iso(r.at),
+        "ip": r.ip,
+        "user_agent": r.user_agent,
+        "device_id": None if r.device_id is None else str(r.device_id),
+        "outcome": r.outcome,
+    }

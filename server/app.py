@@ -1,0 +1,89 @@
+"""The HTTP API application and the one place exceptions become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import Any
+
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from server.api import auth, me, meta, orgs
+from server.api.context import ApiContext
+from server.errors import ApiError, ApiErrorCode
+from server.logs import request_id
+from server.services import Services
+from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+HTTP_CODES = {
+    404: (ApiErrorCode.NOT_FOUND, "no such endpoint"),
+    405: (ApiErrorCode.METHOD_NOT_ALLOWED, "this endpoint does not take that method"),
+    413: (ApiErrorCode.PAYLOAD_TOO_LARGE, "the request body is too large"),
+}
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """Map any exception to the ApiError a client sees. Unexpected ones are logged."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, NotFoundError):
+        return ApiError(ApiErrorCode.NOT_FOUND, str(exc))
+    if isinstance(exc, ConflictError):
+        details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
+        return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
+    if isinstance(exc, DatabaseUnavailableError):
+        logger.error("database unavailable: %s", exc)
+        return ApiError(ApiErrorCode.DATABASE_UNAVAILABLE, "the database is unavailable")
+    if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:
+        code, message = HTTP_CODES.get(exc.code, (ApiErrorCode.INVALID_REQUEST, "bad request"))
+        return ApiError(code, message)
+    logger.exception("unexpected error", exc_info=exc)
+    return ApiError(ApiErrorCode.INTERNAL, "internal error; quote the request id when asking")
+
+
+def create_app(services: Services) -> QuartTrio:
+    """The quart-trio application serving the REST API over `services`."""
+    app = QuartTrio("obrol")
+    app.config.update(
+        MAX_CONTENT_LENGTH=services.settings.max_request_bytes,
+        BODY_TIMEOUT=services.settings.request_timeout_s,
+        RESPONSE_TIMEOUT=services.settings.request_timeout_s,
+        PROVIDE_AUTOMATIC_OPTIONS=True,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["obrol"] = ApiContext(services)
+    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp):
+        app.register_blueprint(blueprint)
+
+    @app.before_request
+    async def assign_request_id() -> None:
+        given = request.headers.get("X-Request-Id", "")
+        request_id.set(given if _REQUEST_ID.match(given) else secrets.token_hex(8))
+
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request_id.get()
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.errorhandler(Exception)
+    async def error_response(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+        error = as_api_error(exc)
+        payload: dict[str, Any] = {
+            "code": error.code.value,
+            "message": error.message,
+            "request_id": request_id.get(),
+        }
+        if error.details:
+            payload["details"] = error.details
+        return jsonify({"error": payload}), error.status, error.headers
+
+    return app

@@ -1,0 +1,108 @@
+"""The `obrol` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from protocol.errors import ObrolError
+from server.logs import configure_logging
+from server.runner import Running, serve
+from server.settings import load_settings
+
+logger = logging.getLogger("obrol")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="obrol", description="obrol team messaging server")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("serve", help="run the server (HTTP API and database)")
+    run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="HTTP API port (default 8400)")
+    run.add_argument("--data-dir", type=Path, help="data folder (default ./obrol-data)")
+    run.add_argument(
+        "--database-url",
+        help="PostgreSQL URL; without it (or OBROL_DATABASE_URL) an embedded database "
+        "is started in the data folder",
+    )
+    run.add_argument("--config", type=Path, help="TOML settings file")
+    return parser
+
+
+async def _serve_until_signalled(args: argparse.Namespace) -> None:
+    settings = load_settings(
+        args.config,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if shutdown.is_set():
+                        logger.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    logger.info("%s received: shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+                    # A shutdown that hangs is cut short.
+                    nursery.cancel_scope.deadline = (
+                        trio.current_time() + settings.shutdown_timeout_s + 10
+                    )
+
+            async def run_server(task_status: trio.TaskStatus[Running]) -> None:
+                try:
+                    await serve(settings, shutdown, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()  # the signal watcher is done too
+
+            nursery.start_soon(watch_signals)
+            running: Running = await nursery.start(run_server)
+            print(
+                f"obrol is running\n"
+                f"  API:        {running.api_url}\n"
+                f"  database:   {running.database}\n"
+                f"  server key: {running.server_key}\n"
+                f"Press Ctrl-C to stop.",
+                flush=True,
+            )
+
+
+def _obrol_errors(exc: BaseException) -> list[ObrolError]:
+    """The ObrolErrors inside `exc` (itself, or nested in exception groups)."""
+    if isinstance(exc, ObrolError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [e for sub in exc.exceptions for e in _obrol_errors(sub)]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            trio.run(_serve_until_signalled, args)
+    except (ObrolError, BaseExceptionGroup) as exc:
+        errors = _obrol_errors(exc)
+        if not errors:
+            raise
+        for error in errors:
+            print(f"obrol: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a further Ctrl-C after everything was already stopped
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

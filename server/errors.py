@@ -1,0 +1,85 @@
+"""HTTP API errors: one enum of codes, one exception type, one JSON shape.
+
+Handlers raise `ApiError` (or let storage errors through); `server.app` turns every
+exception into the JSON error body in exactly one place:
+
+    {"error": {"code": "not_found", "message": "no such member", "request_id": "..."}}
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from protocol.errors import ObrolError
+
+
+class ApiErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHENTICATED = "unauthenticated"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"
+    BAD_CREDENTIALS = "bad_credentials"
+    ACCOUNT_DEACTIVATED = "account_deactivated"
+    WEAK_PASSWORD = "weak_password"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    SIGNUP_CLOSED = "signup_closed"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    INTERNAL = "internal"
+
+
+STATUS = {
+    ApiErrorCode.INVALID_JSON: 400,
+    ApiErrorCode.INVALID_REQUEST: 422,
+    ApiErrorCode.UNAUTHENTICATED: 401,
+    ApiErrorCode.TOKEN_EXPIRED: 401,
+    ApiErrorCode.TOKEN_REVOKED: 401,
+    ApiErrorCode.BAD_CREDENTIALS: 401,
+    ApiErrorCode.ACCOUNT_DEACTIVATED: 403,
+    ApiErrorCode.WEAK_PASSWORD: 422,
+    ApiErrorCode.FORBIDDEN: 403,
+    ApiErrorCode.NOT_FOUND: 404,
+    ApiErrorCode.METHOD_NOT_ALLOWED: 405,
+    ApiErrorCode.CONFLICT: 409,
+    ApiErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ApiErrorCode.RATE_LIMITED: 429,
+    ApiErrorCode.SIGNUP_CLOSED: 403,
+    ApiErrorCode.DATABASE_UNAVAILABLE: 503,
+    ApiErrorCode.INTERNAL: 500,
+}
+
+
+class ApiError(ObrolError):
+    """An error a client caused or must know about; becomes one JSON error response."""
+
+    def __init__(
+        self,
+        code: ApiErrorCode,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+
+def forbidden(message: str = "you may not do this") -> ApiError:
+    return ApiError(ApiErrorCode.FORBIDDEN, message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(ApiErrorCode.NOT_FOUND, message)

@@ -1,0 +1,1 @@
+"""Business rules, one module per domain, between the REST layer and the stores."""

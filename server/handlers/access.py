@@ -1,0 +1,86 @@
+"""Who may do what: the authenticated actor and the organization's role rules.
+
+Roles: owner > admin > department_admin (scoped to one department subtree) > member.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from server.errors import ApiError, ApiErrorCode, forbidden
+from server.services import Services
+from storage.accounts import Account
+
+ROLES = ("owner", "admin", "department_admin", "member")
+ADMIN_ROLES = frozenset({"owner", "admin"})
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The account and device behind an authenticated request."""
+
+    account_id: uuid.UUID
+    org_id: uuid.UUID
+    device_id: uuid.UUID
+    role: str
+    admin_department_id: uuid.UUID | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in ADMIN_ROLES
+
+
+def require_org(actor: Actor, org_id: uuid.UUID) -> None:
+    """Members act only inside their own organization."""
+    if actor.org_id != org_id:
+        raise forbidden("you are not a member of this organization")
+
+
+async def department_in_scope(
+    services: Services, actor: Actor, department_id: uuid.UUID | None
+) -> bool:
+    """Can `actor` administer things placed in `department_id`?"""
+    if actor.is_admin:
+        return True
+    if actor.role != "department_admin" or actor.admin_department_id is None:
+        return False
+    if department_id is None:
+        return False
+    return await services.orgs.in_subtree(actor.org_id, actor.admin_department_id, department_id)
+
+
+async def require_department_scope(
+    services: Services, actor: Actor, department_id: uuid.UUID | None
+) -> None:
+    if not await department_in_scope(services, actor, department_id):
+        raise forbidden("this is outside the departments you administer")
+
+
+async def require_member_scope(services: Services, actor: Actor, target: Account) -> None:
+    """May `actor` correct or deactivate `target`?
+
+    Owners manage everyone; admins everyone but owners; department admins plain members
+    placed in their subtree.
+    """
+    if actor.role == "owner":
+        return
+    if actor.role == "admin":
+        if target.role == "owner":
+            raise forbidden("only an owner may change an owner")
+        return
+    if actor.role == "department_admin" and target.role == "member":
+        await require_department_scope(services, actor, target.department_id)
+        return
+    raise forbidden("you may not manage this member")
+
+
+def require_role_grant(actor: Actor, role: str) -> None:
+    """May `actor` give someone `role`? Owners any; admins up to department admin."""
+    allowed = {
+        "owner": set(ROLES),
+        "admin": {"department_admin", "member"},
+        "department_admin": {"member"},
+    }.get(actor.role, set())
+    if role not in allowed:
+        raise ApiError(ApiErrorCode.FORBIDDEN, f"you may not give the role {role!r}")

@@ -1,0 +1,153 @@
+"""Organizations, their department tree and their member directory."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from server.errors import ApiError, ApiErrorCode, forbidden
+from server.handlers.access import (
+    Actor,
+    require_department_scope,
+    require_member_scope,
+    require_org,
+    require_role_grant,
+)
+from server.passwords import password_problems
+from server.services import Services
+from storage.accounts import Account, NewAccount
+from storage.orgs import Department, Org
+
+DIRECTORY_PAGE_MAX = 200
+
+
+def check_password(password: str, account_name: str, work_email: str) -> None:
+    """Raise weak_password with the reasons unless `password` meets the rule."""
+    problems = password_problems(
+        password, personal=(account_name, work_email.split("@", maxsplit=1)[0])
+    )
+    if problems:
+        raise ApiError(
+            ApiErrorCode.WEAK_PASSWORD,
+            "the password is too weak",
+            details=[{"field": "password", "problem": p} for p in problems],
+        )
+
+
+class OrgHandler:
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def create_org(
+        self, name: str, owner: dict[str, Any], password: str
+    ) -> tuple[Org, Account]:
+        """Create an organization with its first owner (open sign-up, if enabled)."""
+        if not self._s.settings.allow_org_signup:
+            raise ApiError(ApiErrorCode.SIGNUP_CLOSED, "this server does not take new orgs")
+        check_password(password, owner["account_name"], owner["work_email"])
+        new = NewAccount(
+            **owner, role="owner", password_hash=await self._s.passwords.hash(password)
+        )
+        return await self._s.orgs.create(name, new)
+
+    async def get_org(self, actor: Actor, org_id: uuid.UUID) -> Org:
+        require_org(actor, org_id)
+        return await self._s.orgs.get(org_id)
+
+    async def departments(self, actor: Actor, org_id: uuid.UUID) -> list[Department]:
+        require_org(actor, org_id)
+        return await self._s.orgs.departments(org_id)
+
+    async def create_department(
+        self, actor: Actor, org_id: uuid.UUID, parent_id: uuid.UUID | None, name: str
+    ) -> Department:
+        """Admins anywhere; department admins only below their own department."""
+        require_org(actor, org_id)
+        if not actor.is_admin:
+            await require_department_scope(self._s, actor, parent_id)
+        return await self._s.orgs.create_department(org_id, parent_id, name)
+
+    async def rename_department(
+        self, actor: Actor, org_id: uuid.UUID, department_id: uuid.UUID, name: str
+    ) -> Department:
+        require_org(actor, org_id)
+        await require_department_scope(self._s, actor, department_id)
+        return await self._s.orgs.rename_department(org_id, department_id, name)
+
+    async def directory(
+        self, actor: Actor, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
+    ) -> tuple[list[Account], tuple[str, uuid.UUID] | None]:
+        """One page of the member directory and the keyset of the next page (or None)."""
+        require_org(actor, org_id)
+        limit = max(1, min(limit, DIRECTORY_PAGE_MAX))
+        rows = await self._s.accounts.directory(org_id, after, limit + 1)
+        if len(rows) <= limit:
+            return rows, None
+        last = rows[limit - 1]
+        return rows[:limit], (last.display_name.lower(), last.id)
+
+    async def member(self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+        require_org(actor, org_id)
+        return await self._s.accounts.get(org_id, account_id)
+
+    async def add_member(
+        self, actor: Actor, org_id: uuid.UUID, fields: dict[str, Any], initial_password: str
+    ) -> Account:
+        """Add a member who must change the initial password at first login."""
+        require_org(actor, org_id)
+        role = fields.get("role", "member")
+        require_role_grant(actor, role)
+        await self._check_placement(actor, fields, role)
+        check_password(initial_password, fields["account_name"], fields["work_email"])
+        new = NewAccount(
+            **fields,
+            password_hash=await self._s.passwords.hash(initial_password),
+            password_change_required=True,
+        )
+        return await self._s.accounts.add(org_id, new)
+
+    async def update_member(
+        self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
+    ) -> Account:
+        """Correct a member's directory entry, within the actor's rights."""
+        require_org(actor, org_id)
+        target = await self._s.accounts.get(org_id, account_id)
+        await require_member_scope(self._s, actor, target)
+        role = changes.get("role", target.role)
+        if "role" in changes:
+            if target.id == actor.account_id:
+                raise forbidden("you may not change your own role")
+            require_role_grant(actor, role)
+        if role != "department_admin":
+            changes["admin_department_id"] = None
+        merged = {
+            "department_id": target.department_id,
+            "admin_department_id": target.admin_department_id,
+        } | changes
+        await self._check_placement(actor, merged, role)
+        return await self._s.accounts.update(org_id, account_id, changes)
+
+    async def deactivate_member(
+        self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID
+    ) -> Account:
+        """Deactivate a member: their tokens stop working at once."""
+        require_org(actor, org_id)
+        if account_id == actor.account_id:
+            raise forbidden("you may not deactivate yourself")
+        target = await self._s.accounts.get(org_id, account_id)
+        await require_member_scope(self._s, actor, target)
+        return await self._s.accounts.deactivate(org_id, account_id)
+
+    async def _check_placement(self, actor: Actor, fields: dict[str, Any], role: str) -> None:
+        """Department admins place members only inside their own subtree."""
+        if actor.role == "department_admin":
+            await require_department_scope(self._s, actor, fields.get("department_id"))
+        if role == "department_admin":
+            scope = fields.get("admin_department_id")
+            if scope is None:
+                raise ApiError(
+                    ApiErrorCode.INVALID_REQUEST,
+                    "a department admin needs admin_department_id",
+                    details=[{"field": "admin_department_id", "problem": "required"}],
+                )
+            await require_department_scope(self._s, actor, scope)

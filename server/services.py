@@ -1,0 +1,43 @@
+"""Everything a request handler needs, built once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from nacl.signing import SigningKey
+
+from server.passwords import PasswordHasher
+from server.settings import Settings
+from storage.accounts import AccountStore
+from storage.database import Database
+from storage.devices import DeviceStore
+from storage.logins import LoginRecordStore
+from storage.orgs import OrgStore
+from storage.tokens import TokenStore
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    identity: SigningKey
+    passwords: PasswordHasher
+    clock: Callable[[], datetime] = utc_now
+    orgs: OrgStore = field(init=False)
+    accounts: AccountStore = field(init=False)
+    devices: DeviceStore = field(init=False)
+    tokens: TokenStore = field(init=False)
+    logins: LoginRecordStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.orgs = OrgStore(self.db)
+        self.accounts = AccountStore(self.db)
+        self.devices = DeviceStore(self.db)
+        self.tokens = TokenStore(self.db)
+        self.logins = LoginRecordStore(self.db)

@@ -1,0 +1,92 @@
+"""The one settings object: defaults < TOML file < OBROL_* environment < command-line flags.
+
+Validated once at start-up; an unknown key or a bad value stops the server with a message
+naming the field. Units are in the names.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from protocol.errors import ObrolError
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "obrol_config_file", default=None
+)
+
+
+class SettingsError(ObrolError):
+    """The configuration is invalid; the message names the field and the problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OBROL_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=0, le=65535)
+    data_dir: Path = Path("obrol-data")
+    database_url: SecretStr | None = None
+    db_pool_size: int = Field(10, ge=1, le=200)
+    postgres_bin_dir: Path | None = None
+    postgres_os_user: str | None = None
+
+    access_token_ttl_s: int = Field(15 * 60, ge=10, le=24 * 3600)
+    refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    login_failure_window_s: int = Field(15 * 60, ge=1)
+    login_failures_per_account: int = Field(5, ge=1)
+    login_failures_per_ip: int = Field(50, ge=1)
+    password_hash_strength: Literal["minimal", "interactive", "moderate", "sensitive"] = (
+        "interactive"
+    )
+    allow_org_signup: bool = True
+
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(30.0, gt=0)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; raises SettingsError saying what is wrong."""
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file {config_file} does not exist")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from None
+    finally:
+        _config_file.reset(token)

@@ -1,0 +1,1 @@
+"""PostgreSQL through asyncpg, reached from trio through one bridge (see `storage.bridge`)."""

@@ -1,0 +1,229 @@
+"""Member accounts: the organization's directory, and what login needs."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from storage.database import Database
+from storage.errors import NotFoundError
+
+COLUMNS = """id, org_id, account_name, work_email, display_name, phone, department_id,
+    position, role, admin_department_id, status, password_change_required,
+    created_at, updated_at"""
+
+# Fields `update` may change; everything else is fixed or has its own operation.
+UPDATABLE = frozenset(
+    {
+        "account_name",
+        "work_email",
+        "display_name",
+        "phone",
+        "department_id",
+        "position",
+        "role",
+        "admin_department_id",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    account_name: str
+    work_email: str
+    display_name: str
+    password_hash: bytes
+    role: str = "member"
+    phone: str | None = None
+    department_id: uuid.UUID | None = None
+    position: str | None = None
+    admin_department_id: uuid.UUID | None = None
+    password_change_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: uuid.UUID
+    org_id: uuid.UUID
+    account_name: str
+    work_email: str
+    display_name: str
+    phone: str | None
+    department_id: uuid.UUID | None
+    position: str | None
+    role: str
+    admin_department_id: uuid.UUID | None
+    status: str
+    password_change_required: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def _account(row: Any) -> Account:
+    return Account(**{name: row[name] for name in Account.__slots__})
+
+
+async def insert_account(conn: Any, org_id: uuid.UUID, new: NewAccount) -> Account:
+    """Insert a member (on an open transaction). ConflictError for a taken name or email."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO accounts (id, org_id, account_name, work_email, display_name, phone,
+                department_id, position, role, admin_department_id, password_hash,
+                password_change_required)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            RETURNING {COLUMNS}""",
+        uuid.uuid4(),
+        org_id,
+        new.account_name,
+        new.work_email,
+        new.display_name,
+        new.phone,
+        new.department_id,
+        new.position,
+        new.role,
+        new.admin_department_id,
+        new.password_hash,
+        new.password_change_required,
+    )
+    return _account(row)
+
+
+async def _get(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM accounts WHERE org_id = $1 AND id = $2", org_id, account_id
+    )
+    if row is None:
+        raise NotFoundError("no such member")
+    return _account(row)
+
+
+async def _find_for_login(conn: Any, email: str) -> tuple[Account, bytes] | None:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS}, password_hash FROM accounts WHERE lower(work_email) = lower($1)",
+        email,
+    )
+    return None if row is None else (_account(row), bytes(row["password_hash"]))
+
+
+async def _password_hash(conn: Any, account_id: uuid.UUID) -> bytes:
+    value = await conn.fetchval("SELECT password_hash FROM accounts WHERE id = $1", account_id)
+    if value is None:
+        raise NotFoundError("no such member")
+    return bytes(value)
+
+
+async def _list(
+    conn: Any, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
+) -> list[Account]:
+    if after is None:
+        rows = await conn.fetch(
+            f"""SELECT {COLUMNS} FROM accounts WHERE org_id = $1
+                ORDER BY lower(display_name), id LIMIT $2""",
+            org_id,
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            f"""SELECT {COLUMNS} FROM accounts WHERE org_id = $1
+                  AND (lower(display_name), id) > ($2, $3)
+                ORDER BY lower(display_name), id LIMIT $4""",
+            org_id,
+            after[0],
+            after[1],
+            limit,
+        )
+    return [_account(r) for r in rows]
+
+
+async def _update(
+    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
+) -> Account:
+    unknown = set(changes) - UPDATABLE
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    if not changes:
+        return await _get(conn, org_id, account_id)
+    names = sorted(changes)
+    assignments = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(names))
+    row = await conn.fetchrow(
+        f"""UPDATE accounts SET {assignments}, updated_at = now()
+            WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}""",
+        org_id,
+        account_id,
+        *(changes[name] for name in names),
+    )
+    if row is None:
+        raise NotFoundError("no such member")
+    return _account(row)
+
+
+async def _set_password(
+    conn: Any, account_id: uuid.UUID, password_hash: bytes, change_required: bool
+) -> None:
+    await conn.execute(
+        """UPDATE accounts SET password_hash = $2, password_change_required = $3,
+               updated_at = now() WHERE id = $1""",
+        account_id,
+        password_hash,
+        change_required,
+    )
+
+
+async def _deactivate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+    row = await conn.fetchrow(
+        f"""UPDATE accounts SET status = 'deactivated', updated_at = now()
+            WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}""",
+        org_id,
+        account_id,
+    )
+    if row is None:
+        raise NotFoundError("no such member")
+    await conn.execute(
+        """UPDATE auth_tokens SET revoked_at = now()
+           WHERE account_id = $1 AND revoked_at IS NULL""",
+        account_id,
+    )
+    return _account(row)
+
+
+class AccountStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, org_id: uuid.UUID, new: NewAccount) -> Account:
+        """ConflictError for a taken account name or email; NotFoundError for a department
+        outside the org."""
+        return await self._db.transaction(insert_account, org_id, new)
+
+    async def get(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+        """NotFoundError unless the account exists in `org_id`."""
+        return await self._db.transaction(_get, org_id, account_id)
+
+    async def find_for_login(self, email: str) -> tuple[Account, bytes] | None:
+        """The account with this work email (any case) and its password hash."""
+        return await self._db.transaction(_find_for_login, email)
+
+    async def password_hash(self, account_id: uuid.UUID) -> bytes:
+        return await self._db.transaction(_password_hash, account_id)
+
+    async def directory(
+        self, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
+    ) -> list[Account]:
+        """Members of `org_id` ordered by display name, after the keyset `after`."""
+        return await self._db.transaction(_list, org_id, after, limit)
+
+    async def update(
+        self, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
+    ) -> Account:
+        """Change fields named in UPDATABLE. ConflictError / NotFoundError as for `add`."""
+        return await self._db.transaction(_update, org_id, account_id, changes)
+
+    async def set_password(
+        self, account_id: uuid.UUID, password_hash: bytes, *, change_required: bool
+    ) -> None:
+        await self._db.transaction(_set_password, account_id, password_hash, change_required)
+
+    async def deactivate(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+        """Deactivate the member and revoke every token of theirs, in one transaction."""
+        return await self._db.transaction(_deactivate, org_id, account_id)

@@ -1,0 +1,114 @@
+"""Enrolled devices: each holds its own Ed25519 key; the server never sees device secrets."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from storage.database import Database
+from storage.errors import ConflictError, NotFoundError
+
+COLUMNS = "id, account_id, name, platform, public_key, created_at, last_seen_at, revoked_at"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    platform: str
+    public_key: bytes
+    created_at: datetime
+    last_seen_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _device(row: Any) -> Device:
+    return Device(
+        row["id"],
+        row["account_id"],
+        row["name"],
+        row["platform"],
+        bytes(row["public_key"]),
+        row["created_at"],
+        row["last_seen_at"],
+        row["revoked_at"],
+    )
+
+
+async def enroll_device(
+    conn: Any, account_id: uuid.UUID, name: str, platform: str, public_key: bytes
+) -> Device:
+    """Enroll a key for the account, or return the live device that already holds it.
+
+    ConflictError if the key belongs to another account or to a revoked device.
+    """
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM devices WHERE public_key = $1", public_key)
+    if row is not None:
+        if row["account_id"] != account_id or row["revoked_at"] is not None:
+            raise ConflictError("this device key cannot be enrolled", field="public_key")
+        return _device(row)
+    row = await conn.fetchrow(
+        f"""INSERT INTO devices (id, account_id, name, platform, public_key)
+            VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}""",
+        uuid.uuid4(),
+        account_id,
+        name,
+        platform,
+        public_key,
+    )
+    return _device(row)
+
+
+async def _list(conn: Any, account_id: uuid.UUID) -> list[Device]:
+    rows = await conn.fetch(
+        f"SELECT {COLUMNS} FROM devices WHERE account_id = $1 ORDER BY created_at, id",
+        account_id,
+    )
+    return [_device(r) for r in rows]
+
+
+async def _get(conn: Any, device_id: uuid.UUID) -> Device:
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM devices WHERE id = $1", device_id)
+    if row is None:
+        raise NotFoundError("no such device")
+    return _device(row)
+
+
+async def _revoke(conn: Any, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
+    row = await conn.fetchrow(
+        f"""UPDATE devices SET revoked_at = coalesce(revoked_at, now())
+            WHERE id = $1 AND account_id = $2 RETURNING {COLUMNS}""",
+        device_id,
+        account_id,
+    )
+    if row is None:
+        raise NotFoundError("no such device")
+    await conn.execute(
+        "UPDATE auth_tokens SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL",
+        device_id,
+    )
+    return _device(row)
+
+
+class DeviceStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def enroll(
+        self, account_id: uuid.UUID, name: str, platform: str, public_key: bytes
+    ) -> Device:
+        return await self._db.transaction(enroll_device, account_id, name, platform, public_key)
+
+    async def list(self, account_id: uuid.UUID) -> list[Device]:
+        return await self._db.transaction(_list, account_id)
+
+    async def get(self, device_id: uuid.UUID) -> Device:
+        """NotFoundError for an unknown id."""
+        return await self._db.transaction(_get, device_id)
+
+    async def revoke(self, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
+        """Revoke the account's device and every token bound to it, in one transaction."""
+        return await self._db.transaction(_revoke, account_id, device_id)

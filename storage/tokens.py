@@ -1,0 +1,201 @@
+"""Device-bound bearer tokens. Only SHA-256 hashes of tokens are stored.
+
+Access and refresh tokens are issued in pairs sharing a `family`. Refreshing rotates the
+pair; presenting a refresh token that was already rotated away revokes the whole family
+(a stolen token was used twice).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from storage.database import Database
+from storage.devices import Device, enroll_device
+from storage.logins import LoginAttempt, record_login
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHashes:
+    access: bytes
+    refresh: bytes
+    access_expires_at: datetime
+    refresh_expires_at: datetime
+
+
+class TokenStatus(Enum):
+    VALID = "valid"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """What a presented token proves. Fields other than `status` are set unless UNKNOWN."""
+
+    status: TokenStatus
+    account_id: uuid.UUID | None = None
+    org_id: uuid.UUID | None = None
+    device_id: uuid.UUID | None = None
+    role: str | None = None
+    admin_department_id: uuid.UUID | None = None
+
+
+async def issue_tokens(
+    conn: Any,
+    account_id: uuid.UUID,
+    device_id: uuid.UUID,
+    family: uuid.UUID,
+    hashes: TokenHashes,
+    now: datetime,
+) -> None:
+    """Store a new token pair (on an open transaction)."""
+    await conn.executemany(
+        """INSERT INTO auth_tokens (token_hash, kind, device_id, account_id, family,
+               created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        [
+            (hashes.access, "access", device_id, account_id, family, now, hashes.access_expires_at),
+            (
+                hashes.refresh,
+                "refresh",
+                device_id,
+                account_id,
+                family,
+                now,
+                hashes.refresh_expires_at,
+            ),
+        ],
+    )
+
+
+async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tuple[TokenCheck, Any]:
+    row = await conn.fetchrow(
+        """SELECT t.family, t.expires_at, t.revoked_at, t.device_id, t.account_id,
+                  d.revoked_at AS device_revoked_at, a.org_id, a.role, a.admin_department_id,
+                  a.status
+           FROM auth_tokens t JOIN devices d ON d.id = t.device_id
+                JOIN accounts a ON a.id = t.account_id
+           WHERE t.token_hash = $1 AND t.kind = $2""",
+        token_hash,
+        kind,
+    )
+    if row is None:
+        return TokenCheck(TokenStatus.UNKNOWN), None
+    if (
+        row["revoked_at"] is not None
+        or row["device_revoked_at"] is not None
+        or row["status"] != "active"
+    ):
+        status = TokenStatus.REVOKED
+    elif row["expires_at"] <= now:
+        status = TokenStatus.EXPIRED
+    else:
+        status = TokenStatus.VALID
+    check = TokenCheck(
+        status,
+        row["account_id"],
+        row["org_id"],
+        row["device_id"],
+        row["role"],
+        row["admin_department_id"],
+    )
+    return check, row
+
+
+async def _authenticate(conn: Any, token_hash: bytes, now: datetime) -> TokenCheck:
+    check, _ = await _check(conn, token_hash, "access", now)
+    return check
+
+
+async def _rotate(conn: Any, refresh_hash: bytes, new: TokenHashes, now: datetime) -> TokenCheck:
+    check, row = await _check(conn, refresh_hash, "refresh", now)
+    if check.status is TokenStatus.REVOKED and row["revoked_at"] is not None:
+        # A rotated-away refresh token came back: assume theft, end the whole family.
+        await conn.execute(
+            "UPDATE auth_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+            row["family"],
+            now,
+        )
+    if check.status is not TokenStatus.VALID:
+        return check
+    await conn.execute(
+        "UPDATE auth_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+        row["family"],
+        now,
+    )
+    await issue_tokens(conn, row["account_id"], row["device_id"], row["family"], new, now)
+    return check
+
+
+async def _revoke_device_tokens(conn: Any, device_id: uuid.UUID, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE auth_tokens SET revoked_at = $2 WHERE device_id = $1 AND revoked_at IS NULL",
+        device_id,
+        now,
+    )
+
+
+async def _open_session(
+    conn: Any,
+    account_id: uuid.UUID,
+    device_name: str,
+    platform: str,
+    public_key: bytes,
+    hashes: TokenHashes,
+    attempt: LoginAttempt,
+) -> Device:
+    device = await enroll_device(conn, account_id, device_name, platform, public_key)
+    await _revoke_device_tokens(conn, device.id, attempt.at)  # one live session per device
+    await issue_tokens(conn, account_id, device.id, uuid.uuid4(), hashes, attempt.at)
+    await record_login(
+        conn,
+        LoginAttempt(
+            attempt.at,
+            attempt.login_name,
+            attempt.ip,
+            attempt.user_agent,
+            attempt.outcome,
+            account_id,
+            device.id,
+        ),
+    )
+    return device
+
+
+class TokenStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def open_session(
+        self,
+        account_id: uuid.UUID,
+        device_name: str,
+        platform: str,
+        public_key: bytes,
+        hashes: TokenHashes,
+        attempt: LoginAttempt,
+    ) -> Device:
+        """After a good password: enroll (or reuse) the device, replace its tokens with a
+        new pair and write the login record, in one transaction."""
+        return await self._db.transaction(
+            _open_session, account_id, device_name, platform, public_key, hashes, attempt
+        )
+
+    async def issue(
+        self, account_id: uuid.UUID, device_id: uuid.UUID, hashes: TokenHashes, now: datetime
+    ) -> None:
+        await self._db.transaction(issue_tokens, account_id, device_id, uuid.uuid4(), hashes, now)
+
+    async def authenticate(self, access_hash: bytes, now: datetime) -> TokenCheck:
+        return await self._db.transaction(_authenticate, access_hash, now)
+
+    async def rotate(self, refresh_hash: bytes, new: TokenHashes, now: datetime) -> TokenCheck:
+        """Swap a valid refresh token for the new pair; VALID means `new` is now live."""
+        return await self._db.transaction(_rotate, refresh_hash, new, now)
+
+    async def revoke_device(self, device_id: uuid.UUID, now: datetime) -> None:
+        await self._db.transaction(_revoke_device_tokens, device_id, now)

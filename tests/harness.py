@@ -1,0 +1,157 @@
+"""A running obrol for tests, with an HTTP client and helpers for common set-up."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from nacl.signing import SigningKey
+
+from server.runner import Running, serve
+from server.settings import Settings, load_settings
+
+PASSWORD = "Sunny-Harbour-42"
+
+
+class FakeClock:
+    """The server's wall clock, moved by tests instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class Session:
+    """A logged-in device."""
+
+    account: dict[str, Any]
+    device: dict[str, Any]
+    access_token: str
+    refresh_token: str
+    key: SigningKey
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+    @property
+    def org_id(self) -> str:
+        return str(self.account["org_id"])
+
+    @property
+    def id(self) -> str:
+        return str(self.account["id"])
+
+
+@dataclass
+class Harness:
+    running: Running
+    client: httpx.AsyncClient
+    clock: FakeClock
+    settings: Settings
+    _emails: int = field(default=0)
+
+    async def create_org(self, name: str = "Acme", owner: str = "olivia") -> Session:
+        """A new org; returns its owner, logged in on a fresh device."""
+        email = f"{owner}@{name.lower()}.example"
+        response = await self.client.post(
+            "/v1/orgs",
+            json={
+                "name": name,
+                "owner": {
+                    "account_name": owner,
+                    "work_email": email,
+                    "display_name": owner.title(),
+                    "password": PASSWORD,
+                },
+            },
+        )
+        assert response.status_code == 201, response.text
+        return await self.login(email)
+
+    async def login(self, email: str, password: str = PASSWORD) -> Session:
+        key = SigningKey.generate()
+        response = await self.client.post(
+            "/v1/login",
+            json={
+                "email": email,
+                "password": password,
+                "device": {
+                    "name": "laptop",
+                    "platform": "linux",
+                    "public_key": b64(bytes(key.verify_key)),
+                },
+            },
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        return Session(
+            body["account"], body["device"], body["access_token"], body["refresh_token"], key
+        )
+
+    async def add_member(self, admin: Session, account_name: str, **fields: Any) -> Session:
+        """Add a member through the admin API and log them in."""
+        email = f"{account_name}@members.example"
+        response = await self.client.post(
+            f"/v1/orgs/{admin.org_id}/members",
+            headers=admin.headers,
+            json={
+                "account_name": account_name,
+                "work_email": email,
+                "display_name": account_name.title(),
+                "initial_password": PASSWORD,
+                **fields,
+            },
+        )
+        assert response.status_code == 201, response.text
+        return await self.login(email)
+
+    async def department(self, admin: Session, name: str, parent: str | None = None) -> str:
+        response = await self.client.post(
+            f"/v1/orgs/{admin.org_id}/departments",
+            headers=admin.headers,
+            json={"name": name, "parent_id": parent},
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+
+@asynccontextmanager
+async def start_harness(
+    nursery: trio.Nursery, database_url: str, data_dir: Path, **overrides: Any
+) -> AsyncIterator[Harness]:
+    settings = load_settings(
+        None,
+        database_url=database_url,
+        data_dir=data_dir,
+        port=0,
+        password_hash_strength="minimal",
+        db_pool_size=4,
+        **overrides,
+    )
+    clock = FakeClock()
+    shutdown = trio.Event()
+    running: Running = await nursery.start(partial(serve, settings, shutdown, clock=clock))
+    try:
+        async with httpx.AsyncClient(base_url=running.api_url, timeout=30) as client:
+            yield Harness(running, client, clock, settings)
+    finally:
+        shutdown.set()
