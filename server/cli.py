@@ -44,8 +44,9 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
     )
     configure_logging(settings.log_level, settings.log_format)
     shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # The receiver must outlive the nursery: its body ends long before the server does.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 async for signum in signals:

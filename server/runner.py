@@ -104,6 +104,7 @@ async def _serve_http(
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout_s
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler only
     app = create_app(services)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(

@@ -50,6 +50,20 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
 
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped has stopped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
 def create_private_dir(path: Path) -> None:
     """Create obrol's data folder if missing: private to us, but enterable (never
     listable) by others when we are root, since PostgreSQL must then run as another user."""
@@ -240,9 +254,7 @@ class EmbeddedPostgres:
         logger.warning("stopping PostgreSQL (pid %d) left running by an earlier obrol", pid)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 return
             time.sleep(0.05)
         raise EmbeddedPostgresError(f"PostgreSQL left running as pid {pid} did not stop")

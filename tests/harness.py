@@ -155,3 +155,15 @@ async def start_harness(
             yield Harness(running, client, clock, settings)
     finally:
         shutdown.set()
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is the one JSON error shape with this status and code."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert error["code"] == code, error
+    assert error["message"]
+    assert error["request_id"] == response.headers["X-Request-Id"]
+    return error
