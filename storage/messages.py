@@ -1,0 +1,281 @@
+"""Stored messages: group-committed appends, catch-up by stream position, history by seq."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from storage.database import Database
+from storage.stream import allocate_positions, lock_stream
+
+COLUMNS = """m.id, m.conversation_id, m.seq, m.pos, m.sender_id, m.sender_device_id,
+    m.client_id, m.kind, m.body, m.consent, m.sent_at"""
+
+# A member sees a message if it was stored while they were a member.
+VISIBLE = "m.pos > cm.joined_pos AND (cm.left_pos IS NULL OR m.pos <= cm.left_pos)"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    conversation_id: uuid.UUID
+    sender_id: uuid.UUID
+    sender_device_id: uuid.UUID
+    client_id: str
+    kind: str
+    body: bytes
+    consent: bytes | None
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    pos: int
+    sender_id: uuid.UUID
+    sender_device_id: uuid.UUID
+    client_id: str
+    kind: str
+    body: bytes
+    consent: bytes | None
+    sent_at: datetime
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same sender device and client id as a stored message
+    NOT_MEMBER = "not_member"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    outcome: Outcome
+    message: StoredMessage | None  # the stored message (the original one for DUPLICATE)
+
+
+def _stored(row: Any) -> StoredMessage:
+    return StoredMessage(
+        row["id"],
+        row["conversation_id"],
+        row["seq"],
+        row["pos"],
+        row["sender_id"],
+        row["sender_device_id"],
+        row["client_id"],
+        row["kind"],
+        bytes(row["body"]),
+        None if row["consent"] is None else bytes(row["consent"]),
+        row["sent_at"],
+    )
+
+
+async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResult]:
+    """Store a batch in one transaction; one result per item, in order.
+
+    Items whose sender is not an active member of the conversation are refused, and an
+    item repeating a stored (sender device, client id) returns the stored message:
+    neither aborts the rest of the batch.
+    """
+    members = {
+        (r["conversation_id"], r["account_id"])
+        for r in await conn.fetch(
+            """SELECT cm.conversation_id, cm.account_id FROM conversation_members cm
+               JOIN unnest($1::uuid[], $2::uuid[]) AS want(c, a)
+                 ON cm.conversation_id = want.c AND cm.account_id = want.a
+               WHERE cm.left_pos IS NULL""",
+            [i.conversation_id for i in items],
+            [i.sender_id for i in items],
+        )
+    }
+    existing = {
+        (r["sender_device_id"], r["client_id"]): _stored(r)
+        for r in await conn.fetch(
+            f"""SELECT {COLUMNS} FROM messages m
+                JOIN unnest($1::uuid[], $2::text[]) AS want(d, c)
+                  ON m.sender_device_id = want.d AND m.client_id = want.c""",
+            [i.sender_device_id for i in items],
+            [i.client_id for i in items],
+        )
+    }
+    results: list[AppendResult | None] = [None] * len(items)
+    fresh: list[int] = []
+    claimed: dict[tuple[uuid.UUID, str], int] = {}
+    for index, item in enumerate(items):
+        key = (item.sender_device_id, item.client_id)
+        if key in existing:
+            results[index] = AppendResult(Outcome.DUPLICATE, existing[key])
+        elif (item.conversation_id, item.sender_id) not in members:
+            results[index] = AppendResult(Outcome.NOT_MEMBER, None)
+        elif key in claimed:
+            continue  # a repeat inside this batch: answered with the first one below
+        else:
+            claimed[key] = index
+            fresh.append(index)
+    if fresh:
+        await lock_stream(conn)
+        per_conversation: dict[uuid.UUID, list[int]] = {}
+        for index in fresh:
+            per_conversation.setdefault(items[index].conversation_id, []).append(index)
+        seqs: dict[int, int] = {}
+        for conversation_id, indexes in per_conversation.items():
+            last = await conn.fetchval(
+                """UPDATE conversations SET last_seq = last_seq + $2 WHERE id = $1
+                   RETURNING last_seq""",
+                conversation_id,
+                len(indexes),
+            )
+            for offset, index in enumerate(indexes):
+                seqs[index] = last - len(indexes) + 1 + offset
+        positions = await allocate_positions(conn, len(fresh))
+        stored: list[StoredMessage] = []
+        for index, pos in zip(fresh, positions, strict=True):
+            item = items[index]
+            message = StoredMessage(
+                uuid.uuid4(),
+                item.conversation_id,
+                seqs[index],
+                pos,
+                item.sender_id,
+                item.sender_device_id,
+                item.client_id,
+                item.kind,
+                item.body,
+                item.consent,
+                item.sent_at,
+            )
+            stored.append(message)
+            results[index] = AppendResult(Outcome.STORED, message)
+        await conn.copy_records_to_table(
+            "messages",
+            records=[
+                (
+                    m.id,
+                    m.conversation_id,
+                    m.seq,
+                    m.pos,
+                    m.sender_id,
+                    m.sender_device_id,
+                    m.client_id,
+                    m.kind,
+                    m.body,
+                    m.consent,
+                    m.sent_at,
+                )
+                for m in stored
+            ],
+            columns=[
+                "id",
+                "conversation_id",
+                "seq",
+                "pos",
+                "sender_id",
+                "sender_device_id",
+                "client_id",
+                "kind",
+                "body",
+                "consent",
+                "sent_at",
+            ],
+        )
+    for index, item in enumerate(items):
+        if results[index] is None:  # an in-batch repeat
+            first = results[claimed[(item.sender_device_id, item.client_id)]]
+            assert first is not None and first.message is not None
+            results[index] = AppendResult(Outcome.DUPLICATE, first.message)
+    return [r for r in results if r is not None]
+
+
+async def _after(
+    conn: Any, account_id: uuid.UUID, after_pos: int, limit: int
+) -> list[StoredMessage]:
+    rows = await conn.fetch(
+        f"""SELECT {COLUMNS} FROM messages m
+            JOIN conversation_members cm
+              ON cm.conversation_id = m.conversation_id AND cm.account_id = $1
+            WHERE m.pos > $2 AND {VISIBLE}
+            ORDER BY m.pos LIMIT $3""",
+        account_id,
+        after_pos,
+        limit,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def _history(
+    conn: Any,
+    conversation_id: uuid.UUID,
+    account_id: uuid.UUID,
+    before_seq: int | None,
+    limit: int,
+) -> list[StoredMessage]:
+    rows = await conn.fetch(
+        f"""SELECT {COLUMNS} FROM messages m
+            JOIN conversation_members cm
+              ON cm.conversation_id = m.conversation_id AND cm.account_id = $2
+            WHERE m.conversation_id = $1 AND ($3::bigint IS NULL OR m.seq < $3) AND {VISIBLE}
+            ORDER BY m.seq DESC LIMIT $4""",
+        conversation_id,
+        account_id,
+        before_seq,
+        limit,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def _advance_cursor(conn: Any, device_id: uuid.UUID, pos: int) -> int:
+    value = await conn.fetchval(
+        """INSERT INTO device_cursors (device_id, pos) VALUES ($1, $2)
+           ON CONFLICT (device_id) DO UPDATE
+             SET pos = greatest(device_cursors.pos, EXCLUDED.pos), updated_at = now()
+           RETURNING pos""",
+        device_id,
+        pos,
+    )
+    return int(value)
+
+
+async def _cursor(conn: Any, device_id: uuid.UUID) -> int:
+    value = await conn.fetchval("SELECT pos FROM device_cursors WHERE device_id = $1", device_id)
+    return 0 if value is None else int(value)
+
+
+class MessageStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def append(self, items: list[NewMessage]) -> list[AppendResult]:
+        """Group commit: the whole batch in one transaction and one bridge hop."""
+        return await self._db.transaction(append_messages, items)
+
+    async def after(
+        self, account_id: uuid.UUID, after_pos: int, limit: int
+    ) -> tuple[list[StoredMessage], int, bool]:
+        """Catch-up: messages visible to the account with pos > after_pos, in pos order.
+
+        Returns (rows, next_pos, limited): next_pos is the pos to continue after, and
+        limited says more rows may follow.
+        """
+        rows = await self._db.transaction(_after, account_id, after_pos, limit)
+        next_pos = rows[-1].pos if rows else after_pos
+        return rows, next_pos, len(rows) == limit
+
+    async def history(
+        self,
+        conversation_id: uuid.UUID,
+        account_id: uuid.UUID,
+        before_seq: int | None,
+        limit: int,
+    ) -> list[StoredMessage]:
+        """Newest first, below `before_seq`, only what the account may see."""
+        return await self._db.transaction(_history, conversation_id, account_id, before_seq, limit)
+
+    async def advance_cursor(self, device_id: uuid.UUID, pos: int) -> int:
+        """Move the device's cursor forward (never back); returns the cursor."""
+        return await self._db.transaction(_advance_cursor, device_id, pos)
+
+    async def cursor(self, device_id: uuid.UUID) -> int:
+        return await self._db.transaction(_cursor, device_id)
