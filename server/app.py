@@ -11,7 +11,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, me, meta, orgs
+from server.api import auth, conversations, me, meta, orgs
 from server.api.context import ApiContext
 from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
@@ -59,7 +59,7 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["obrol"] = ApiContext(services)
-    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp):
+    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp):
         app.register_blueprint(blueprint)
 
     @app.before_request

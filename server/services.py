@@ -11,9 +11,11 @@ from nacl.signing import SigningKey
 from server.passwords import PasswordHasher
 from server.settings import Settings
 from storage.accounts import AccountStore
+from storage.conversations import ConversationStore
 from storage.database import Database
 from storage.devices import DeviceStore
 from storage.logins import LoginRecordStore
+from storage.messages import MessageStore
 from storage.orgs import OrgStore
 from storage.tokens import TokenStore
 
@@ -34,6 +36,8 @@ class Services:
     devices: DeviceStore = field(init=False)
     tokens: TokenStore = field(init=False)
     logins: LoginRecordStore = field(init=False)
+    conversations: ConversationStore = field(init=False)
+    messages: MessageStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -41,3 +45,5 @@ class Services:
         self.devices = DeviceStore(self.db)
         self.tokens = TokenStore(self.db)
         self.logins = LoginRecordStore(self.db)
+        self.conversations = ConversationStore(self.db)
+        self.messages = MessageStore(self.db)

@@ -10,6 +10,7 @@ from quart import current_app, request
 
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
+from server.handlers.conversations import ConversationHandler
 from server.handlers.orgs import OrgHandler
 from server.handlers.profile import ProfileHandler
 from server.handlers.sessions import SessionHandler
@@ -24,11 +25,13 @@ class ApiContext:
     sessions: SessionHandler = field(init=False)
     orgs: OrgHandler = field(init=False)
     profile: ProfileHandler = field(init=False)
+    conversations: ConversationHandler = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessions = SessionHandler(self.services)
         self.orgs = OrgHandler(self.services)
         self.profile = ProfileHandler(self.services)
+        self.conversations = ConversationHandler(self.services)
 
 
 def ctx() -> ApiContext:

@@ -7,7 +7,7 @@ import binascii
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Email = Annotated[
@@ -147,3 +147,15 @@ class ProfilePatch(Strict):
 class PasswordChangeIn(Strict):
     current_password: Password
     new_password: Password
+
+
+class ConversationIn(Strict):
+    """`direct`: exactly one other member. `group`: a title and any members."""
+
+    kind: Literal["direct", "group"]
+    title: Name | None = None
+    member_ids: list[uuid.UUID] = Field(default_factory=list, max_length=5000)
+
+
+class MembersIn(Strict):
+    account_ids: list[uuid.UUID] = Field(min_length=1, max_length=5000)

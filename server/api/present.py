@@ -6,9 +6,13 @@ import base64
 from datetime import datetime
 from typing import Any
 
+import msgpack
+
 from storage.accounts import Account
+from storage.conversations import Conversation
 from storage.devices import Device
 from storage.logins import LoginAttempt
+from storage.messages import StoredMessage
 from storage.orgs import Department, Org
 
 
@@ -74,4 +78,45 @@ def login_json(r: LoginAttempt) -> dict[str, Any]:
         "user_agent": r.user_agent,
         "device_id": None if r.device_id is None else str(r.device_id),
         "outcome": r.outcome,
+    }
+
+
+def conversation_json(c: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(c.id),
+        "org_id": str(c.org_id),
+        "kind": c.kind,
+        "title": c.title,
+        "created_by": str(c.created_by),
+        "created_at": iso(c.created_at),
+        "last_seq": c.last_seq,
+        "member_ids": [str(m) for m in c.member_ids],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """msgpack values -> JSON values: bytes become base64url strings."""
+    if isinstance(value, bytes):
+        return b64url(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def message_json(m: StoredMessage) -> dict[str, Any]:
+    """A stored message; `body` and `consent` as the JSON rendering of their msgpack."""
+    return {
+        "id": str(m.id),
+        "conversation_id": str(m.conversation_id),
+        "seq": m.seq,
+        "pos": m.pos,
+        "sender_id": str(m.sender_id),
+        "sender_device_id": str(m.sender_device_id),
+        "client_id": m.client_id,
+        "kind": m.kind,
+        "body": _jsonable(msgpack.unpackb(m.body, raw=False)),
+        "consent": None if m.consent is None else _jsonable(msgpack.unpackb(m.consent, raw=False)),
+        "sent_at": iso(m.sent_at),
     }
