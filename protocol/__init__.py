@@ -1,4 +1,111 @@
 """obrol's wire protocol, sans-IO: frames, codec, secure channel, error codes.
 
-Imports nothing else from the project and no trio, asyncio or quart.
+Imports nothing else from the project and no trio, asyncio or quart. Bytes go in, frames
+and bytes come out; PROTOCOL.md is the specification.
+
+    handshake  ClientHandshake / ServerHandshake -> SecureChannel
+    channel    SecureChannel.seal(batch) / .open(message)   (one WebSocket message each)
+    codec      encode(frame), encode_batch(frames), decode_client_batch, decode_server_batch
+    frames     the frame dataclasses
+    codes      ErrorCode, CloseCode
+    errors     ObrolError > ProtocolError > RemoteProtocolError | LocalProtocolError
+    keys       SigningKeyPair (server identity and device keys)
 """
+
+from protocol.channel import RekeyPolicy, SecureChannel
+from protocol.codec import (
+    CLIENT_TO_SERVER_LIMITS,
+    SERVER_TO_CLIENT_LIMITS,
+    decode_client_batch,
+    decode_client_batch_lenient,
+    decode_server_batch,
+    encode,
+    encode_batch,
+)
+from protocol.codes import CLOSE_CODE_FOR, CloseCode, ErrorCode
+from protocol.errors import LocalProtocolError, ObrolError, ProtocolError, RemoteProtocolError
+from protocol.frames import (
+    Ack,
+    Body,
+    ClientFrame,
+    Consent,
+    Err,
+    FileBody,
+    Frame,
+    LocationBody,
+    MessageKind,
+    Msg,
+    Ping,
+    Pong,
+    Receipt,
+    ReceiptNotice,
+    ReceiptStatus,
+    Resync,
+    Send,
+    Sent,
+    ServerFrame,
+    Sync,
+    Synced,
+    SystemBody,
+    TextBody,
+    Typing,
+    TypingNotice,
+    Withdrawn,
+)
+from protocol.handshake import ClientHandshake, ServerHandshake
+from protocol.keys import SigningKeyPair
+from protocol.transcript import PROTOCOL_VERSION, SUPPORTED_VERSIONS
+
+GATEWAY_PATH = "/v1/ws"
+"""The WebSocket path of the gateway."""
+
+__all__ = [
+    "CLIENT_TO_SERVER_LIMITS",
+    "CLOSE_CODE_FOR",
+    "GATEWAY_PATH",
+    "PROTOCOL_VERSION",
+    "SERVER_TO_CLIENT_LIMITS",
+    "SUPPORTED_VERSIONS",
+    "Ack",
+    "Body",
+    "ClientFrame",
+    "ClientHandshake",
+    "CloseCode",
+    "Consent",
+    "Err",
+    "ErrorCode",
+    "FileBody",
+    "Frame",
+    "LocalProtocolError",
+    "LocationBody",
+    "MessageKind",
+    "Msg",
+    "ObrolError",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Receipt",
+    "ReceiptNotice",
+    "ReceiptStatus",
+    "RekeyPolicy",
+    "RemoteProtocolError",
+    "Resync",
+    "SecureChannel",
+    "Send",
+    "Sent",
+    "ServerFrame",
+    "ServerHandshake",
+    "SigningKeyPair",
+    "Sync",
+    "Synced",
+    "SystemBody",
+    "TextBody",
+    "Typing",
+    "TypingNotice",
+    "Withdrawn",
+    "decode_client_batch",
+    "decode_client_batch_lenient",
+    "decode_server_batch",
+    "encode",
+    "encode_batch",
+]
