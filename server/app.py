@@ -11,7 +11,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, conversations, me, meta, orgs
+from server.api import auth, conversations, files, me, meta, orgs
 from server.api.context import ApiContext
 from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
@@ -52,14 +52,18 @@ def create_app(services: Services) -> QuartTrio:
     """The quart-trio application serving the REST API over `services`."""
     app = QuartTrio("obrol")
     app.config.update(
-        MAX_CONTENT_LENGTH=services.settings.max_request_bytes,
+        # Uploads stream up to max_upload_bytes; JSON bodies are held to max_request_bytes
+        # by server.api.context.body as they are read.
+        MAX_CONTENT_LENGTH=max(
+            services.settings.max_upload_bytes, services.settings.max_request_bytes
+        ),
         BODY_TIMEOUT=services.settings.request_timeout_s,
         RESPONSE_TIMEOUT=services.settings.request_timeout_s,
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["obrol"] = ApiContext(services)
-    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp):
+    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp):
         app.register_blueprint(blueprint)
 
     @app.before_request

@@ -28,6 +28,7 @@ class ApiErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
     SIGNUP_CLOSED = "signup_closed"
     DATABASE_UNAVAILABLE = "database_unavailable"
@@ -48,6 +49,7 @@ STATUS = {
     ApiErrorCode.METHOD_NOT_ALLOWED: 405,
     ApiErrorCode.CONFLICT: 409,
     ApiErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ApiErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ApiErrorCode.RATE_LIMITED: 429,
     ApiErrorCode.SIGNUP_CLOSED: 403,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,

@@ -14,6 +14,7 @@ from storage.accounts import AccountStore
 from storage.conversations import ConversationStore
 from storage.database import Database
 from storage.devices import DeviceStore
+from storage.files import BlobStore, FileStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.orgs import OrgStore
@@ -38,6 +39,8 @@ class Services:
     logins: LoginRecordStore = field(init=False)
     conversations: ConversationStore = field(init=False)
     messages: MessageStore = field(init=False)
+    files: FileStore = field(init=False)
+    blobs: BlobStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -47,3 +50,5 @@ class Services:
         self.logins = LoginRecordStore(self.db)
         self.conversations = ConversationStore(self.db)
         self.messages = MessageStore(self.db)
+        self.files = FileStore(self.db)
+        self.blobs = BlobStore(self.settings.data_dir / "files")

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     allow_org_signup: bool = True
 
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(30.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -11,6 +11,7 @@ from quart import current_app, request
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
 from server.handlers.conversations import ConversationHandler
+from server.handlers.files import FileHandler
 from server.handlers.orgs import OrgHandler
 from server.handlers.profile import ProfileHandler
 from server.handlers.sessions import SessionHandler
@@ -26,12 +27,14 @@ class ApiContext:
     orgs: OrgHandler = field(init=False)
     profile: ProfileHandler = field(init=False)
     conversations: ConversationHandler = field(init=False)
+    files: FileHandler = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessions = SessionHandler(self.services)
         self.orgs = OrgHandler(self.services)
         self.profile = ProfileHandler(self.services)
         self.conversations = ConversationHandler(self.services)
+        self.files = FileHandler(self.services, self.conversations)
 
 
 def ctx() -> ApiContext:
@@ -44,9 +47,22 @@ def invalid(message: str, field: str | None = None) -> ApiError:
     return ApiError(ApiErrorCode.INVALID_REQUEST, message, details=details)
 
 
+async def read_limited(limit: int) -> bytes:
+    """The request body, refused (payload_too_large) as soon as it passes `limit` bytes."""
+    too_large = ApiError(ApiErrorCode.PAYLOAD_TOO_LARGE, f"the body is larger than {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = bytearray()
+    async for chunk in request.body:
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
 async def body(model: type[M]) -> M:
     """The JSON body validated against `model`; invalid_json / invalid_request otherwise."""
-    data = await request.get_data(cache=False)
+    data = await read_limited(ctx().services.settings.max_request_bytes)
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:

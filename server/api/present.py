@@ -11,6 +11,7 @@ import msgpack
 from storage.accounts import Account
 from storage.conversations import Conversation
 from storage.devices import Device
+from storage.files import FileRecord
 from storage.logins import LoginAttempt
 from storage.messages import StoredMessage
 from storage.orgs import Department, Org
@@ -119,4 +120,17 @@ def message_json(m: StoredMessage) -> dict[str, Any]:
         "body": _jsonable(msgpack.unpackb(m.body, raw=False)),
         "consent": None if m.consent is None else _jsonable(msgpack.unpackb(m.consent, raw=False)),
         "sent_at": iso(m.sent_at),
+    }
+
+
+def file_json(f: FileRecord) -> dict[str, Any]:
+    return {
+        "id": str(f.id),
+        "conversation_id": str(f.conversation_id),
+        "uploader_id": str(f.uploader_id),
+        "name": f.name,
+        "mime": f.mime,
+        "size": f.size,
+        "sha256": f.sha256.hex(),
+        "created_at": iso(f.created_at),
     }

@@ -1,0 +1,145 @@
+"""File upload and download, authorised by conversation membership."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+
+from server.errors import ApiError, ApiErrorCode
+from server.handlers.access import Actor
+from server.handlers.conversations import ConversationHandler
+from server.services import Services
+from storage.files import BlobTooLargeError, FileRecord
+
+# Accepted upload types. Types with a known signature must start with it.
+ALLOWED_PREFIXES = ("image/", "video/", "audio/", "text/plain")
+ALLOWED_TYPES = frozenset(
+    {
+        "application/pdf",
+        "application/zip",
+        "application/octet-stream",
+        "application/msword",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    }
+)
+ZIP = (b"PK\x03\x04", b"PK\x05\x06")
+SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "application/pdf": (b"%PDF-",),
+    "application/zip": ZIP,
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ZIP,
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ZIP,
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ZIP,
+}
+SNIFF_BYTES = 16
+_MIME = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,63}/[A-Za-z0-9!#$&^_.+-]{1,63}$")
+_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def check_upload(name: str, mime: str) -> str:
+    """The normalised mime type, or ApiError if the name or type is not acceptable."""
+    if not name or len(name) > 255 or _NAME_FORBIDDEN.search(name):
+        raise ApiError(
+            ApiErrorCode.INVALID_REQUEST,
+            "name must be 1-255 characters without control characters or slashes",
+            details=[{"field": "name", "problem": "invalid"}],
+        )
+    mime = mime.split(";", 1)[0].strip().lower()
+    if not _MIME.match(mime) or not (mime in ALLOWED_TYPES or mime.startswith(ALLOWED_PREFIXES)):
+        raise ApiError(
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"files of type {mime or '(none)'} are not accepted",
+        )
+    return mime
+
+
+def matches_signature(mime: str, head: bytes) -> bool:
+    """True unless `mime` has a known signature that `head` does not start with."""
+    expected = SIGNATURES.get(mime)
+    if expected is None and mime == "image/webp":
+        return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    if expected is None and mime == "video/mp4":
+        return head[4:8] == b"ftyp"
+    return expected is None or head.startswith(expected)
+
+
+class FileHandler:
+    def __init__(self, services: Services, conversations: ConversationHandler) -> None:
+        self._s = services
+        self._conversations = conversations
+
+    async def upload(
+        self,
+        actor: Actor,
+        conversation_id: uuid.UUID,
+        name: str,
+        mime: str,
+        chunks: AsyncIterator[bytes],
+    ) -> FileRecord:
+        """Stream an upload to disk for a conversation the actor is in, then record it.
+
+        payload_too_large past max_upload_bytes; unsupported_media_type when the declared
+        type is not accepted or the bytes do not look like it. Nothing is kept on failure.
+        """
+        await self._conversations.get(actor, conversation_id)
+        mime = check_upload(name, mime)
+        file_id = uuid.uuid4()
+
+        async def sniffed() -> AsyncGenerator[bytes, None]:
+            head = b""
+            async for chunk in chunks:
+                if len(head) < SNIFF_BYTES:
+                    head += chunk[: SNIFF_BYTES - len(head)]
+                    if len(head) >= SNIFF_BYTES and not matches_signature(mime, head):
+                        raise ApiError(
+                            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                            f"the content does not look like {mime}",
+                        )
+                yield chunk
+            if len(head) < SNIFF_BYTES and not matches_signature(mime, head):
+                raise ApiError(
+                    ApiErrorCode.UNSUPPORTED_MEDIA_TYPE, f"the content does not look like {mime}"
+                )
+
+        limit = self._s.settings.max_upload_bytes
+        try:
+            async with aclosing(sniffed()) as stream:
+                size, digest = await self._s.blobs.write(file_id, stream, limit)
+        except BlobTooLargeError:
+            raise ApiError(
+                ApiErrorCode.PAYLOAD_TOO_LARGE, f"files are limited to {limit} bytes"
+            ) from None
+        record = FileRecord(
+            file_id,
+            actor.org_id,
+            conversation_id,
+            actor.account_id,
+            name,
+            mime,
+            size,
+            digest,
+            self._s.clock(),
+        )
+        try:
+            return await self._s.files.add(record)
+        except BaseException:
+            await self._s.blobs.delete(file_id)
+            raise
+
+    async def for_download(self, actor: Actor, file_id: uuid.UUID) -> FileRecord:
+        """The file if the actor is a member of its conversation (or uploaded it)."""
+        record = await self._s.files.get(file_id)
+        if record.uploader_id != actor.account_id:
+            try:
+                await self._conversations.get(actor, record.conversation_id)
+            except ApiError:
+                raise ApiError(ApiErrorCode.NOT_FOUND, "no such file") from None
+        return record
