@@ -376,3 +376,54 @@ def decode_server_batch(
 ) -> list[f.ServerFrame]:
     """Return the frames of a batch the server sent, in order. Raises `RemoteProtocolError`."""
     return [decode_frame(v, SERVER_FRAME_DECODERS) for v in unpack_values(data, limits)]
+
+
+# --- stored form --------------------------------------------------------------------------
+# The server stores a message's body and consent tag as their msgpack bytes and rebuilds
+# `msg` frames from them for catch-up.
+
+_STORED_LIMITS = UnpackLimits(
+    max_bytes=CLIENT_TO_SERVER_LIMITS.max_bytes,
+    max_values=1,
+    max_str_bytes=CLIENT_TO_SERVER_LIMITS.max_str_bytes,
+    max_bin_bytes=CLIENT_TO_SERVER_LIMITS.max_bin_bytes,
+    max_array_len=CLIENT_TO_SERVER_LIMITS.max_array_len,
+    max_map_len=CLIENT_TO_SERVER_LIMITS.max_map_len,
+)
+
+
+def encode_body(body: f.Body) -> bytes:
+    """The msgpack bytes of a message body (the map under `body` on the wire)."""
+    return msgpack.packb(_body_to_wire(body), use_bin_type=True)  # type: ignore[no-any-return, unused-ignore]
+
+
+def encode_consent(consent: f.Consent) -> bytes:
+    """The msgpack bytes of a consent tag (the map under `consent` on the wire)."""
+    return msgpack.packb(_consent_to_wire(consent), use_bin_type=True)  # type: ignore[no-any-return, unused-ignore]
+
+
+def _one_value(data: bytes) -> object:
+    values = unpack_values(data, _STORED_LIMITS)
+    if len(values) != 1:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "expected exactly one value")
+    return values[0]
+
+
+def decode_body(kind: str, data: bytes) -> f.Body:
+    """A body from `encode_body` bytes; raises `RemoteProtocolError` if they are not one."""
+    value = _one_value(data)
+    try:
+        return _body_from_wire(kind, value, system_allowed=True)
+    except LocalProtocolError as error:
+        raise RemoteProtocolError(error.code, error.message) from None
+
+
+def decode_consent(data: bytes) -> f.Consent:
+    """A consent tag from `encode_consent` bytes; raises `RemoteProtocolError` otherwise."""
+    try:
+        consent = _consent_from_wire(_one_value(data))
+    except LocalProtocolError as error:
+        raise RemoteProtocolError(error.code, error.message) from None
+    if consent is None:
+        raise RemoteProtocolError(ErrorCode.CONSENT_INVALID, "no consent tag")
+    return consent

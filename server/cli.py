@@ -24,6 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="run the server (HTTP API and database)")
     run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="HTTP API port (default 8400)")
+    run.add_argument(
+        "--gateway-port", type=int, help="WebSocket gateway port (default: API port + 1)"
+    )
+    run.add_argument(
+        "--only",
+        choices=("api", "gateway"),
+        help="run only the HTTP API or only the gateway (to scale them apart)",
+    )
     run.add_argument("--data-dir", type=Path, help="data folder (default ./obrol-data)")
     run.add_argument(
         "--database-url",
@@ -39,6 +47,9 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
         args.config,
         host=args.host,
         port=args.port,
+        gateway_port=args.gateway_port,
+        serve_api=None if args.only is None else args.only == "api",
+        serve_gateway=None if args.only is None else args.only == "gateway",
         data_dir=args.data_dir,
         database_url=args.database_url,
     )
@@ -71,7 +82,8 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             running: Running = await nursery.start(run_server)
             print(
                 f"obrol is running\n"
-                f"  API:        {running.api_url}\n"
+                f"  API:        {running.api_url or '(not served)'}\n"
+                f"  gateway:    {running.gateway_url or '(not served)'}\n"
                 f"  database:   {running.database}\n"
                 f"  server key: {running.server_key}\n"
                 f"Press Ctrl-C to stop.",

@@ -17,7 +17,12 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from protocol import GATEWAY_PATH, CloseCode, ErrorCode
 from server.app import create_app
+from server.gateway.committer import Committer
+from server.gateway.cursors import CursorSaver
+from server.gateway.listener import Gateway, GatewaySettings
+from server.gateway.session import GatewayContext
 from server.identity import fingerprint, load_or_create_identity, public_key_b64
 from server.passwords import PasswordHasher
 from server.services import Services, utc_now
@@ -33,7 +38,8 @@ logger = logging.getLogger(__name__)
 class Running:
     """What a started server tells its caller."""
 
-    api_url: str
+    api_url: str | None
+    gateway_url: str | None
     server_key: str
     database: str
 
@@ -82,7 +88,7 @@ async def serve(
             services = Services(
                 settings, db, identity, PasswordHasher(settings.password_hash_strength), clock
             )
-            await _serve_http(services, shutdown, database, task_status)
+            await _serve_all(services, shutdown, database, task_status)
         finally:
             await db.close()
     finally:
@@ -93,31 +99,70 @@ async def serve(
         logger.info("obrol stopped")
 
 
-async def _serve_http(
+async def _serve_all(
     services: Services,
     shutdown: trio.Event,
     database: str,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     settings = services.settings
-    config = HypercornConfig()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    config.graceful_timeout = settings.shutdown_timeout_s
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler only
-    app = create_app(services)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait)
-        )
+        api_url = gateway_url = None
+        if settings.serve_api:
+            config = HypercornConfig()
+            config.bind = [f"{settings.host}:{settings.port}"]
+            config.graceful_timeout = settings.shutdown_timeout_s
+            config.accesslog = None
+            config.errorlog = logging.getLogger("hypercorn.error")  # through our handler only
+            binds = await nursery.start(
+                partial(
+                    hypercorn_serve, create_app(services), config, shutdown_trigger=shutdown.wait
+                )
+            )
+            api_url = binds[0]
+        if settings.serve_gateway:
+            port = await nursery.start(_run_gateway, services, shutdown)
+            gateway_url = f"ws://{settings.host}:{port}{GATEWAY_PATH}"
         running = Running(
-            api_url=binds[0], server_key=public_key_b64(services.identity), database=database
+            api_url=api_url,
+            gateway_url=gateway_url,
+            server_key=public_key_b64(services.identity),
+            database=database,
         )
         logger.info(
-            "obrol API on %s; database: %s; server key %s (fingerprint %s)",
-            running.api_url,
+            "obrol API %s, gateway %s; database: %s; server key %s (fingerprint %s)",
+            api_url,
+            gateway_url,
             database,
             running.server_key,
             fingerprint(services.identity),
         )
         task_status.started(running)
+
+
+async def _run_gateway(
+    services: Services, shutdown: trio.Event, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """The hub's gateway, its committer and cursor saver, until `shutdown`."""
+    settings = services.settings
+    committer = Committer(services.messages, services.hub, max_batch=settings.commit_batch_max)
+    cursors = CursorSaver(services.messages)
+    context = GatewayContext(services, services.hub, committer, cursors, settings.catch_up_page)
+    gateway = Gateway(
+        context,
+        GatewaySettings(
+            handshake_timeout_s=settings.handshake_timeout_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            max_outbound_bytes=settings.max_outbound_bytes,
+            resync_timeout_s=settings.resync_timeout_s,
+        ),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.run)
+        nursery.start_soon(cursors.run)
+        port = await nursery.start(gateway.serve, settings.host, settings.effective_gateway_port)
+        task_status.started(port)
+        await shutdown.wait()
+        services.hub.close_all(CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN, "server restarting")
+        await trio.sleep(0.5)  # let the closing batches go out
+        nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from nacl.signing import SigningKey
 
+from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
 from storage.accounts import AccountStore
@@ -32,6 +33,7 @@ class Services:
     identity: SigningKey
     passwords: PasswordHasher
     clock: Callable[[], datetime] = utc_now
+    hub: Hub = field(default_factory=Hub)  # this process's live gateway connections
     orgs: OrgStore = field(init=False)
     accounts: AccountStore = field(init=False)
     devices: DeviceStore = field(init=False)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=0, le=65535)
+    gateway_port: int | None = Field(None, ge=0, le=65535)  # default: port + 1
+    serve_api: bool = True
+    serve_gateway: bool = True
     data_dir: Path = Path("obrol-data")
     database_url: SecretStr | None = None
     db_pool_size: int = Field(10, ge=1, le=200)
@@ -51,12 +54,25 @@ class Settings(BaseSettings):
     )
     allow_org_signup: bool = True
 
+    handshake_timeout_s: float = Field(10.0, gt=0)
+    idle_timeout_s: float = Field(90.0, gt=0)
+    max_outbound_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    resync_timeout_s: float = Field(30.0, gt=0)
+    commit_batch_max: int = Field(1000, ge=1, le=10_000)
+    catch_up_page: int = Field(500, ge=1, le=5000)
+
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(30.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+
+    @property
+    def effective_gateway_port(self) -> int:
+        if self.gateway_port is not None:
+            return self.gateway_port
+        return 0 if self.port == 0 else self.port + 1
 
     @classmethod
     def settings_customise_sources(

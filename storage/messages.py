@@ -12,10 +12,11 @@ from storage.database import Database
 from storage.stream import allocate_positions, lock_stream
 
 COLUMNS = """m.id, m.conversation_id, m.seq, m.pos, m.sender_id, m.sender_device_id,
-    m.client_id, m.kind, m.body, m.consent, m.sent_at"""
+    m.client_id, m.kind, m.body, m.consent, m.scope, m.sent_at"""
 
-# A member sees a message if it was stored while they were a member.
-VISIBLE = "m.pos > cm.joined_pos AND (cm.left_pos IS NULL OR m.pos <= cm.left_pos)"
+# A member sees a message stored while they were a member, if its consent scope names them.
+VISIBLE = """m.pos > cm.joined_pos AND (cm.left_pos IS NULL OR m.pos <= cm.left_pos)
+    AND (m.scope IS NULL OR cm.account_id = ANY(m.scope) OR cm.account_id = m.sender_id)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class NewMessage:
     body: bytes
     consent: bytes | None
     sent_at: datetime
+    scope: tuple[uuid.UUID, ...] | None = None  # who may see it besides the sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class StoredMessage:
     body: bytes
     consent: bytes | None
     sent_at: datetime
+    scope: tuple[uuid.UUID, ...] | None = None
 
 
 class Outcome(Enum):
@@ -55,6 +58,14 @@ class Outcome(Enum):
 class AppendResult:
     outcome: Outcome
     message: StoredMessage | None  # the stored message (the original one for DUPLICATE)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendBatch:
+    """The results, and the members of every conversation written to, at commit time."""
+
+    results: list[AppendResult]
+    members: dict[uuid.UUID, frozenset[uuid.UUID]]
 
 
 def _stored(row: Any) -> StoredMessage:
@@ -189,6 +200,26 @@ async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResu
     return [r for r in results if r is not None]
 
 
+async def _append_and_snapshot(conn: Any, items: list[NewMessage]) -> AppendBatch:
+    results = await append_messages(conn, items)
+    touched = list(
+        {
+            r.message.conversation_id
+            for r in results
+            if r.outcome is Outcome.STORED and r.message is not None
+        }
+    )
+    members: dict[uuid.UUID, set[uuid.UUID]] = {c: set() for c in touched}
+    if touched:
+        for row in await conn.fetch(
+            """SELECT conversation_id, account_id FROM conversation_members
+               WHERE conversation_id = ANY($1::uuid[]) AND left_pos IS NULL""",
+            touched,
+        ):
+            members[row["conversation_id"]].add(row["account_id"])
+    return AppendBatch(results, {c: frozenset(a) for c, a in members.items()})
+
+
 async def _after(
     conn: Any, account_id: uuid.UUID, after_pos: int, limit: int
 ) -> list[StoredMessage]:
@@ -238,6 +269,15 @@ async def _advance_cursor(conn: Any, device_id: uuid.UUID, pos: int) -> int:
     return int(value)
 
 
+async def _advance_cursors(conn: Any, cursors: dict[uuid.UUID, int]) -> None:
+    await conn.executemany(
+        """INSERT INTO device_cursors (device_id, pos) VALUES ($1, $2)
+           ON CONFLICT (device_id) DO UPDATE
+             SET pos = greatest(device_cursors.pos, EXCLUDED.pos), updated_at = now()""",
+        list(cursors.items()),
+    )
+
+
 async def _cursor(conn: Any, device_id: uuid.UUID) -> int:
     value = await conn.fetchval("SELECT pos FROM device_cursors WHERE device_id = $1", device_id)
     return 0 if value is None else int(value)
@@ -247,9 +287,10 @@ class MessageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def append(self, items: list[NewMessage]) -> list[AppendResult]:
-        """Group commit: the whole batch in one transaction and one bridge hop."""
-        return await self._db.transaction(append_messages, items)
+    async def append(self, items: list[NewMessage]) -> AppendBatch:
+        """Group commit: the whole batch in one transaction and one bridge hop, with the
+        conversations' members as of the commit (who the messages fan out to)."""
+        return await self._db.transaction(_append_and_snapshot, items)
 
     async def after(
         self, account_id: uuid.UUID, after_pos: int, limit: int
@@ -276,6 +317,10 @@ class MessageStore:
     async def advance_cursor(self, device_id: uuid.UUID, pos: int) -> int:
         """Move the device's cursor forward (never back); returns the cursor."""
         return await self._db.transaction(_advance_cursor, device_id, pos)
+
+    async def advance_cursors(self, cursors: dict[uuid.UUID, int]) -> None:
+        """Move many devices' cursors forward in one transaction."""
+        await self._db.transaction(_advance_cursors, cursors)
 
     async def cursor(self, device_id: uuid.UUID) -> int:
         return await self._db.transaction(_cursor, device_id)

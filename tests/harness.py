@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 import trio
 from nacl.signing import SigningKey
+
+from loadtest.client import DeviceIdentity, DeviceState, GatewayClient, connect
 
 from server.runner import Running, serve
 from server.settings import Settings, load_settings
@@ -60,6 +63,16 @@ class Session:
     def id(self) -> str:
         return str(self.account["id"])
 
+    @property
+    def account_uuid(self) -> uuid.UUID:
+        return uuid.UUID(self.id)
+
+    def identity(self, server_key: bytes) -> DeviceIdentity:
+        """What this device needs to connect to the gateway."""
+        return DeviceIdentity(
+            uuid.UUID(self.device["id"]), bytes(self.key) + bytes(self.key.verify_key), server_key
+        )
+
 
 @dataclass
 class Harness:
@@ -68,6 +81,30 @@ class Harness:
     clock: FakeClock
     settings: Settings
     _emails: int = field(default=0)
+
+    @property
+    def gateway_url(self) -> str:
+        assert self.running.gateway_url is not None
+        return self.running.gateway_url
+
+    @property
+    def server_key(self) -> bytes:
+        return base64.urlsafe_b64decode(self.running.server_key + "=")
+
+    def device(self, session: Session) -> DeviceState:
+        return DeviceState(session.identity(self.server_key))
+
+    async def connect(self, session: Session) -> GatewayClient:
+        return await connect(self.gateway_url, session.identity(self.server_key))
+
+    async def group(self, owner: Session, *members: Session, title: str = "Team") -> uuid.UUID:
+        response = await self.client.post(
+            "/v1/conversations",
+            headers=owner.headers,
+            json={"kind": "group", "title": title, "member_ids": [m.id for m in members]},
+        )
+        assert response.status_code == 201, response.text
+        return uuid.UUID(response.json()["id"])
 
     async def create_org(self, name: str = "Acme", owner: str = "olivia") -> Session:
         """A new org; returns its owner, logged in on a fresh device."""
@@ -151,6 +188,7 @@ async def start_harness(
     shutdown = trio.Event()
     running: Running = await nursery.start(partial(serve, settings, shutdown, clock=clock))
     try:
+        assert running.api_url is not None
         async with httpx.AsyncClient(base_url=running.api_url, timeout=30) as client:
             yield Harness(running, client, clock, settings)
     finally:

@@ -136,7 +136,9 @@ class OrgHandler:
             raise forbidden("you may not deactivate yourself")
         target = await self._s.accounts.get(org_id, account_id)
         await require_member_scope(self._s, actor, target)
-        return await self._s.accounts.deactivate(org_id, account_id)
+        account = await self._s.accounts.deactivate(org_id, account_id)
+        self._s.hub.disconnect_account(account_id)
+        return account
 
     async def _check_placement(self, actor: Actor, fields: dict[str, Any], role: str) -> None:
         """Department admins place members only inside their own subtree."""

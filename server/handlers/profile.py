@@ -62,5 +62,7 @@ class ProfileHandler:
         )
 
     async def revoke_device(self, actor: Actor, device_id: uuid.UUID) -> Device:
-        """Revoke one of the actor's devices; its tokens stop working at once."""
-        return await self._s.devices.revoke(actor.account_id, device_id)
+        """Revoke one of the actor's devices; its tokens and connections end at once."""
+        device = await self._s.devices.revoke(actor.account_id, device_id)
+        self._s.hub.disconnect_device(device_id)
+        return device

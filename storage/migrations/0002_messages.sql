@@ -41,6 +41,7 @@ CREATE TABLE messages (
     kind              text NOT NULL CHECK (kind IN ('text', 'file', 'location', 'system')),
     body              bytea NOT NULL,  -- the msgpack-encoded body, as sent on the wire
     consent           bytea,           -- the msgpack-encoded consent tag, if any
+    scope             uuid[],          -- who may see it; NULL: every member
     sent_at           timestamptz NOT NULL,
     CONSTRAINT messages_seq_unique UNIQUE (conversation_id, seq),
     CONSTRAINT messages_pos_unique UNIQUE (pos),

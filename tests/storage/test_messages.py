@@ -72,7 +72,9 @@ async def test_group_commit_assigns_seq_and_pos_in_order(world: World) -> None:
         text(world, "bob", group.id, "b2"),
         text(world, "ann", group.id, "a1"),
     ]
-    results = await world.messages.append(batch)
+    appended = await world.messages.append(batch)
+    assert appended.members == {group.id: frozenset({ann, bob}), direct.id: frozenset({ann, bob})}
+    results = appended.results
     assert [r.outcome for r in results] == [Outcome.STORED] * 3 + [Outcome.DUPLICATE]
     stored = [r.message for r in results]
     assert all(m is not None for m in stored)
@@ -81,16 +83,18 @@ async def test_group_commit_assigns_seq_and_pos_in_order(world: World) -> None:
     positions = [m.pos for m in stored[:3] if m]
     assert positions == sorted(positions) and len(set(positions)) == 3
     assert stored[3] == stored[0]  # the repeat answers with the original
-    again = await world.messages.append([text(world, "ann", group.id, "a1")])
+    again = (await world.messages.append([text(world, "ann", group.id, "a1")])).results
     assert again[0].outcome is Outcome.DUPLICATE and again[0].message == stored[0]
 
 
 async def test_non_members_are_refused_without_failing_the_batch(world: World) -> None:
     ann, bob = world.people["ann"][0], world.people["bob"][0]
     group = await world.conversations.create_group(world.org_id, ann, "g", [bob])
-    results = await world.messages.append(
-        [text(world, "cat", group.id, "c1"), text(world, "ann", group.id, "a1")]
-    )
+    results = (
+        await world.messages.append(
+            [text(world, "cat", group.id, "c1"), text(world, "ann", group.id, "a1")]
+        )
+    ).results
     assert [r.outcome for r in results] == [Outcome.NOT_MEMBER, Outcome.STORED]
     with pytest.raises(MembershipError):
         await world.conversations.create_group(world.org_id, ann, "x", [uuid.uuid4()])

@@ -1,0 +1,233 @@
+"""A trio client for the obrol gateway: connect, handshake, send, receive, ack, catch up.
+
+The reference for app developers (read it beside PROTOCOL.md) and what the tests and the
+load tester use. It lives here, not in `protocol/`, because `protocol/` is sans-IO; this is
+the I/O glue around it.
+
+    async with await connect(gateway_url, identity) as client:
+        await client.sync(after=cursor)
+        await client.send(Send(cid="c-1", conv=conv_id, body=TextBody(text="hi")))
+        for frame in await client.receive():
+            ...
+
+`DeviceState` keeps what a real device keeps between connections: its cursor, the ids it
+has seen (to drop duplicates) and its outbox (to resend with the same cids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+)
+from wsproto.utilities import LocalProtocolError as WsprotoLocalError
+
+from protocol import (
+    ClientHandshake,
+    Frame,
+    Msg,
+    ObrolError,
+    SecureChannel,
+    Send,
+    Sent,
+    ServerFrame,
+    Sync,
+    Synced,
+    decode_server_batch,
+    encode_batch,
+)
+
+RECV_BYTES = 65536
+
+
+class ConnectionClosedError(ObrolError):
+    """The server closed the connection; `code` and `reason` say why (PROTOCOL.md §7)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed by the server: {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What a device needs to connect: its id, its Ed25519 secret key (64 bytes) and the
+    server key it pinned."""
+
+    device_id: uuid.UUID
+    secret_key: bytes
+    server_key: bytes
+
+
+class GatewayClient:
+    """One connection. Not safe for several tasks sending at once."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self._stream = stream
+        self._ws = ws
+        self._channel: SecureChannel | None = None
+        self._messages: list[bytes] = []
+        self._partial = bytearray()
+        self._closed: tuple[int, str] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            # Already closed, by either side: nothing more to say.
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, WsprotoLocalError
+            ):
+                await self._stream.send_all(self._ws.send(CloseConnection(code=1000)))
+            await self._stream.aclose()
+
+    # -- raw messages --------------------------------------------------------------------
+
+    async def _fill(self) -> None:
+        data = await self._stream.receive_some(RECV_BYTES)
+        if not data:
+            self._closed = (1006, "connection dropped")
+            return
+        self._ws.receive_data(data)
+        await self._take(list(self._ws.events()))
+
+    async def _take(self, events: Sequence[object]) -> None:
+        for event in events:
+            if isinstance(event, BytesMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self._messages.append(bytes(self._partial))
+                    self._partial.clear()
+            elif isinstance(event, Ping):
+                await self._stream.send_all(self._ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self._closed = (event.code, event.reason or "")
+            elif isinstance(event, RejectConnection):
+                self._closed = (event.status_code, "upgrade refused")
+
+    async def _next_message(self) -> bytes:
+        """The next binary message; what arrived before a close is still delivered."""
+        while not self._messages:
+            if self._closed is not None:
+                raise ConnectionClosedError(*self._closed)
+            await self._fill()
+        return self._messages.pop(0)
+
+    async def _send_message(self, data: bytes) -> None:
+        await self._stream.send_all(self._ws.send(BytesMessage(data=data)))
+
+    # -- frames --------------------------------------------------------------------------
+
+    async def send(self, *frames: Frame) -> None:
+        """Send frames as one encrypted batch."""
+        assert self._channel is not None
+        sealed = self._channel.seal(encode_batch(frames), trio.current_time())
+        await self._send_message(sealed)
+
+    async def receive(self) -> list[ServerFrame]:
+        """The frames of the next batch from the server."""
+        assert self._channel is not None
+        data = await self._next_message()
+        return decode_server_batch(self._channel.open(data))
+
+    async def sync(self, after: int) -> None:
+        await self.send(Sync(after=after))
+
+
+async def connect(url: str, identity: DeviceIdentity) -> GatewayClient:
+    """Open a WebSocket to `url` (ws://host:port/v1/ws) and run the secure handshake.
+
+    Raises ConnectionClosedError if the server refuses (unknown or revoked device, ...),
+    and protocol errors from `protocol/` if the server cannot be authenticated.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or parts.hostname is None or parts.port is None:
+        raise ValueError(f"expected ws://host:port/path, got {url!r}")
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    client = GatewayClient(stream, ws)
+    try:
+        await stream.send_all(ws.send(Request(host=parts.netloc, target=parts.path or "/")))
+        while True:
+            data = await stream.receive_some(RECV_BYTES)
+            if not data:
+                raise ConnectionClosedError(1006, "connection dropped during the upgrade")
+            ws.receive_data(data)
+            events = list(ws.events())
+            for event in events:
+                if isinstance(event, RejectConnection):
+                    raise ConnectionClosedError(event.status_code, "upgrade refused")
+            accepted = [i for i, e in enumerate(events) if isinstance(e, AcceptConnection)]
+            if accepted:
+                await client._take(events[accepted[0] + 1 :])  # what followed the upgrade
+                break
+        handshake = ClientHandshake(
+            server_public_key=identity.server_key,
+            device_id=identity.device_id.bytes,
+            device_secret_key=identity.secret_key,
+        )
+        await client._send_message(handshake.client_hello())
+        auth, channel = handshake.receive_server_hello(await client._next_message())
+        await client._send_message(auth)
+        client._channel = channel
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+@dataclass
+class DeviceState:
+    """What a device keeps across connections: cursor, seen message ids, outbox."""
+
+    identity: DeviceIdentity
+    cursor: int = 0
+    seen: set[bytes] = field(default_factory=set)
+    messages: list[Msg] = field(default_factory=list)
+    outbox: dict[str, Send] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def accept(self, frame: ServerFrame) -> None:
+        """Apply one frame: keep new messages (dropping duplicates by id), advance the
+        cursor, clear acknowledged sends from the outbox."""
+        if isinstance(frame, Msg):
+            if frame.id in self.seen:
+                self.duplicates += 1
+                return
+            self.seen.add(frame.id)
+            self.messages.append(frame)
+            if frame.pos is not None:
+                self.cursor = max(self.cursor, frame.pos)
+        elif isinstance(frame, Sent):
+            self.outbox.pop(frame.cid, None)
+        elif isinstance(frame, Synced):
+            self.cursor = max(self.cursor, frame.pos)
+
+    async def reconnect(self, url: str) -> GatewayClient:
+        """Connect, ask for everything after the cursor, and resend the outbox."""
+        client = await connect(url, self.identity)
+        await client.sync(self.cursor)
+        if self.outbox:
+            await client.send(*self.outbox.values())
+        return client

@@ -1,0 +1,139 @@
+"""Group commit: sends accepted while a commit is in flight are committed together.
+
+One commit is in flight per process at a time, so positions are published in the order
+they were committed: every connection receives `msg` frames in increasing `pos`. Each
+sender gets its `sent` after the commit; then the `msg`, encoded once, fans out to every
+live connection of every member the commit saw (filtered by the consent scope).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import trio
+
+from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, encode
+from server.gateway.connection import Connection
+from server.gateway.hub import Hub
+from storage.errors import DatabaseUnavailableError
+from storage.messages import MessageStore, NewMessage, Outcome, StoredMessage
+
+logger = logging.getLogger(__name__)
+
+
+def unix_ms(message: StoredMessage) -> int:
+    return int(message.sent_at.timestamp() * 1000)
+
+
+def msg_frame(message: StoredMessage, body: Body, consent: Consent | None) -> bytes:
+    """The encoded `msg` frame of a stored message (built once, shared by all recipients)."""
+    return encode(
+        Msg(
+            id=message.id.bytes,
+            conv=message.conversation_id.bytes,
+            seq=message.seq,
+            pos=message.pos,
+            sender=message.sender_id.bytes,
+            sender_device=message.sender_device_id.bytes,
+            body=body,
+            consent=consent,
+            sent_at=unix_ms(message),
+            cid=message.client_id,
+        )
+    )
+
+
+def recipients(
+    members: frozenset[uuid.UUID], sender: uuid.UUID, scope: tuple[uuid.UUID, ...] | None
+) -> frozenset[uuid.UUID]:
+    """Members who may see a message: all, or those its consent scope names, and the sender."""
+    if scope is None:
+        return members
+    return members & frozenset((*scope, sender))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSend:
+    message: NewMessage
+    body: Body
+    consent: Consent | None
+    conn: Connection
+
+
+class Committer:
+    def __init__(self, store: MessageStore, hub: Hub, *, max_batch: int = 1000) -> None:
+        self._store = store
+        self._hub = hub
+        self._max_batch = max_batch
+        self._send, self._receive = trio.open_memory_channel[PendingSend](max_batch * 4)
+        self.committed = 0
+        self.batches = 0
+
+    async def submit(self, item: PendingSend) -> None:
+        """Queue a send; waits only when the queue is full (back-pressure on the reader)."""
+        await self._send.send(item)
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[PendingSend]) -> None:
+        try:
+            appended = await self._store.append([p.message for p in batch])
+        except DatabaseUnavailableError as exc:
+            logger.warning("commit of %d sends failed: %s", len(batch), exc)
+            for p in batch:
+                p.conn.queue(
+                    encode(
+                        Err(
+                            code=ErrorCode.UNAVAILABLE,
+                            message="the database is unavailable; retry with the same cid",
+                            ref=p.message.client_id,
+                            ref_type="send",
+                        )
+                    )
+                )
+            return
+        self.batches += 1
+        for p, result in zip(batch, appended.results, strict=True):
+            message = result.message
+            if result.outcome is Outcome.NOT_MEMBER or message is None:
+                p.conn.queue(
+                    encode(
+                        Err(
+                            code=ErrorCode.NOT_MEMBER,
+                            message="no such conversation, or you are not a member",
+                            ref=p.message.client_id,
+                            ref_type="send",
+                        )
+                    )
+                )
+                continue
+            p.conn.queue(
+                encode(
+                    Sent(
+                        cid=message.client_id,
+                        id=message.id.bytes,
+                        conv=message.conversation_id.bytes,
+                        seq=message.seq,
+                        pos=message.pos,
+                        sent_at=unix_ms(message),
+                    )
+                )
+            )
+            if result.outcome is Outcome.STORED:
+                self.committed += 1
+                members = appended.members.get(message.conversation_id, frozenset())
+                self._hub.fan_out(
+                    recipients(members, message.sender_id, message.scope),
+                    message.pos,
+                    msg_frame(message, p.body, p.consent),
+                )

@@ -1,0 +1,48 @@
+"""Device cursors (the `ack`ed stream positions), saved in batches once a second."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import trio
+
+from storage.errors import DatabaseUnavailableError
+from storage.messages import MessageStore
+
+logger = logging.getLogger(__name__)
+
+
+class CursorSaver:
+    """Keeps the highest acked position per device and writes them out together."""
+
+    def __init__(self, store: MessageStore, interval_s: float = 1.0) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._dirty: dict[uuid.UUID, int] = {}
+
+    def note(self, device_id: uuid.UUID, pos: int) -> None:
+        if pos > self._dirty.get(device_id, -1):
+            self._dirty[device_id] = pos
+
+    async def save(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return
+        try:
+            await self._store.advance_cursors(dirty)
+        except DatabaseUnavailableError as exc:
+            logger.warning("cursors not saved (will retry): %s", exc)
+            for device_id, pos in dirty.items():
+                self.note(device_id, pos)
+
+    async def run(self) -> None:
+        """Save every interval; on cancellation, save once more (shielded, bounded)."""
+        try:
+            while True:
+                await trio.sleep(self._interval_s)
+                await self.save()
+        finally:
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                await self.save()

@@ -1,0 +1,68 @@
+"""Who is connected where: account -> live connections, and fan-out to them."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+
+from protocol import CloseCode, ErrorCode
+from server.gateway.connection import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class Hub:
+    """The live connections of this process, by account and by device."""
+
+    def __init__(self) -> None:
+        self._by_account: dict[uuid.UUID, set[Connection]] = {}
+
+    def attach(self, conn: Connection) -> None:
+        assert conn.account_id is not None
+        self._by_account.setdefault(conn.account_id, set()).add(conn)
+
+    def detach(self, conn: Connection) -> None:
+        if conn.account_id is None:
+            return
+        conns = self._by_account.get(conn.account_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._by_account[conn.account_id]
+
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self._by_account.values())
+
+    def fan_out(self, accounts: Iterable[uuid.UUID], pos: int | None, frame: bytes) -> int:
+        """Give `frame` (encoded once) to every live connection of `accounts`.
+
+        Only appends to buffers: never waits on a connection. Returns the number of
+        connections it was handed to.
+        """
+        by_account = self._by_account
+        handed = 0
+        for account in accounts:
+            conns = by_account.get(account)
+            if conns:
+                for conn in conns:
+                    conn.deliver(pos, frame)
+                handed += len(conns)
+        return handed
+
+    def disconnect_device(self, device_id: uuid.UUID) -> None:
+        """Close the live connections of a revoked device."""
+        for conns in list(self._by_account.values()):
+            for conn in list(conns):
+                if conn.device_id == device_id:
+                    conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked")
+
+    def disconnect_account(self, account_id: uuid.UUID) -> None:
+        """Close every live connection of a deactivated account."""
+        for conn in list(self._by_account.get(account_id, ())):
+            conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "account deactivated")
+
+    def close_all(self, code: CloseCode, error: ErrorCode, message: str) -> None:
+        for conns in list(self._by_account.values()):
+            for conn in list(conns):
+                conn.close(code, error, message)

@@ -1,0 +1,236 @@
+"""The gateway listener: accept, WebSocket upgrade, secure handshake, read loop.
+
+One task per connection reads (a short loop feeding wsproto, then our protocol objects)
+and one writer task drains what direct writes left behind. Every wait has a deadline from
+the settings; errors end only their own connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import NoReturn
+
+import trio
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError as WsprotoRemoteError
+
+from protocol import (
+    CLIENT_TO_SERVER_LIMITS,
+    GATEWAY_PATH,
+    CloseCode,
+    Err,
+    ErrorCode,
+    RemoteProtocolError,
+    SecureChannel,
+    ServerHandshake,
+    decode_client_batch_lenient,
+    encode,
+)
+from server.gateway.connection import Connection, Flusher, State
+from server.gateway.session import GatewayContext, Session
+from storage.errors import DatabaseUnavailableError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+RECV_BYTES = 65536
+# A client message is one secretstream message: the batch plus 17 bytes of overhead.
+MAX_CLIENT_MESSAGE_BYTES = CLIENT_TO_SERVER_LIMITS.max_bytes + 17
+HANDSHAKE_MESSAGE_BYTES = 512
+
+
+class _Closed(Exception):
+    """The connection ended (by us or the peer); unwinds the read loop."""
+
+
+@dataclass
+class GatewaySettings:
+    handshake_timeout_s: float
+    idle_timeout_s: float
+    max_outbound_bytes: int
+    resync_timeout_s: float
+    close_grace_s: float = 2.0
+
+
+class Gateway:
+    def __init__(self, gw: GatewayContext, settings: GatewaySettings) -> None:
+        self.gw = gw
+        self.settings = settings
+        self.flusher = Flusher()
+        identity = gw.services.identity
+        self._identity_secret = bytes(identity) + bytes(identity.verify_key)
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on host:port (0 picks a free port, reported through task_status)."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.flusher.run)
+            for listener in listeners:
+                nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+            task_status.started(bound)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = Connection(
+            stream.socket,
+            self.flusher,
+            max_outbound_bytes=self.settings.max_outbound_bytes,
+            resync_timeout_s=self.settings.resync_timeout_s,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.writer)
+                try:
+                    await self._run(conn, nursery)
+                except _Closed:
+                    pass
+                except Exception:
+                    logger.exception("connection %s: internal error", conn.id)
+                    conn.close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL, "internal error")
+                with trio.move_on_after(self.settings.close_grace_s):
+                    await conn.wait_written()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.gw.hub.detach(conn)
+            conn.state = State.CLOSED
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await stream.aclose()
+            logger.info(
+                "connection %s closed (device %s, %s)", conn.id, conn.device_id, conn.close_reason
+            )
+
+    async def _run(self, conn: Connection, nursery: trio.Nursery) -> None:
+        with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
+            handshake = await self._handshake(conn)
+        if deadline.cancelled_caught:
+            conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
+            raise _Closed
+        conn.account_id, conn.org_id, conn.device_id, channel = handshake
+        conn.channel = channel
+        conn.state = State.WAITING_SYNC
+        self.gw.hub.attach(conn)
+        logger.info("connection %s: device %s established", conn.id, conn.device_id)
+        session = Session(conn, self.gw, nursery)
+        while True:
+            data = await self._next_message(conn, self.settings.idle_timeout_s)
+            if conn.resync_deadline is not None and trio.current_time() > conn.resync_deadline:
+                conn.close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "no sync in time")
+                raise _Closed
+            try:
+                plaintext = channel.open(data)
+                frames = decode_client_batch_lenient(plaintext)
+            except RemoteProtocolError as error:
+                self._refuse(conn, error)
+            for frame in frames:
+                if isinstance(frame, RemoteProtocolError):
+                    conn.queue(encode(Err.from_error(frame)))
+                else:
+                    await session.handle(frame)
+                if conn.state is State.CLOSED:
+                    raise _Closed
+
+    async def _handshake(
+        self, conn: Connection
+    ) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, SecureChannel]:
+        """Upgrade to WebSocket and run the secure handshake; returns who is connected."""
+        await self._upgrade(conn)
+        hs = ServerHandshake(identity_secret_key=self._identity_secret)
+        try:
+            hs.receive_client_hello(await self._next_message(conn, None, HANDSHAKE_MESSAGE_BYTES))
+        except RemoteProtocolError as error:
+            self._refuse(conn, error)
+        device_id = uuid.UUID(bytes=hs.device_id)
+        try:
+            device = await self.gw.services.devices.get(device_id)
+            account = await self.gw.services.accounts.get_by_id(device.account_id)
+        except NotFoundError:
+            conn.close(CloseCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE, "device not enrolled")
+            raise _Closed from None
+        except DatabaseUnavailableError:
+            conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
+            raise _Closed from None
+        if device.revoked_at is not None or account.status != "active":
+            conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked")
+            raise _Closed
+        conn.send_plain(hs.server_hello())
+        try:
+            channel = hs.receive_client_auth(
+                await self._next_message(conn, None, HANDSHAKE_MESSAGE_BYTES), device.public_key
+            )
+        except RemoteProtocolError as error:
+            self._refuse(conn, error)
+        return account.id, account.org_id, device.id, channel
+
+    async def _upgrade(self, conn: Connection) -> None:
+        while True:
+            for event in conn.ws.events():
+                if isinstance(event, Request):
+                    if event.target.split("?", 1)[0] != GATEWAY_PATH:
+                        conn.send_raw(conn.ws.send(RejectConnection(status_code=404)))
+                        raise _Closed
+                    conn.send_raw(conn.ws.send(AcceptConnection()))
+                    return
+            await self._receive(conn, None)
+
+    async def _receive(self, conn: Connection, timeout_s: float | None) -> None:
+        """Feed the next bytes from the socket into wsproto."""
+        with trio.move_on_after(timeout_s if timeout_s is not None else float("inf")) as idle:
+            try:
+                data = await conn.sock.recv(RECV_BYTES)
+            except OSError:
+                data = b""
+        if idle.cancelled_caught:
+            conn.close(CloseCode.IDLE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, "idle too long")
+            raise _Closed
+        if not data:
+            conn.state = State.CLOSED
+            raise _Closed
+        try:
+            conn.ws.receive_data(data)
+        except WsprotoRemoteError:
+            conn.state = State.CLOSED
+            raise _Closed from None
+
+    async def _next_message(
+        self, conn: Connection, timeout_s: float | None, limit: int = MAX_CLIENT_MESSAGE_BYTES
+    ) -> bytes:
+        """The next complete binary WebSocket message (pings answered on the way)."""
+        buffer = bytearray()
+        while True:
+            for event in conn.ws.events():
+                if isinstance(event, BytesMessage):
+                    buffer += event.data
+                    if len(buffer) > limit:
+                        conn.close(CloseCode.MESSAGE_TOO_BIG, ErrorCode.FRAME_TOO_LARGE, "too big")
+                        raise _Closed
+                    if event.message_finished:
+                        return bytes(buffer)
+                elif isinstance(event, TextMessage):
+                    conn.close(
+                        CloseCode.UNSUPPORTED_DATA, ErrorCode.MALFORMED_FRAME, "text message"
+                    )
+                    raise _Closed
+                elif isinstance(event, Ping):
+                    conn.send_raw(conn.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    conn.send_raw(conn.ws.send(event.response()))
+                    conn.state = State.CLOSED
+                    raise _Closed
+            await self._receive(conn, timeout_s)
+
+    def _refuse(self, conn: Connection, error: RemoteProtocolError) -> NoReturn:
+        logger.info("connection %s refused: %s", conn.id, error)
+        conn.close(CloseCode(error.close_code), error.code, error.message[:120])
+        raise _Closed

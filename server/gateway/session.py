@@ -1,0 +1,242 @@
+"""What each client frame does on an established connection."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import trio
+
+from protocol import (
+    Ack,
+    ClientFrame,
+    Err,
+    ErrorCode,
+    FileBody,
+    Msg,
+    Ping,
+    Pong,
+    Receipt,
+    ReceiptNotice,
+    RemoteProtocolError,
+    Send,
+    Sent,
+    Sync,
+    Synced,
+    Typing,
+    TypingNotice,
+    encode,
+)
+from protocol.codec import decode_body, decode_consent, encode_body, encode_consent
+from server.gateway.committer import Committer, PendingSend, msg_frame, recipients
+from server.gateway.connection import Connection, State
+from server.gateway.cursors import CursorSaver
+from server.gateway.hub import Hub
+from server.services import Services
+from storage.errors import NotFoundError
+from storage.messages import NewMessage, StoredMessage
+
+logger = logging.getLogger(__name__)
+
+PONG = encode(Pong())
+CATCH_UP_LOW_WATER_BYTES = 256 * 1024  # next catch-up page once the buffers drain below
+
+
+@dataclass
+class GatewayContext:
+    """What every session of the process shares."""
+
+    services: Services
+    hub: Hub
+    committer: Committer
+    cursors: CursorSaver
+    catch_up_page: int = 500
+
+
+def stored_msg_frame(message: StoredMessage) -> bytes:
+    """Rebuild the `msg` frame of a stored message for catch-up."""
+    body = decode_body(message.kind, message.body)
+    consent = None if message.consent is None else decode_consent(message.consent)
+    return msg_frame(message, body, consent)
+
+
+def _err(
+    code: ErrorCode, message: str, ref: str | None = None, ref_type: str | None = None
+) -> bytes:
+    return encode(Err(code=code, message=message, ref=ref, ref_type=ref_type))
+
+
+class Session:
+    """The frames of one authenticated device connection."""
+
+    def __init__(self, conn: Connection, gw: GatewayContext, nursery: trio.Nursery) -> None:
+        assert conn.account_id and conn.device_id and conn.org_id
+        self.conn = conn
+        self.gw = gw
+        self.account_id: uuid.UUID = conn.account_id
+        self.device_id: uuid.UUID = conn.device_id
+        self._nursery = nursery
+        self._catch_up: trio.CancelScope | None = None
+
+    async def handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, Send):
+            await self._send(frame)
+        elif isinstance(frame, Ack):
+            self.gw.cursors.note(self.device_id, frame.pos)
+        elif isinstance(frame, Sync):
+            self._start_catch_up(frame.after)
+        elif isinstance(frame, Ping):
+            self.conn.queue(PONG)
+        elif isinstance(frame, Typing):
+            await self._typing(frame)
+        elif isinstance(frame, Receipt):
+            await self._receipt(frame)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def _send(self, frame: Send) -> None:
+        conversation_id = uuid.UUID(bytes=frame.conv)
+        body, consent = frame.body, frame.consent
+        if isinstance(body, FileBody) and not await self._file_usable(body, conversation_id):
+            self.conn.queue(
+                _err(ErrorCode.UNKNOWN_FILE, "no such file in this conversation", frame.cid, "send")
+            )
+            return
+        scope = None
+        if consent is not None and consent.scope != "conversation":
+            scope = tuple(uuid.UUID(bytes=a) for a in consent.scope)
+        if consent is not None and consent.ephemeral:
+            await self._send_ephemeral(frame, conversation_id, scope)
+            return
+        message = NewMessage(
+            conversation_id=conversation_id,
+            sender_id=self.account_id,
+            sender_device_id=self.device_id,
+            client_id=frame.cid,
+            kind=body.KIND.value,
+            body=encode_body(body),
+            consent=None if consent is None else encode_consent(consent),
+            sent_at=self.gw.services.clock(),
+            scope=scope,
+        )
+        await self.gw.committer.submit(PendingSend(message, body, consent, self.conn))
+
+    async def _file_usable(self, body: FileBody, conversation_id: uuid.UUID) -> bool:
+        try:
+            record = await self.gw.services.files.get(uuid.UUID(bytes=body.file_id))
+        except NotFoundError:
+            return False
+        return record.conversation_id == conversation_id
+
+    async def _members(self, conversation_id: uuid.UUID) -> frozenset[uuid.UUID] | None:
+        """Active members, or None if the conversation is unknown or we are not in it."""
+        try:
+            conversation = await self.gw.services.conversations.get(conversation_id)
+        except NotFoundError:
+            return None
+        members = frozenset(conversation.member_ids)
+        return members if self.account_id in members else None
+
+    async def _send_ephemeral(
+        self, frame: Send, conversation_id: uuid.UUID, scope: tuple[uuid.UUID, ...] | None
+    ) -> None:
+        """Never stored: delivered to the devices online now, then gone."""
+        members = await self._members(conversation_id)
+        if members is None:
+            self.conn.queue(
+                _err(
+                    ErrorCode.NOT_MEMBER,
+                    "no such conversation, or you are not a member",
+                    frame.cid,
+                    "send",
+                )
+            )
+            return
+        message_id = uuid.uuid4().bytes
+        sent_at = int(self.gw.services.clock().timestamp() * 1000)
+        self.conn.queue(
+            encode(
+                Sent(
+                    cid=frame.cid,
+                    id=message_id,
+                    conv=frame.conv,
+                    seq=None,
+                    pos=None,
+                    sent_at=sent_at,
+                )
+            )
+        )
+        live = encode(
+            Msg(
+                id=message_id,
+                conv=frame.conv,
+                seq=None,
+                pos=None,
+                sender=self.account_id.bytes,
+                sender_device=self.device_id.bytes,
+                body=frame.body,
+                consent=frame.consent,
+                sent_at=sent_at,
+                cid=frame.cid,
+            )
+        )
+        self.gw.hub.fan_out(recipients(members, self.account_id, scope), None, live)
+
+    # -- catch-up ------------------------------------------------------------------------
+
+    def _start_catch_up(self, after: int) -> None:
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+        scope = trio.CancelScope()
+        self._catch_up = scope
+        self.conn.start_sync()
+        self._nursery.start_soon(self._run_catch_up, after, scope)
+
+    async def _run_catch_up(self, after: int, scope: trio.CancelScope) -> None:
+        """Everything stored after `after`, in pos order, then `synced`, then live traffic."""
+        conn = self.conn
+        with scope:
+            pos = after
+            while True:
+                rows, pos, limited = await self.gw.services.messages.after(
+                    self.account_id, pos, self.gw.catch_up_page
+                )
+                for message in rows:
+                    try:
+                        conn.queue(stored_msg_frame(message))
+                    except RemoteProtocolError:
+                        logger.error("stored message %s is unreadable; skipped", message.id)
+                if conn.state is not State.SYNCING:
+                    return  # overflowed or closed meanwhile; the client syncs again
+                if not limited:
+                    break
+                await conn.wait_written(CATCH_UP_LOW_WATER_BYTES)
+            conn.go_live(pos, encode(Synced(pos=pos)))
+
+    # -- receipts and typing -------------------------------------------------------------
+
+    async def _typing(self, frame: Typing) -> None:
+        """Typing notices go to the other members' live devices; never stored."""
+        conversation_id = uuid.UUID(bytes=frame.conv)
+        members = await self._members(conversation_id)
+        if members is None:
+            self.conn.queue(_err(ErrorCode.NOT_MEMBER, "not a member", None, "typing"))
+            return
+        notice = encode(TypingNotice(conv=frame.conv, who=self.account_id.bytes, on=frame.on))
+        self.gw.hub.fan_out(members - {self.account_id}, None, notice)
+
+    async def _receipt(self, frame: Receipt) -> None:
+        """Receipts go to every member's live devices, the sender's other devices too."""
+        conversation_id = uuid.UUID(bytes=frame.conv)
+        members = await self._members(conversation_id)
+        if members is None:
+            self.conn.queue(_err(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
+            return
+        at = int(self.gw.services.clock().timestamp() * 1000)
+        notice = encode(
+            ReceiptNotice(
+                conv=frame.conv, id=frame.id, status=frame.status, who=self.account_id.bytes, at=at
+            )
+        )
+        self.gw.hub.fan_out(members, None, notice)
