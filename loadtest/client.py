@@ -137,13 +137,20 @@ class GatewayClient:
     async def _send_message(self, data: bytes) -> None:
         await self._stream.send_all(self._ws.send(BytesMessage(data=data)))
 
+    def seal(self, plaintext: bytes) -> bytes:
+        """Encrypt a batch plaintext as the next message (for diagnostics and tests)."""
+        assert self._channel is not None
+        return self._channel.seal(plaintext, trio.current_time())
+
+    async def send_message(self, data: bytes) -> None:
+        """Send one binary WebSocket message exactly as given (for diagnostics and tests)."""
+        await self._send_message(data)
+
     # -- frames --------------------------------------------------------------------------
 
     async def send(self, *frames: Frame) -> None:
         """Send frames as one encrypted batch."""
-        assert self._channel is not None
-        sealed = self._channel.seal(encode_batch(frames), trio.current_time())
-        await self._send_message(sealed)
+        await self._send_message(self.seal(encode_batch(frames)))
 
     async def receive(self) -> list[ServerFrame]:
         """The frames of the next batch from the server."""

@@ -33,7 +33,10 @@ def _summary(name: str, samples: list[float], wall_s: float) -> str:
     samples.sort()
     p50 = statistics.median(samples) * 1e6
     p99 = samples[int(len(samples) * 0.99) - 1] * 1e6
-    return f"{name:<28} ops={len(samples):>6}  p50={p50:7.0f} us  p99={p99:7.0f} us  {len(samples) / wall_s:8.0f} ops/s"
+    rate = len(samples) / wall_s
+    return (
+        f"{name:<28} ops={len(samples):>6}  p50={p50:7.0f} us  p99={p99:7.0f} us  {rate:8.0f} ops/s"
+    )
 
 
 async def _measure(db: Database, ops: int, concurrency: int) -> tuple[list[float], float]:
@@ -89,7 +92,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     args = parser.parse_args()
     print(
-        f"python {sys.version.split()[0]}, switch interval {sys.getswitchinterval()} s (before start)"
+        f"python {sys.version.split()[0]}, "
+        f"switch interval {sys.getswitchinterval()} s (before start)"
     )
     if args.database_url:
         trio.run(run, args.database_url, args.ops, args.concurrency)

@@ -17,7 +17,6 @@ import trio
 from nacl.signing import SigningKey
 
 from loadtest.client import DeviceIdentity, DeviceState, GatewayClient, connect
-
 from server.runner import Running, serve
 from server.settings import Settings, load_settings
 
