@@ -17,6 +17,7 @@ has seen (to drop duplicates) and its outbox (to resend with the same cids).
 from __future__ import annotations
 
 import contextlib
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -162,7 +163,20 @@ class GatewayClient:
         await self.send(Sync(after=after))
 
 
-async def connect(url: str, identity: DeviceIdentity) -> GatewayClient:
+async def _open_stream(host: str, port: int, receive_buffer_bytes: int | None) -> trio.SocketStream:
+    if receive_buffer_bytes is None:
+        return await trio.open_tcp_stream(host, port)
+    # A small receive buffer makes a slow (or stalled) device show up quickly at the server.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+    await sock.connect((host, port))
+    return trio.SocketStream(sock)
+
+
+async def connect(
+    url: str, identity: DeviceIdentity, *, receive_buffer_bytes: int | None = None
+) -> GatewayClient:
     """Open a WebSocket to `url` (ws://host:port/v1/ws) and run the secure handshake.
 
     Raises ConnectionClosedError if the server refuses (unknown or revoked device, ...),
@@ -171,7 +185,7 @@ async def connect(url: str, identity: DeviceIdentity) -> GatewayClient:
     parts = urlsplit(url)
     if parts.scheme != "ws" or parts.hostname is None or parts.port is None:
         raise ValueError(f"expected ws://host:port/path, got {url!r}")
-    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    stream = await _open_stream(parts.hostname, parts.port, receive_buffer_bytes)
     ws = WSConnection(ConnectionType.CLIENT)
     client = GatewayClient(stream, ws)
     try:

@@ -91,7 +91,7 @@ class Committer:
         except DatabaseUnavailableError as exc:
             logger.warning("commit of %d sends failed: %s", len(batch), exc)
             for p in batch:
-                p.conn.queue(
+                p.conn.reply(
                     encode(
                         Err(
                             code=ErrorCode.UNAVAILABLE,
@@ -106,7 +106,7 @@ class Committer:
         for p, result in zip(batch, appended.results, strict=True):
             message = result.message
             if result.outcome is Outcome.NOT_MEMBER or message is None:
-                p.conn.queue(
+                p.conn.reply(
                     encode(
                         Err(
                             code=ErrorCode.NOT_MEMBER,
@@ -117,7 +117,7 @@ class Committer:
                     )
                 )
                 continue
-            p.conn.queue(
+            p.conn.reply(
                 encode(
                     Sent(
                         cid=message.client_id,

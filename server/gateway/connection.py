@@ -107,10 +107,11 @@ class Connection:
         self.device_id: uuid.UUID | None = None
         self.org_id: uuid.UUID | None = None
         self._flusher = flusher
-        self._max_outbound = max_outbound_bytes
+        self.max_outbound_bytes = max_outbound_bytes
         self._resync_timeout_s = resync_timeout_s
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._replies: list[bytes] = []  # the replies among `_pending`
         self._out = bytearray()
         self._writer_busy = False
         self._writer_wake = trio.Event()
@@ -131,26 +132,40 @@ class Connection:
 
     # -- delivery ------------------------------------------------------------------------
 
-    def queue(self, frame: bytes) -> None:
-        """Send `frame` with the next flush (replies: sent, err, pong, synced...)."""
+    def reply(self, frame: bytes) -> None:
+        """A reply to this device (sent, err, pong, synced, catch-up): never dropped on
+        overflow, since nothing else would bring it back."""
         if self.state is State.CLOSED:
             return
+        self._replies.append(frame)
+        self._push(frame)
+
+    def catch_up(self, frame: bytes) -> None:
+        """A stored message sent by catch-up, which does its own flow control
+        (`wait_written`), so it does not count towards overflow."""
         self._pending.append(frame)
         self._pending_bytes += len(frame)
-        if self.buffered_bytes > self._max_outbound:
+        self._flusher.mark(self)
+
+    def _push(self, frame: bytes) -> None:
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self.buffered_bytes > self.max_outbound_bytes:
             self._overflow()
             return
         self._flusher.mark(self)
 
     def deliver(self, pos: int | None, frame: bytes) -> None:
-        """A live frame (message, receipt, typing): sent, parked or dropped by state."""
+        """A live frame (message, receipt, typing): sent, parked or dropped by state.
+
+        Live frames may be dropped on overflow: stored ones come back with the catch-up."""
         state = self.state
         if state is State.LIVE:
-            self.queue(frame)
+            self._push(frame)
         elif state is State.SYNCING:
             self.parked.append((pos, frame))
             self._parked_bytes += len(frame)
-            if self._parked_bytes + self.buffered_bytes > self._max_outbound:
+            if self._parked_bytes + self.buffered_bytes > self.max_outbound_bytes:
                 self._overflow()
         # WAITING_SYNC / RESYNC: stored messages come with the catch-up; the rest is live-only.
 
@@ -164,24 +179,23 @@ class Connection:
         """End catch-up at `caught_up_to`: send `synced`, then what was parked after it."""
         parked, self.parked, self._parked_bytes = self.parked, [], 0
         self.state = State.LIVE
-        self.queue(synced_frame)
+        self.reply(synced_frame)
         for pos, frame in parked:
             if pos is None or pos > caught_up_to:
-                self.queue(frame)
+                self._push(frame)
 
     def _overflow(self) -> None:
         if self.state is State.RESYNC:
             self.close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "fell behind twice")
             return
         logger.info("connection %s overflowed: told to re-sync", self.id)
-        self._pending.clear()
-        self._pending_bytes = 0
+        # Live traffic goes (the store has it); replies stay, then `resync`.
+        self._pending = [*self._replies, RESYNC_FRAME]
+        self._pending_bytes = sum(map(len, self._pending))
         self.parked = []
         self._parked_bytes = 0
         self.state = State.RESYNC
         self.resync_deadline = trio.current_time() + self._resync_timeout_s
-        self._pending.append(RESYNC_FRAME)
-        self._pending_bytes = len(RESYNC_FRAME)
         self._flusher.mark(self)
 
     # -- writing -------------------------------------------------------------------------
@@ -200,6 +214,7 @@ class Connection:
         if not self._pending or self.channel is None or self.state is State.CLOSED:
             return
         frames, self._pending, self._pending_bytes = self._pending, [], 0
+        self._replies.clear()
         for batch in _batches(frames):
             sealed = self.channel.seal(b"".join(batch), now)
             self._out += self.ws.send(BytesMessage(data=sealed))
@@ -223,6 +238,7 @@ class Connection:
             logger.info("connection %s: write failed: %s", self.id, exc)
             self._out.clear()
             self._pending.clear()
+            self._replies.clear()
             self._broken = True
             self.state = State.CLOSED
             self.closed.set()
@@ -268,6 +284,7 @@ class Connection:
         if self.channel is not None and not self.channel.closed_for_sending:
             frames = [*self._pending, encode(Err(code=error, message=message))]
             self._pending, self._pending_bytes = [], 0
+            self._replies.clear()
             sealed = self.channel.seal(b"".join(frames), trio.current_time(), final=True)
             self._out += self.ws.send(BytesMessage(data=sealed))
         try:

@@ -91,13 +91,15 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.writer)
-                try:
-                    await self._run(conn, nursery)
-                except _Closed:
-                    pass
-                except Exception:
-                    logger.exception("connection %s: internal error", conn.id)
-                    conn.close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL, "internal error")
+                with trio.CancelScope() as reading:
+                    nursery.start_soon(self._watch, conn, reading)
+                    try:
+                        await self._run(conn, nursery)
+                    except _Closed:
+                        pass
+                    except Exception:
+                        logger.exception("connection %s: internal error", conn.id)
+                        conn.close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL, "internal error")
                 with trio.move_on_after(self.settings.close_grace_s):
                     await conn.wait_written()
                 nursery.cancel_scope.cancel()
@@ -110,6 +112,21 @@ class Gateway:
             logger.info(
                 "connection %s closed (device %s, %s)", conn.id, conn.device_id, conn.close_reason
             )
+
+    async def _watch(self, conn: Connection, reading: trio.CancelScope) -> None:
+        """Stop reading once the connection is closed (from any task), and close one that
+        was told to resync but did not in time."""
+        while not conn.closed.is_set():
+            with trio.move_on_after(1):
+                await conn.closed.wait()
+            deadline = conn.resync_deadline
+            if (
+                deadline is not None
+                and conn.state is State.RESYNC
+                and trio.current_time() > deadline
+            ):
+                conn.close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "no sync in time")
+        reading.cancel()
 
     async def _run(self, conn: Connection, nursery: trio.Nursery) -> None:
         with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
@@ -125,9 +142,6 @@ class Gateway:
         session = Session(conn, self.gw, nursery)
         while True:
             data = await self._next_message(conn, self.settings.idle_timeout_s)
-            if conn.resync_deadline is not None and trio.current_time() > conn.resync_deadline:
-                conn.close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "no sync in time")
-                raise _Closed
             try:
                 plaintext = channel.open(data)
                 frames = decode_client_batch_lenient(plaintext)
@@ -135,7 +149,7 @@ class Gateway:
                 self._refuse(conn, error)
             for frame in frames:
                 if isinstance(frame, RemoteProtocolError):
-                    conn.queue(encode(Err.from_error(frame)))
+                    conn.reply(encode(Err.from_error(frame)))
                 else:
                     await session.handle(frame)
                 if conn.state is State.CLOSED:

@@ -40,7 +40,9 @@ from storage.messages import NewMessage, StoredMessage
 logger = logging.getLogger(__name__)
 
 PONG = encode(Pong())
-CATCH_UP_LOW_WATER_BYTES = 256 * 1024  # next catch-up page once the buffers drain below
+# Catch-up pauses when this share of the connection's outbound limit is buffered, until it
+# drains below a quarter of that: catch-up alone never makes a connection overflow.
+CATCH_UP_HIGH_WATER_SHARE = 0.5
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Session:
         elif isinstance(frame, Sync):
             self._start_catch_up(frame.after)
         elif isinstance(frame, Ping):
-            self.conn.queue(PONG)
+            self.conn.reply(PONG)
         elif isinstance(frame, Typing):
             await self._typing(frame)
         elif isinstance(frame, Receipt):
@@ -99,7 +101,7 @@ class Session:
         conversation_id = uuid.UUID(bytes=frame.conv)
         body, consent = frame.body, frame.consent
         if isinstance(body, FileBody) and not await self._file_usable(body, conversation_id):
-            self.conn.queue(
+            self.conn.reply(
                 _err(ErrorCode.UNKNOWN_FILE, "no such file in this conversation", frame.cid, "send")
             )
             return
@@ -144,7 +146,7 @@ class Session:
         """Never stored: delivered to the devices online now, then gone."""
         members = await self._members(conversation_id)
         if members is None:
-            self.conn.queue(
+            self.conn.reply(
                 _err(
                     ErrorCode.NOT_MEMBER,
                     "no such conversation, or you are not a member",
@@ -155,7 +157,7 @@ class Session:
             return
         message_id = uuid.uuid4().bytes
         sent_at = int(self.gw.services.clock().timestamp() * 1000)
-        self.conn.queue(
+        self.conn.reply(
             encode(
                 Sent(
                     cid=frame.cid,
@@ -196,6 +198,7 @@ class Session:
     async def _run_catch_up(self, after: int, scope: trio.CancelScope) -> None:
         """Everything stored after `after`, in pos order, then `synced`, then live traffic."""
         conn = self.conn
+        high_water = int(conn.max_outbound_bytes * CATCH_UP_HIGH_WATER_SHARE)
         with scope:
             pos = after
             while True:
@@ -204,14 +207,15 @@ class Session:
                 )
                 for message in rows:
                     try:
-                        conn.queue(stored_msg_frame(message))
+                        conn.catch_up(stored_msg_frame(message))
                     except RemoteProtocolError:
                         logger.error("stored message %s is unreadable; skipped", message.id)
-                if conn.state is not State.SYNCING:
-                    return  # overflowed or closed meanwhile; the client syncs again
+                    if conn.buffered_bytes > high_water:
+                        await conn.wait_written(high_water // 4)
+                    if conn.state is not State.SYNCING:
+                        return  # overflowed or closed meanwhile; the client syncs again
                 if not limited:
                     break
-                await conn.wait_written(CATCH_UP_LOW_WATER_BYTES)
             conn.go_live(pos, encode(Synced(pos=pos)))
 
     # -- receipts and typing -------------------------------------------------------------
@@ -221,7 +225,7 @@ class Session:
         conversation_id = uuid.UUID(bytes=frame.conv)
         members = await self._members(conversation_id)
         if members is None:
-            self.conn.queue(_err(ErrorCode.NOT_MEMBER, "not a member", None, "typing"))
+            self.conn.reply(_err(ErrorCode.NOT_MEMBER, "not a member", None, "typing"))
             return
         notice = encode(TypingNotice(conv=frame.conv, who=self.account_id.bytes, on=frame.on))
         self.gw.hub.fan_out(members - {self.account_id}, None, notice)
@@ -231,7 +235,7 @@ class Session:
         conversation_id = uuid.UUID(bytes=frame.conv)
         members = await self._members(conversation_id)
         if members is None:
-            self.conn.queue(_err(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
+            self.conn.reply(_err(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
             return
         at = int(self.gw.services.clock().timestamp() * 1000)
         notice = encode(

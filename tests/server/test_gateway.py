@@ -8,8 +8,8 @@ from pathlib import Path
 
 import trio
 
-from loadtest.client import DeviceState, GatewayClient
-from protocol import Msg, Send, Sent, ServerFrame, Synced, TextBody
+from loadtest.client import DeviceState, GatewayClient, connect
+from protocol import Msg, Resync, Send, Sent, ServerFrame, Synced, TextBody
 from tests.harness import Harness, start_harness
 
 
@@ -148,3 +148,48 @@ async def test_nothing_acked_is_lost_when_the_server_is_killed(
                         frames.append(frame)
     stored = {m.id for m in state.messages if isinstance(m, Msg)}
     assert acked <= stored
+
+
+async def test_a_stalled_device_is_told_to_resync_and_loses_nothing(
+    nursery: trio.Nursery, database_url: str, tmp_path: Path
+) -> None:
+    async with start_harness(
+        nursery, database_url, tmp_path, max_outbound_bytes=256 * 1024
+    ) as server:
+        ann = await server.create_org()
+        bob = await server.add_member(ann, "bob")
+        conv = await server.group(ann, bob)
+        bob_state = server.device(bob)
+        stalled = await connect(
+            server.gateway_url, bob.identity(server.server_key), receive_buffer_bytes=4096
+        )
+        await stalled.sync(0)
+        words = "x" * 4000
+        acks: list[Sent] = []
+        async with await server.connect(ann) as sender:
+            await sender.sync(0)
+
+            async def read_acks() -> None:
+                while len(acks) < 400:
+                    acks.extend(f for f in await sender.receive() if isinstance(f, Sent))
+
+            # The sender reads everything promptly; it is never held up by the stalled device.
+            with trio.fail_after(30):
+                async with trio.open_nursery() as readers:
+                    readers.start_soon(read_acks)
+                    for batch in range(40):
+                        await sender.send(
+                            *(text(conv, f"s{batch * 10 + i:03}", words) for i in range(10))
+                        )
+        # Bob wakes up: he reads what was in flight, sees `resync`, syncs from his cursor.
+        told = False
+        with trio.fail_after(30):
+            while len(bob_state.messages) < 400:
+                for frame in await stalled.receive():
+                    bob_state.accept(frame)
+                    if isinstance(frame, Resync) and not told:
+                        told = True
+                        await stalled.sync(bob_state.cursor)
+        await stalled.aclose()
+        assert told
+        assert [m.cid for m in bob_state.messages] == [f"s{i:03}" for i in range(400)]
