@@ -146,7 +146,7 @@ async def _run_gateway(
     """The hub's gateway, its committer and cursor saver, until `shutdown`."""
     settings = services.settings
     committer = Committer(services.messages, services.hub, max_batch=settings.commit_batch_max)
-    cursors = CursorSaver(services.messages)
+    cursors = CursorSaver(services.messages, services.receipts)
     context = GatewayContext(services, services.hub, committer, cursors, settings.catch_up_page)
     gateway = Gateway(
         context,

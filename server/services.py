@@ -19,6 +19,7 @@ from storage.files import BlobStore, FileStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.orgs import OrgStore
+from storage.receipts import ReceiptStore
 from storage.tokens import TokenStore
 
 
@@ -42,6 +43,7 @@ class Services:
     conversations: ConversationStore = field(init=False)
     messages: MessageStore = field(init=False)
     files: FileStore = field(init=False)
+    receipts: ReceiptStore = field(init=False)
     blobs: BlobStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,4 +55,5 @@ class Services:
         self.conversations = ConversationStore(self.db)
         self.messages = MessageStore(self.db)
         self.files = FileStore(self.db)
+        self.receipts = ReceiptStore(self.db)
         self.blobs = BlobStore(self.settings.data_dir / "files")

@@ -9,7 +9,7 @@ from quart import Blueprint, request
 
 from server.api.context import actor, body, ctx, invalid
 from server.api.models import ConversationIn, MembersIn
-from server.api.present import conversation_json, message_json
+from server.api.present import conversation_json, message_json, receipt_json
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
 
@@ -73,8 +73,11 @@ async def history(conversation_id: uuid.UUID) -> dict[str, Any]:
     limit = _int_arg("limit", 50) or 50
     if not 1 <= limit <= 200:
         raise invalid("must be between 1 and 200", "limit")
-    rows = await ctx().conversations.history(who, conversation_id, before, limit)
+    rows, receipts = await ctx().conversations.history(who, conversation_id, before, limit)
+    by_message: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for r in receipts:
+        by_message.setdefault(r.message_id, []).append(receipt_json(r))
     return {
-        "messages": [message_json(m) for m in rows],
+        "messages": [{**message_json(m), "receipts": by_message.get(m.id, [])} for m in rows],
         "next_before": rows[-1].seq if len(rows) == limit else None,
     }

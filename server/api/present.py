@@ -15,6 +15,7 @@ from storage.files import FileRecord
 from storage.logins import LoginAttempt
 from storage.messages import StoredMessage
 from storage.orgs import Department, Org
+from storage.receipts import ReceiptRecord
 
 
 def iso(value: datetime | None) -> str | None:
@@ -133,4 +134,13 @@ def file_json(f: FileRecord) -> dict[str, Any]:
         "size": f.size,
         "sha256": f.sha256.hex(),
         "created_at": iso(f.created_at),
+    }
+
+
+def receipt_json(r: ReceiptRecord) -> dict[str, Any]:
+    return {
+        "account_id": str(r.account_id),
+        "device_id": str(r.device_id),
+        "status": r.status,
+        "at": iso(r.at),
     }

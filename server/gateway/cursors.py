@@ -1,4 +1,4 @@
-"""Device cursors (the `ack`ed stream positions), saved in batches once a second."""
+"""Device cursors (the `ack`ed positions) and receipts, saved in batches once a second."""
 
 from __future__ import annotations
 
@@ -9,17 +9,25 @@ import trio
 
 from storage.errors import DatabaseUnavailableError
 from storage.messages import MessageStore
+from storage.receipts import ReceiptRecord, ReceiptStore
 
 logger = logging.getLogger(__name__)
 
 
 class CursorSaver:
-    """Keeps the highest acked position per device and writes them out together."""
+    """Keeps the highest acked position per device, and receipts, and writes them together."""
 
-    def __init__(self, store: MessageStore, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, store: MessageStore, receipts: ReceiptStore, interval_s: float = 1.0
+    ) -> None:
         self._store = store
+        self._receipt_store = receipts
         self._interval_s = interval_s
         self._dirty: dict[uuid.UUID, int] = {}
+        self._receipts: list[ReceiptRecord] = []
+
+    def note_receipt(self, receipt: ReceiptRecord) -> None:
+        self._receipts.append(receipt)
 
     def note(self, device_id: uuid.UUID, pos: int) -> None:
         if pos > self._dirty.get(device_id, -1):
@@ -27,14 +35,16 @@ class CursorSaver:
 
     async def save(self) -> None:
         dirty, self._dirty = self._dirty, {}
-        if not dirty:
-            return
+        receipts, self._receipts = self._receipts, []
         try:
-            await self._store.advance_cursors(dirty)
+            if dirty:
+                await self._store.advance_cursors(dirty)
+            await self._receipt_store.add(receipts)
         except DatabaseUnavailableError as exc:
-            logger.warning("cursors not saved (will retry): %s", exc)
+            logger.warning("cursors and receipts not saved (will retry): %s", exc)
             for device_id, pos in dirty.items():
                 self.note(device_id, pos)
+            self._receipts = receipts + self._receipts
 
     async def run(self) -> None:
         """Save every interval; on cancellation, save once more (shielded, bounded)."""

@@ -36,6 +36,7 @@ from server.gateway.hub import Hub
 from server.services import Services
 from storage.errors import NotFoundError
 from storage.messages import NewMessage, StoredMessage
+from storage.receipts import ReceiptRecord
 
 logger = logging.getLogger(__name__)
 
@@ -231,13 +232,25 @@ class Session:
         self.gw.hub.fan_out(members - {self.account_id}, None, notice)
 
     async def _receipt(self, frame: Receipt) -> None:
-        """Receipts go to every member's live devices, the sender's other devices too."""
+        """Receipts are stored per device and go to every member's live devices, the
+        sender's other devices too."""
         conversation_id = uuid.UUID(bytes=frame.conv)
         members = await self._members(conversation_id)
         if members is None:
             self.conn.reply(_err(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
             return
-        at = int(self.gw.services.clock().timestamp() * 1000)
+        now = self.gw.services.clock()
+        at = int(now.timestamp() * 1000)
+        self.gw.cursors.note_receipt(
+            ReceiptRecord(
+                uuid.UUID(bytes=frame.id),
+                conversation_id,
+                self.account_id,
+                self.device_id,
+                frame.status.value,
+                now,
+            )
+        )
         notice = encode(
             ReceiptNotice(
                 conv=frame.conv, id=frame.id, status=frame.status, who=self.account_id.bytes, at=at

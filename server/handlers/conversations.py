@@ -9,6 +9,7 @@ from server.handlers.access import Actor
 from server.services import Services
 from storage.conversations import Conversation
 from storage.messages import StoredMessage
+from storage.receipts import ReceiptRecord
 
 HISTORY_PAGE_MAX = 200
 GROUP_MEMBERS_MAX = 5000
@@ -73,8 +74,10 @@ class ConversationHandler:
 
     async def history(
         self, actor: Actor, conversation_id: uuid.UUID, before_seq: int | None, limit: int
-    ) -> list[StoredMessage]:
-        """Messages the actor may see, newest first, below `before_seq`."""
+    ) -> tuple[list[StoredMessage], list[ReceiptRecord]]:
+        """Messages the actor may see, newest first, below `before_seq`, and their receipts."""
         await self.get(actor, conversation_id)
         limit = max(1, min(limit, HISTORY_PAGE_MAX))
-        return await self._s.messages.history(conversation_id, actor.account_id, before_seq, limit)
+        rows = await self._s.messages.history(conversation_id, actor.account_id, before_seq, limit)
+        receipts = await self._s.receipts.for_messages(conversation_id, [m.id for m in rows])
+        return rows, receipts

@@ -9,7 +9,20 @@ from pathlib import Path
 import trio
 
 from loadtest.client import DeviceState, GatewayClient, connect
-from protocol import Msg, Resync, Send, Sent, ServerFrame, Synced, TextBody
+from protocol import (
+    Msg,
+    Receipt,
+    ReceiptNotice,
+    ReceiptStatus,
+    Resync,
+    Send,
+    Sent,
+    ServerFrame,
+    Synced,
+    TextBody,
+    Typing,
+    TypingNotice,
+)
 from tests.harness import Harness, start_harness
 
 
@@ -193,3 +206,49 @@ async def test_a_stalled_device_is_told_to_resync_and_loses_nothing(
         await stalled.aclose()
         assert told
         assert [m.cid for m in bob_state.messages] == [f"s{i:03}" for i in range(400)]
+
+
+async def test_receipts_are_fanned_out_and_stored_and_typing_is_live_only(
+    server: Harness,
+) -> None:
+    ann = await server.create_org()
+    bob = await server.add_member(ann, "bob")
+    conv = await server.group(ann, bob)
+    ann_state, bob_state = server.device(ann), server.device(bob)
+    ann_client = await ann_state.reconnect(server.gateway_url)
+    bob_client = await bob_state.reconnect(server.gateway_url)
+    for client, state in ((ann_client, ann_state), (bob_client, bob_state)):
+        frames = await until(client, state, lambda st: True)
+        while not any(isinstance(f, Synced) for f in frames):
+            frames = await client.receive()
+    await ann_client.send(text(conv, "r1"))
+    await until(bob_client, bob_state, lambda st: len(st.messages) == 1)
+    message = bob_state.messages[0]
+    await bob_client.send(
+        Typing(conv=conv.bytes, on=True),
+        Receipt(conv=conv.bytes, id=message.id, status=ReceiptStatus.READ),
+    )
+    seen: list[ServerFrame] = []
+    with trio.fail_after(10):
+        while not any(isinstance(f, ReceiptNotice) for f in seen):
+            seen += await ann_client.receive()
+    typing = [f for f in seen if isinstance(f, TypingNotice)]
+    receipt = next(f for f in seen if isinstance(f, ReceiptNotice))
+    assert typing and typing[0].who == bob.account_uuid.bytes and typing[0].on
+    assert (receipt.id, receipt.status, receipt.who) == (
+        message.id,
+        ReceiptStatus.READ,
+        bob.account_uuid.bytes,
+    )
+    with trio.fail_after(10):  # the receipt saver writes once a second
+        while True:
+            history = await server.client.get(
+                f"/v1/conversations/{conv}/messages", headers=ann.headers
+            )
+            receipts = history.json()["messages"][0]["receipts"]
+            if receipts:
+                break
+            await trio.sleep(0.1)
+    assert [(r["account_id"], r["status"]) for r in receipts] == [(bob.id, "read")]
+    await ann_client.aclose()
+    await bob_client.aclose()
