@@ -6,6 +6,7 @@ whether it stops because `shutdown` was set, it was cancelled, or something fail
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,9 @@ async def _serve_all(
         if settings.serve_gateway:
             port = await nursery.start(_run_gateway, services, shutdown)
             gateway_url = f"ws://{settings.host}:{port}{GATEWAY_PATH}"
+        if settings.gc_tuning:
+            gc.freeze()  # what start-up built lives forever: keep it out of every collection
+            gc.set_threshold(settings.gc_gen0_threshold, 20, 20)
         running = Running(
             api_url=api_url,
             gateway_url=gateway_url,
@@ -146,7 +150,7 @@ async def _run_gateway(
     """The hub's gateway, its committer and cursor saver, until `shutdown`."""
     settings = services.settings
     committer = Committer(services.messages, services.hub, max_batch=settings.commit_batch_max)
-    cursors = CursorSaver(services.messages, services.receipts)
+    cursors = CursorSaver(services.messages, services.receipts, services.devices)
     context = GatewayContext(services, services.hub, committer, cursors, settings.catch_up_page)
     gateway = Gateway(
         context,

@@ -93,6 +93,15 @@ async def _revoke(conn: Any, account_id: uuid.UUID, device_id: uuid.UUID) -> Dev
     return _device(row)
 
 
+async def _mark_seen(conn: Any, seen: dict[uuid.UUID, datetime]) -> None:
+    await conn.execute(
+        """UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, s.at)
+           FROM unnest($1::uuid[], $2::timestamptz[]) AS s(id, at) WHERE d.id = s.id""",
+        list(seen),
+        list(seen.values()),
+    )
+
+
 class DeviceStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -112,3 +121,7 @@ class DeviceStore:
     async def revoke(self, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
         """Revoke the account's device and every token bound to it, in one transaction."""
         return await self._db.transaction(_revoke, account_id, device_id)
+
+    async def mark_seen(self, seen: dict[uuid.UUID, datetime]) -> None:
+        """Record when devices were last connected (never moves a time back)."""
+        await self._db.transaction(_mark_seen, seen)

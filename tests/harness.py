@@ -181,6 +181,7 @@ async def start_harness(
         port=0,
         password_hash_strength="minimal",
         db_pool_size=4,
+        gc_tuning=False,  # the server shares the test process: leave its GC alone
         **overrides,
     )
     clock = FakeClock()

@@ -138,6 +138,7 @@ class Gateway:
         conn.channel = channel
         conn.state = State.WAITING_SYNC
         self.gw.hub.attach(conn)
+        self.gw.cursors.note_seen(conn.device_id, self.gw.services.clock())
         logger.info("connection %s: device %s established", conn.id, conn.device_id)
         session = Session(conn, self.gw, nursery)
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import trio
 from nacl.signing import SigningKey
 
 from tests.harness import PASSWORD, Harness, assert_error, b64
@@ -82,3 +83,15 @@ async def test_devices_of_other_accounts_are_out_of_reach(server: Harness) -> No
         json={"name": "x", "platform": "ios", "public_key": b64(bytes(member.key.verify_key))},
     )
     assert_error(response, 409, "conflict")
+
+
+async def test_connecting_records_when_a_device_was_last_seen(server: Harness) -> None:
+    session = await server.create_org()
+    client = await server.connect(session)
+    await client.aclose()
+    with trio.fail_after(10):  # cursors and last-seen times are saved once a second
+        while True:
+            devices = (await server.client.get("/v1/devices", headers=session.headers)).json()
+            if devices["devices"][0]["last_seen_at"] is not None:
+                break
+            await trio.sleep(0.1)
