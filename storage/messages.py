@@ -81,6 +81,7 @@ def _stored(row: Any) -> StoredMessage:
         bytes(row["body"]),
         None if row["consent"] is None else bytes(row["consent"]),
         row["sent_at"],
+        None if row["scope"] is None else tuple(row["scope"]),
     )
 
 
@@ -157,6 +158,7 @@ async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResu
                 item.body,
                 item.consent,
                 item.sent_at,
+                item.scope,
             )
             stored.append(message)
             results[index] = AppendResult(Outcome.STORED, message)
@@ -174,6 +176,7 @@ async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResu
                     m.kind,
                     m.body,
                     m.consent,
+                    None if m.scope is None else list(m.scope),
                     m.sent_at,
                 )
                 for m in stored
@@ -189,6 +192,7 @@ async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResu
                 "kind",
                 "body",
                 "consent",
+                "scope",
                 "sent_at",
             ],
         )

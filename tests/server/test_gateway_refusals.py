@@ -238,3 +238,55 @@ async def test_location_with_consent_and_ephemeral_retention_is_never_stored(
     await later.aclose()
     await client.aclose()
     await bystander.aclose()
+
+
+async def test_consent_scope_limits_who_receives_live_and_in_catch_up(server: Harness) -> None:
+    ann = await server.create_org()
+    bob = await server.add_member(ann, "bob")
+    carl = await server.add_member(ann, "carl")
+    conv = await server.group(ann, bob, carl)
+    carl_live = await server.connect(carl)
+    await carl_live.sync(0)
+    await frames_until(carl_live, Synced)
+    sender = await server.connect(ann)
+    await sender.sync(0)
+    await sender.send(
+        Send(
+            cid="for-bob",
+            conv=conv.bytes,
+            body=LocationBody(lat=-6.2, lon=106.8, acc=10.0),
+            consent=Consent(
+                purpose="location_share", scope=(bob.account_uuid.bytes,), retention=3600
+            ),
+        ),
+        Send(cid="for-all", conv=conv.bytes, body=TextBody(text="hello all")),
+    )
+    got: list[ServerFrame] = []
+    with trio.fail_after(10):
+        while not any(getattr(f, "cid", None) == "for-all" for f in got):
+            got += await carl_live.receive()
+    assert not any(getattr(f, "cid", None) == "for-bob" for f in got)
+    await carl_live.aclose()
+    await sender.aclose()
+    for who, expected in ((bob, ["for-all", "for-bob"]), (carl, ["for-all"])):
+        assert sorted(await history(server, who, conv)) == expected
+        client = await server.connect(who)
+        await client.sync(0)
+        frames = await frames_until(client, Synced)
+        assert sorted(getattr(f, "cid", "") for f in frames if hasattr(f, "seq")) == expected
+        await client.aclose()
+
+
+async def test_deactivating_a_member_closes_their_connections(server: Harness) -> None:
+    ann = await server.create_org()
+    bob = await server.add_member(ann, "bob")
+    live = await server.connect(bob)
+    response = await server.client.post(
+        f"/v1/orgs/{ann.org_id}/members/{bob.id}/deactivate", headers=ann.headers
+    )
+    assert response.status_code == 200
+    closed = await closed_with(live)
+    assert (closed.code, closed.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+    with pytest.raises(ConnectionClosedError) as info:
+        await server.connect(bob)
+    assert info.value.code == CloseCode.DEVICE_REVOKED
