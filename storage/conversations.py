@@ -110,10 +110,10 @@ async def _open_direct(
 ) -> tuple[Conversation, bool]:
     await _check_org_members(conn, org_id, [creator, other])
     key = ":".join(sorted([str(creator), str(other)]))
+    await lock_stream(conn)  # also serialises two first opens of the same pair
     existing = await conn.fetchval("SELECT id FROM conversations WHERE direct_key = $1", key)
     if existing is not None:
         return await _load(conn, existing), False
-    await lock_stream(conn)
     conversation_id = uuid.uuid4()
     await conn.execute(
         """INSERT INTO conversations (id, org_id, kind, direct_key, created_by)

@@ -23,6 +23,13 @@ from storage.messages import MessageStore, NewMessage, Outcome, StoredMessage
 logger = logging.getLogger(__name__)
 
 
+def err_frame(
+    code: ErrorCode, message: str, ref: str | None = None, ref_type: str | None = None
+) -> bytes:
+    """An encoded `err` frame; `ref`/`ref_type` point at the frame refused."""
+    return encode(Err(code=code, message=message, ref=ref, ref_type=ref_type))
+
+
 def unix_ms(message: StoredMessage) -> int:
     return int(message.sent_at.timestamp() * 1000)
 
@@ -52,6 +59,9 @@ def recipients(
     if scope is None:
         return members
     return members & frozenset((*scope, sender))
+
+
+NOT_MEMBER_TEXT = "no such conversation, or you are not a member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +102,11 @@ class Committer:
             logger.warning("commit of %d sends failed: %s", len(batch), exc)
             for p in batch:
                 p.conn.reply(
-                    encode(
-                        Err(
-                            code=ErrorCode.UNAVAILABLE,
-                            message="the database is unavailable; retry with the same cid",
-                            ref=p.message.client_id,
-                            ref_type="send",
-                        )
+                    err_frame(
+                        ErrorCode.UNAVAILABLE,
+                        "the database is unavailable; retry with the same cid",
+                        p.message.client_id,
+                        "send",
                     )
                 )
             return
@@ -107,14 +115,7 @@ class Committer:
             message = result.message
             if result.outcome is Outcome.NOT_MEMBER or message is None:
                 p.conn.reply(
-                    encode(
-                        Err(
-                            code=ErrorCode.NOT_MEMBER,
-                            message="no such conversation, or you are not a member",
-                            ref=p.message.client_id,
-                            ref_type="send",
-                        )
-                    )
+                    err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, p.message.client_id, "send")
                 )
                 continue
             p.conn.reply(

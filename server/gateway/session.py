@@ -11,7 +11,6 @@ import trio
 from protocol import (
     Ack,
     ClientFrame,
-    Err,
     ErrorCode,
     FileBody,
     Msg,
@@ -29,7 +28,14 @@ from protocol import (
     encode,
 )
 from protocol.codec import decode_body, decode_consent, encode_body, encode_consent
-from server.gateway.committer import Committer, PendingSend, msg_frame, recipients
+from server.gateway.committer import (
+    NOT_MEMBER_TEXT,
+    Committer,
+    PendingSend,
+    err_frame,
+    msg_frame,
+    recipients,
+)
 from server.gateway.connection import Connection, State
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
@@ -62,12 +68,6 @@ def stored_msg_frame(message: StoredMessage) -> bytes:
     body = decode_body(message.kind, message.body)
     consent = None if message.consent is None else decode_consent(message.consent)
     return msg_frame(message, body, consent)
-
-
-def _err(
-    code: ErrorCode, message: str, ref: str | None = None, ref_type: str | None = None
-) -> bytes:
-    return encode(Err(code=code, message=message, ref=ref, ref_type=ref_type))
 
 
 class Session:
@@ -103,7 +103,9 @@ class Session:
         body, consent = frame.body, frame.consent
         if isinstance(body, FileBody) and not await self._file_usable(body, conversation_id):
             self.conn.reply(
-                _err(ErrorCode.UNKNOWN_FILE, "no such file in this conversation", frame.cid, "send")
+                err_frame(
+                    ErrorCode.UNKNOWN_FILE, "no such file in this conversation", frame.cid, "send"
+                )
             )
             return
         scope = None
@@ -148,9 +150,9 @@ class Session:
         members = await self._members(conversation_id)
         if members is None:
             self.conn.reply(
-                _err(
+                err_frame(
                     ErrorCode.NOT_MEMBER,
-                    "no such conversation, or you are not a member",
+                    NOT_MEMBER_TEXT,
                     frame.cid,
                     "send",
                 )
@@ -226,7 +228,7 @@ class Session:
         conversation_id = uuid.UUID(bytes=frame.conv)
         members = await self._members(conversation_id)
         if members is None:
-            self.conn.reply(_err(ErrorCode.NOT_MEMBER, "not a member", None, "typing"))
+            self.conn.reply(err_frame(ErrorCode.NOT_MEMBER, "not a member", None, "typing"))
             return
         notice = encode(TypingNotice(conv=frame.conv, who=self.account_id.bytes, on=frame.on))
         self.gw.hub.fan_out(members - {self.account_id}, None, notice)
@@ -237,7 +239,7 @@ class Session:
         conversation_id = uuid.UUID(bytes=frame.conv)
         members = await self._members(conversation_id)
         if members is None:
-            self.conn.reply(_err(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
+            self.conn.reply(err_frame(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
             return
         now = self.gw.services.clock()
         at = int(now.timestamp() * 1000)
