@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "is started in the data folder",
     )
     run.add_argument("--config", type=Path, help="TOML settings file")
+    commands.add_parser(
+        "loadtest",
+        help="simulate devices against a server (see `obrol loadtest --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -101,6 +106,11 @@ def _obrol_errors(exc: BaseException) -> list[ObrolError]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:
+        from loadtest.cli import main as loadtest_main  # noqa: PLC0415 - only loadtest needs it
+
+        return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":

@@ -1,0 +1,177 @@
+"""What one load-test run does: the validated options, and the parsers of their mini-languages.
+
+`RunConfig` is built once by the CLI and never changes; everything downstream (provisioning,
+workers, report) reads it. Parsers raise `ConfigError` with a message naming the option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from protocol.errors import ObrolError
+
+GROUP_MEMBERS_MAX = 5000
+"""The server's limit on the members of one group (the creator included)."""
+
+MAX_WORKERS = 64
+KINDS = ("text", "file", "location")
+
+
+class ConfigError(ObrolError):
+    """An option is invalid; the message names it and says what is expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupClass:
+    """`count` conversations of `size` users each (size 2 is a 1:1 conversation)."""
+
+    size: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """Relative weights of the message kinds sent."""
+
+    text: int
+    file: int
+    location: int
+
+    @property
+    def weights(self) -> tuple[int, int, int]:
+        return (self.text, self.file, self.location)
+
+
+Arrival = Literal["poisson", "constant"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Every option of a run, validated."""
+
+    devices: int
+    users: int
+    groups: tuple[GroupClass, ...]
+    rate: float
+    arrival: Arrival
+    duration_s: float
+    ramp_rate: float
+    mix: Mix
+    text_chars: int
+    storm_percent: float
+    storm_at_s: float | None
+    soak_s: float
+    drain_timeout_s: float
+    workers: int
+    report_dir: Path
+    url: str | None = None
+    gateway_url: str | None = None
+    cache_path: Path | None = None
+    fresh: bool = False
+    data_dir: Path | None = None
+    seed: int = 1
+    progress: bool = True
+
+    @property
+    def storm_time_s(self) -> float | None:
+        """Seconds after the start of the send phase when the storm hits (None: no storm)."""
+        if self.storm_percent <= 0:
+            return None
+        return self.storm_at_s if self.storm_at_s is not None else self.duration_s / 2
+
+
+def default_groups(users: int) -> tuple[GroupClass, ...]:
+    """A mix of 1:1 conversations and groups of 10, 100 and 1,000 users, scaled to `users`.
+
+    About 1 user in 5 has a 1:1 partner, 1 in 25 groups of 10, and so on; a class is left
+    out when there are fewer users than its size.
+    """
+    classes = [
+        GroupClass(2, max(1, users // 5)),
+        GroupClass(10, max(1, users // 25)),
+        GroupClass(100, max(1, users // 250)),
+        GroupClass(1000, max(1, users // 2500)),
+    ]
+    return tuple(c for c in classes if c.size <= users)
+
+
+def parse_groups(spec: str, users: int) -> tuple[GroupClass, ...]:
+    """Parse `SIZE:COUNT,...` (e.g. `2:200,10:40,100:4,1000:1`) or `auto`."""
+    if spec.strip() == "auto":
+        return default_groups(users)
+    classes: list[GroupClass] = []
+    for part in spec.split(","):
+        size_text, sep, count_text = part.strip().partition(":")
+        try:
+            size, count = int(size_text), int(count_text) if sep else 1
+        except ValueError:
+            raise ConfigError(
+                f"--groups: {part.strip()!r} is not SIZE:COUNT (e.g. 2:200,10:40,1000:1)"
+            ) from None
+        if not 2 <= size <= GROUP_MEMBERS_MAX:
+            raise ConfigError(f"--groups: size {size} must be 2..{GROUP_MEMBERS_MAX}")
+        if size > users:
+            raise ConfigError(f"--groups: size {size} is more than the {users} users")
+        if not 1 <= count <= 100_000:
+            raise ConfigError(f"--groups: count {count} must be 1..100000")
+        classes.append(GroupClass(size, count))
+    if not classes:
+        raise ConfigError("--groups: give at least one SIZE:COUNT")
+    return tuple(classes)
+
+
+def parse_mix(spec: str) -> Mix:
+    """Parse `text=80,file=10,location=10` (weights; missing kinds weigh 0)."""
+    weights = dict.fromkeys(KINDS, 0)
+    for part in spec.split(","):
+        kind, sep, value = part.strip().partition("=")
+        if kind not in weights or not sep:
+            raise ConfigError(f"--mix: {part.strip()!r} is not KIND=WEIGHT with KIND in {KINDS}")
+        try:
+            weights[kind] = int(value)
+        except ValueError:
+            raise ConfigError(f"--mix: weight {value!r} is not a whole number") from None
+        if weights[kind] < 0:
+            raise ConfigError(f"--mix: weight of {kind} must not be negative")
+    if sum(weights.values()) == 0:
+        raise ConfigError("--mix: at least one kind needs a positive weight")
+    return Mix(weights["text"], weights["file"], weights["location"])
+
+
+def check_config(config: RunConfig) -> None:
+    """Cross-option rules; raises ConfigError."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(1 <= config.devices <= 200_000, "--devices must be 1..200000")
+    need(
+        1 <= config.users <= config.devices,
+        "--users must be 1..--devices (every user has a device)",
+    )
+    need(0 < config.rate <= 1_000_000, "--rate must be > 0 messages per second")
+    need(0 < config.duration_s <= 24 * 3600, "--duration must be > 0 seconds (at most a day)")
+    need(0 < config.ramp_rate <= 100_000, "--ramp-rate must be > 0 connections per second")
+    need(1 <= config.text_chars <= 16_000, "--text-chars must be 1..16000")
+    need(0 <= config.storm_percent <= 100, "--storm must be a percentage, 0..100")
+    need(
+        config.storm_at_s is None or 0 <= config.storm_at_s < config.duration_s,
+        "--storm-at must lie inside the send phase (0 <= S < --duration)",
+    )
+    need(0 <= config.soak_s <= 24 * 3600, "--soak must be 0..86400 seconds")
+    need(0 < config.drain_timeout_s <= 3600, "--drain-timeout must be > 0 seconds")
+    need(1 <= config.workers <= MAX_WORKERS, f"--workers must be 1..{MAX_WORKERS}")
+    need(config.workers <= config.users, "--workers must not exceed --users")
+    if config.url is not None:
+        need(
+            config.url.startswith(("http://", "https://")),
+            f"--url must be the HTTP API address, like http://127.0.0.1:8400 (got {config.url})",
+        )
+    if config.gateway_url is not None:
+        need(
+            config.gateway_url.startswith("ws://"),
+            "--gateway-url must look like ws://host:port/v1/ws",
+        )

@@ -1,0 +1,449 @@
+"""The report: `report.json`, the summary table, and who was the bottleneck.
+
+Built only from what was measured; figures a run could not measure (a worker died, the run
+was stopped at once) are null and `loss_check` says `incomplete`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtest.coordinator import RunRecord
+from loadtest.metrics import Latency
+from loadtest.procstats import cpu_count
+from loadtest.schedule import KEY_WORKER_BITS
+
+TESTER_CPU_LIMIT = 0.85
+"""A worker using this share of a core or more during the send phase is saturated."""
+SERVER_CPU_LIMIT = 0.90
+LAG_LIMIT_MS = 50.0
+"""Sends handed out this late (p99) mean the tester could not keep its own schedule."""
+LOOP_LAG_LIMIT_MS = 25.0
+"""A worker whose event loop is busy this long at a stretch adds that to latencies."""
+MACHINE_LIMIT = 0.90
+OTHERS_LIMIT = 0.25
+"""Cores used by processes that are neither the tester nor the server worth a warning."""
+MIN_SEND_S = 1.0
+"""Shorter send phases (a stopped run) say nothing about saturation."""
+
+
+def _merged(finals: list[dict[str, Any]], name: str) -> Latency:
+    merged = Latency()
+    for final in finals:
+        merged.merge(Latency.decode(final[name]))
+    return merged
+
+
+def _rate(count: float, seconds: float | None) -> float | None:
+    if seconds is None or seconds <= 0:
+        return None
+    return round(count / seconds, 1)
+
+
+def _sum(finals: list[dict[str, Any]], *path: str) -> int:
+    total = 0
+    for final in finals:
+        value: Any = final
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        total += int(value or 0)
+    return total
+
+
+def build_report(record: RunRecord) -> dict[str, Any]:
+    config = record.config
+    finals = [f for f in record.finals if f is not None]
+    complete = (
+        bool(finals)
+        and len(finals) == config.workers
+        and all("loss" in f for f in finals)
+        and not record.dead_workers
+    )
+    aggregator = record.aggregator
+    errors: Counter[str] = Counter()
+    for index, final in enumerate(record.finals):
+        if final is not None:
+            errors.update(final["counts"]["errors"])
+        elif aggregator is not None:  # what its last progress message said
+            errors.update(aggregator.workers[index].counts.get("errors", {}))
+
+    latency = _merged(finals, "latency")
+    # How long sends went on: the configured duration, or less if the run was stopped.
+    walls = [f["send_phase"]["wall_s"] for f in finals if f.get("send_phase")]
+    send_s = max(walls) if walls else None
+    send_start = record.times.get("send_start")
+    last_delivery = max((f["last_delivery_at"] or 0 for f in finals), default=0) or None
+    delivery_window = (
+        None if send_start is None or last_delivery is None else last_delivery - send_start
+    )
+    first_connect = min(
+        (f["first_connect_at"] for f in finals if f["first_connect_at"]), default=None
+    )
+    last_ready = max((f["last_ready_at"] or 0 for f in finals), default=0) or None
+    connected = _sum(finals, "loss", "devices_checked") if complete else None
+    if connected is None and aggregator is not None:
+        connected = aggregator.settled()
+    initial_handshakes = Latency()
+    for final in finals:
+        initial_handshakes.merge(Latency.decode(final["ready"]))
+
+    duplicates = {
+        k: _sum(finals, "duplicates", k) for k in ("catch_up", "switch", "live", "stored_twice")
+    }
+    loss = {k: _sum(finals, "loss", k) for k in ("expected", "received", "lost", "unexpected")}
+    sent = _sum(finals, "counts", "sent")
+    lost_sample = [
+        {"device": d, "message": f"{key & 0xFF}.{key >> KEY_WORKER_BITS}"}
+        for f in finals
+        for d, key in f.get("loss", {}).get("lost_sample", [])
+    ][:20]
+    storm = _storm(record, finals)
+    soak_parts = [f["soak"] for f in finals if f.get("soak")]
+    soak = (
+        {
+            "seconds": config.soak_s,
+            **{
+                k: sum(p[k] for p in soak_parts)
+                for k in ("connected_at_start", "connected_at_end", "disconnects")
+            },
+        }
+        if soak_parts
+        else None
+    )
+    server = _server(record, connected)
+    tester = _tester(record, finals)
+    machine = _machine(record, server, tester)
+    report: dict[str, Any] = {
+        "tool": "obrol loadtest",
+        "started_at": datetime.fromtimestamp(record.started_at, UTC).isoformat(),
+        "command": " ".join(["obrol", "loadtest", *record.argv]),
+        "interrupted": record.interrupted,
+        "target": None
+        if record.target is None
+        else {
+            "api_url": record.target.api_url,
+            "gateway_url": record.target.gateway_url,
+            "own_server": record.target.local is not None,
+        },
+        "devices": config.devices,
+        "users": config.users,
+        "conversations": 0 if record.topology is None else len(record.topology.conversations),
+        "groups": [dataclasses.asdict(g) for g in config.groups],
+        "connected": connected,
+        "connected_at_end": None if aggregator is None else aggregator.total("connected"),
+        "messages_sent": sent,
+        "messages_acked": _sum(finals, "sends", "acked"),
+        "messages_refused": _sum(finals, "sends", "refused"),
+        "messages_unacked": _sum(finals, "sends", "unacked"),
+        "messages_unsent": _sum(finals, "sends", "unwritten"),
+        "messages_per_s": _rate(sent, send_s),
+        "deliveries_expected": loss["expected"] if complete else None,
+        "deliveries_received": loss["received"] if complete else None,
+        "lost": loss["lost"] if complete else None,
+        "duplicates": duplicates["live"] + duplicates["stored_twice"],
+        "duplicates_dropped": duplicates["catch_up"] + duplicates["switch"],
+        "duplicate_detail": duplicates,
+        "unexpected_deliveries": loss["unexpected"] if complete else None,
+        "stale_messages": _sum(finals, "stale"),
+        "out_of_order": _sum(finals, "out_of_order"),
+        "loss_check": _verdict(complete, loss, duplicates),
+        "lost_sample": lost_sample,
+        "deliveries_per_s": _rate(loss["received"], delivery_window),
+        "offered_deliveries_per_s": _rate(loss["expected"], send_s),
+        "latency_ms": latency.summary_ms(),
+        "ack_latency_ms": _merged(finals, "ack_latency").summary_ms(),
+        "handshake_ms": _merged(finals, "handshake").summary_ms(),
+        "connect_to_synced_ms": initial_handshakes.summary_ms(),
+        "handshakes_per_s": None
+        if first_connect is None or last_ready is None or not connected
+        else round(connected / max(last_ready - first_connect, 1e-3), 1),
+        "catch_up_deliveries": _sum(finals, "catch_up_deliveries"),
+        "errors": dict(sorted(errors.items())),
+        "storm": storm,
+        "soak": soak,
+        "server": server,
+        "tester": tester,
+        "machine": machine,
+        "bottleneck": _bottleneck(server, tester, machine),
+        "provisioning": None
+        if record.provisioned is None
+        else {
+            "seconds": round(record.provisioned.seconds, 2),
+            "created": record.provisioned.created,
+            "reused": record.provisioned.reused,
+        },
+        "config": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in ("groups",)
+        },
+        "notes": record.notes
+        + (
+            [
+                "new messages arrived below an earlier position on the same connection "
+                "(PROTOCOL.md 6.1 promises increasing positions)"
+            ]
+            if _sum(finals, "out_of_order")
+            else []
+        )
+        + [f"worker {w} exited unexpectedly" for w in record.dead_workers]
+        + (["aborted: no device could connect"] if record.aborted else []),
+        "timeline_s": _timeline(record),
+        "timeseries": []
+        if aggregator is None
+        else [dataclasses.asdict(t) for t in aggregator.ticks],
+    }
+    return report
+
+
+def _timeline(record: RunRecord) -> dict[str, float | None]:
+    """When each phase (and the storm) began, in seconds on the time series' clock."""
+    if record.aggregator is None:
+        return {}
+    origin = record.aggregator.started
+    times = record.times
+
+    def at(name: str) -> float | None:
+        return None if name not in times else round(times[name] - origin, 2)
+
+    storm = record.config.storm_time_s
+    send = at("send_start")
+    stops = [t for t in (at("send_stop"), at("stopped")) if t is not None]
+    return {
+        "ramp": at("ramp_start"),
+        "send": send,
+        "storm": None if storm is None or send is None else round(send + storm, 2),
+        "drain": min(stops) if stops else None,
+        "end": at("end"),
+    }
+
+
+def _verdict(complete: bool, loss: dict[str, int], duplicates: dict[str, int]) -> str:
+    if not complete or loss["expected"] == 0:
+        return "incomplete"
+    clean = (
+        loss["lost"] == 0
+        and loss["unexpected"] == 0
+        and duplicates["live"] == 0
+        and duplicates["stored_twice"] == 0
+    )
+    return "passed" if clean else "failed"
+
+
+def _storm(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any] | None:
+    parts = [f["storm"] for f in finals if f.get("storm")]
+    if not parts:
+        return None
+    ready = _merged(finals, "storm_ready")
+    send_start = record.times.get("send_start", 0.0)
+    return {
+        "percent": record.config.storm_percent,
+        "at_s": round(min(p["at"] for p in parts) - send_start, 2),
+        "dropped": sum(p["dropped"] for p in parts),
+        "reconnected": ready.count,
+        "reconnect_to_synced_ms": ready.summary_ms(),
+    }
+
+
+def _server(record: RunRecord, connected: int | None) -> dict[str, Any] | None:
+    watch = record.server
+    if watch is None:
+        return None
+    whole = watch.between("ramp_start", "end") or watch.between("ramp_start", "send_end")
+    send = watch.between("send_start", "send_end")
+    ramp = watch.between("ramp_start", "ramp_end")
+    result: dict[str, Any] = {
+        "pid": watch.pid,
+        "cpu_s": None if whole is None else round(whole[1].cpu_s - whole[0].cpu_s, 2),
+        "rss_mb": round(watch.max_rss_mb, 1),
+        "rss_peak_mb": round(watch.peak_rss_mb, 1),
+        "cpu_util_send": None,
+        "db_cpu_s": None,
+        "rss_per_connection_kb": None,
+    }
+    if send is not None:
+        wall = max(send[1].at - send[0].at, 1e-6)
+        result["cpu_util_send"] = round((send[1].cpu_s - send[0].cpu_s) / wall, 3)
+        if send[0].db_cpu_s is not None and send[1].db_cpu_s is not None:
+            result["db_cpu_util_send"] = round((send[1].db_cpu_s - send[0].db_cpu_s) / wall, 3)
+    if whole is not None and whole[0].db_cpu_s is not None and whole[1].db_cpu_s is not None:
+        result["db_cpu_s"] = round(whole[1].db_cpu_s - whole[0].db_cpu_s, 2)
+    if ramp is not None and connected:
+        grown = ramp[1].rss_mb - ramp[0].rss_mb
+        result["rss_per_connection_kb"] = round(grown * 1024 / connected, 1)
+    return result
+
+
+def _machine(
+    record: RunRecord, server: dict[str, Any] | None, tester: dict[str, Any]
+) -> dict[str, Any] | None:
+    """How busy this machine was while sending, and how much of that was neither the
+    tester nor (when it is ours) the server and its database."""
+    times, busy = record.times, record.machine_busy
+    if "send_start" not in busy or "send_end" not in busy:
+        return None
+    wall = times["send_end"] - times["send_start"]
+    if wall < MIN_SEND_S:
+        return None
+    busy_cores = (busy["send_end"] - busy["send_start"]) / wall
+    known = sum(tester["worker_cpu_util_send"])
+    if server is not None:
+        known += (server.get("cpu_util_send") or 0) + (server.get("db_cpu_util_send") or 0)
+    return {
+        "cores": cpu_count(),
+        "busy_cores_send": round(busy_cores, 2),
+        "others_cores_send": round(max(busy_cores - known, 0.0), 2),
+        "others_include_server": server is None,
+    }
+
+
+def _tester(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any]:
+    utils = [
+        f["send_phase"]["cpu_s"] / f["send_phase"]["wall_s"]
+        for f in finals
+        if f.get("send_phase") and f["send_phase"]["wall_s"] >= MIN_SEND_S
+    ]
+    lag = _merged(finals, "schedule_lag")
+    loop_lag = _merged(finals, "loop_lag")
+    return {
+        "workers": record.config.workers,
+        "cpu_s": round(sum(f["cpu_s"] for f in finals) + record.coordinator_cpu_s, 2),
+        "worker_cpu_util_send": [round(u, 3) for u in utils],
+        "schedule_lag_ms": lag.summary_ms(),
+        "loop_lag_ms": loop_lag.summary_ms(),
+        "cores": cpu_count(),
+    }
+
+
+def _bottleneck(
+    server: dict[str, Any] | None, tester: dict[str, Any], machine: dict[str, Any] | None
+) -> dict[str, Any]:
+    reasons: list[str] = []
+    utils: list[float] = tester["worker_cpu_util_send"]
+    tester_bound = False
+    if utils and max(utils) >= TESTER_CPU_LIMIT:
+        tester_bound = True
+        reasons.append(
+            f"a tester worker used {max(utils):.0%} of a core while sending (add --workers)"
+        )
+    loop_p99 = tester["loop_lag_ms"]["p99"]
+    if loop_p99 is not None and loop_p99 > LOOP_LAG_LIMIT_MS:
+        tester_bound = True
+        reasons.append(
+            f"a tester worker was busy for {loop_p99:.0f} ms at a stretch (p99): deliveries "
+            "arriving meanwhile waited for it"
+        )
+    lag_p99 = tester["schedule_lag_ms"]["p99"]
+    if lag_p99 is not None and lag_p99 > LAG_LIMIT_MS:
+        tester_bound = True
+        reasons.append(f"the tester handed out sends late (p99 {lag_p99:.0f} ms behind schedule)")
+    server_bound = False
+    server_util = None if server is None else server.get("cpu_util_send")
+    if server_util is not None and server_util >= SERVER_CPU_LIMIT:
+        server_bound = True
+        reasons.append(f"the server process used {server_util:.0%} of a core")
+    if machine is not None:
+        if machine["busy_cores_send"] >= MACHINE_LIMIT * machine["cores"]:
+            reasons.append(
+                f"the machine was busy ({machine['busy_cores_send']:.1f} of "
+                f"{machine['cores']} cores): everything on it competed for the cores"
+            )
+        if not machine["others_include_server"] and machine["others_cores_send"] >= OTHERS_LIMIT:
+            reasons.append(
+                f"other processes used {machine['others_cores_send']:.1f} cores while sending: "
+                "the figures are disturbed"
+            )
+    if tester_bound and not server_bound:
+        verdict = (
+            "tester-bound: the tester's own delays are part of these latencies "
+            "(they overstate the server's)"
+        )
+    elif server_bound and not tester_bound:
+        verdict = "server-bound"
+    elif server_bound and tester_bound:
+        verdict = "both saturated"
+    else:
+        verdict = "neither saturated: the offered load was handled"
+    return {
+        "tester_bound": tester_bound,
+        "server_bound": server_bound if server is not None else None,
+        "verdict": verdict,
+        "reasons": reasons,
+    }
+
+
+def write_json(report: dict[str, Any], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:,.2f} ms"
+
+
+def _n(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The end-of-run table for the terminal."""
+    lat = report["latency_ms"]
+    rows = [
+        ("devices connected", f"{_n(report['connected'])} / {_n(report['devices'])}"),
+        ("handshakes/s", _n(report["handshakes_per_s"])),
+        ("messages sent", f"{_n(report['messages_sent'])} ({_n(report['messages_per_s'])}/s)"),
+        (
+            "deliveries",
+            f"{_n(report['deliveries_received'])} / {_n(report['deliveries_expected'])} expected",
+        ),
+        ("deliveries/s", _n(report["deliveries_per_s"])),
+        ("lost", _n(report["lost"])),
+        (
+            "duplicates",
+            _n(report["duplicates"])
+            + (
+                f" (and {_n(report['duplicates_dropped'])} re-sent around a catch-up, "
+                "dropped by id as PROTOCOL.md 6.3 allows)"
+                if report["duplicates_dropped"]
+                else ""
+            ),
+        ),
+        ("latency p50/p90/p99", f"{_ms(lat['p50'])} / {_ms(lat['p90'])} / {_ms(lat['p99'])}"),
+        ("latency p99.9/max", f"{_ms(lat['p999'])} / {_ms(lat['max'])}"),
+        ("errors", ", ".join(f"{k} {v}" for k, v in report["errors"].items()) or "none"),
+    ]
+    if report["out_of_order"]:
+        rows.append(
+            ("out of order", f"{_n(report['out_of_order'])} new messages below an earlier position")
+        )
+    if report["storm"]:
+        storm = report["storm"]
+        rows.append(
+            (
+                "reconnect storm",
+                f"{storm['dropped']} dropped, {storm['reconnected']} back, "
+                f"p99 {_ms(storm['reconnect_to_synced_ms']['p99'])} to synced",
+            )
+        )
+    if report["server"]:
+        server = report["server"]
+        rows.append(
+            (
+                "server",
+                f"cpu {_n(server['cpu_s'])} s, rss {_n(server['rss_mb'])} MB, "
+                f"{_n(server['rss_per_connection_kb'])} KB/connection",
+            )
+        )
+    rows.append(("bottleneck", report["bottleneck"]["verdict"]))
+    rows.append(("loss check", report["loss_check"]))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

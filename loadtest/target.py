@@ -1,0 +1,84 @@
+"""Where the load goes: a server of our own, or a running one given by URL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from loadtest.cache import default_cache_path
+from loadtest.config import RunConfig
+from loadtest.localserver import LocalServer, local_server
+from loadtest.progress import Display
+from protocol.errors import ObrolError
+
+
+class TargetError(ObrolError):
+    """The server cannot be reached or used; the message says what to check."""
+
+
+@dataclass
+class Target:
+    """The server under load: its addresses, and the process when it is ours."""
+
+    api_url: str
+    gateway_url: str
+    local: LocalServer | None
+
+
+def default_gateway_url(api_url: str) -> str:
+    """`obrol serve`'s default: the gateway listens on the API port + 1."""
+    parts = urlsplit(api_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"ws://{parts.hostname}:{port + 1}/v1/ws"
+
+
+@asynccontextmanager
+async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Target]:
+    if config.url is None:
+        display.note("starting a server of our own (embedded PostgreSQL)...")
+        async with local_server(config.data_dir, config.report_dir / "server.log") as server:
+            display.note(f"server up: API {server.api_url}, gateway {server.gateway_url}")
+            yield Target(server.api_url, server.gateway_url, server)
+    else:
+        gateway = config.gateway_url or default_gateway_url(config.url)
+        yield Target(config.url.rstrip("/"), gateway, None)
+
+
+async def check_reachable(client: httpx.AsyncClient, target: Target) -> None:
+    """The API answers and its database is up; the gateway port accepts connections."""
+    try:
+        response = await client.get("/healthz")
+    except httpx.HTTPError as exc:
+        raise TargetError(f"cannot reach the obrol API at {target.api_url}: {exc}") from None
+    if response.status_code != 200:
+        raise TargetError(
+            f"the API at {target.api_url} is not healthy (HTTP {response.status_code}: "
+            f"{response.text[:200]})"
+        )
+    parts = urlsplit(target.gateway_url)
+    if parts.hostname is None or parts.port is None:
+        raise TargetError(f"the gateway URL {target.gateway_url} has no host and port")
+    try:
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        await stream.aclose()
+    except (OSError, trio.TooSlowError) as exc:
+        raise TargetError(
+            f"cannot reach the gateway at {target.gateway_url} ({exc}); "
+            "pass --gateway-url if it does not listen on the API port + 1"
+        ) from None
+
+
+def cache_path_for(config: RunConfig) -> Path | None:
+    if config.cache_path is not None:
+        return config.cache_path
+    if config.url is None:
+        # A fresh server forgets everything; one on a kept data folder remembers.
+        return None if config.data_dir is None else config.data_dir / "loadtest-cache.json"
+    return default_cache_path()

@@ -1,0 +1,99 @@
+"""The load tester's pure parts: options, layout, message tags, exact loss accounting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest.config import ConfigError, GroupClass, Mix, RunConfig, parse_groups, parse_mix
+from loadtest.ledger import ACKED, REFUSED, Received, SendLedger, bitset, check_device
+from loadtest.schedule import arrivals, make_cid, message_key, parse_cid
+from loadtest.topology import build_topology
+
+
+def config(**changes: object) -> RunConfig:
+    base: dict[str, object] = {
+        "devices": 100,
+        "users": 40,
+        "groups": (GroupClass(2, 10), GroupClass(10, 3), GroupClass(40, 1)),
+        "rate": 10.0,
+        "arrival": "poisson",
+        "duration_s": 5.0,
+        "ramp_rate": 100.0,
+        "mix": Mix(1, 0, 0),
+        "text_chars": 10,
+        "storm_percent": 0.0,
+        "storm_at_s": None,
+        "soak_s": 0.0,
+        "drain_timeout_s": 5.0,
+        "workers": 2,
+        "report_dir": Path("report"),
+    }
+    base.update(changes)
+    return RunConfig(**base)  # type: ignore[arg-type]
+
+
+def test_groups_and_mix_parse_or_say_what_is_wrong() -> None:
+    assert parse_groups("2:5, 10:2", users=20) == (GroupClass(2, 5), GroupClass(10, 2))
+    assert [g.size for g in parse_groups("auto", users=1000)] == [2, 10, 100, 1000]
+    assert [g.size for g in parse_groups("auto", users=50)] == [2, 10]
+    for bad in ("2:x", "1:3", "30:1", "2:0"):
+        with pytest.raises(ConfigError, match="--groups"):
+            parse_groups(bad, users=20)
+    assert parse_mix("text=8,location=2") == Mix(8, 0, 2)
+    for bad in ("text", "video=1", "text=-1", "text=0"):
+        with pytest.raises(ConfigError, match="--mix"):
+            parse_mix(bad)
+
+
+def test_topology_gives_every_conversation_distinct_members() -> None:
+    topology = build_topology(config())
+    assert [len(m) for m in topology.conversations] == [2] * 10 + [10] * 3 + [40]
+    for members in topology.conversations:
+        assert len(set(members)) == len(members)
+        assert all(0 <= u < 40 for u in members)
+    assert sorted(d for u in range(40) for d in topology.devices_of(u)) == list(range(100))
+    assert build_topology(config()) == topology  # deterministic for a seed
+
+
+def test_cid_carries_run_key_and_intended_time() -> None:
+    cid = make_cid("ab12", 3, 4567, 123456789)
+    tag = parse_cid(cid)
+    assert tag is not None
+    assert (tag.run, tag.key, tag.intended_us) == ("ab12", message_key(3, 4567), 123456789)
+    for other in (None, "hello", "a.b.c.d", "x.1.2"):
+        assert parse_cid(other) is None
+
+
+def test_constant_arrivals_are_evenly_spaced_and_bounded() -> None:
+    times = list(arrivals(4.0, 10.0, 11.0, "constant", seed=1))
+    assert times == [10.0, 10.25, 10.5, 10.75]
+    poisson = list(arrivals(100.0, 0.0, 10.0, "poisson", seed=1))
+    assert all(0.0 <= t < 10.0 for t in poisson)
+    assert poisson == sorted(poisson)
+
+
+def test_loss_check_counts_missing_and_unexpected_exactly() -> None:
+    received = Received()
+    for n in (0, 1, 5, 900):
+        assert received.add(message_key(0, n))
+    assert not received.add(message_key(0, 5))  # a repeat
+    received.add(message_key(1, 2))
+    expected = {0: bitset([0, 1, 2, 5]), 1: bitset([2, 3])}
+    result = check_device(expected, received.as_ints(), sample=10)
+    assert (result.expected, result.received, result.lost, result.unexpected) == (6, 4, 2, 1)
+    assert sorted(result.lost_sample) == sorted([message_key(0, 2), message_key(1, 3)])
+    assert result.unexpected_sample == [message_key(0, 900)]
+
+
+def test_send_ledger_expects_written_and_acked_sends_only() -> None:
+    ledger = SendLedger()
+    numbers = [ledger.schedule(conversation) for conversation in (7, 7, 8, 8)]
+    ledger.written(numbers[0])
+    assert ledger.acked(numbers[0]) and not ledger.acked(numbers[0])
+    ledger.written(numbers[1])
+    ledger.refused(numbers[2], "not_member")
+    assert ledger.state[numbers[0]] == ACKED and ledger.state[numbers[2]] == REFUSED
+    assert ledger.expected_by_conversation() == {7: [0, 1]}
+    assert ledger.refusals == {"not_member": 1}
