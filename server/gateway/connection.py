@@ -119,6 +119,9 @@ class Connection:
         self._broken = False
         self.parked: list[tuple[int | None, bytes]] = []
         self._parked_bytes = 0
+        # Live messages at or below this pos already came with the catch-up: a message
+        # committed while the catch-up read the store can be fanned out after `go_live`.
+        self._live_after = 0
         self.resync_deadline: float | None = None
         self.closed = trio.Event()
         self.close_reason: str | None = None
@@ -161,7 +164,8 @@ class Connection:
         Live frames may be dropped on overflow: stored ones come back with the catch-up."""
         state = self.state
         if state is State.LIVE:
-            self._push(frame)
+            if pos is None or pos > self._live_after:
+                self._push(frame)
         elif state is State.SYNCING:
             self.parked.append((pos, frame))
             self._parked_bytes += len(frame)
@@ -179,6 +183,7 @@ class Connection:
         """End catch-up at `caught_up_to`: send `synced`, then what was parked after it."""
         parked, self.parked, self._parked_bytes = self.parked, [], 0
         self.state = State.LIVE
+        self._live_after = caught_up_to
         self.reply(synced_frame)
         for pos, frame in parked:
             if pos is None or pos > caught_up_to:
