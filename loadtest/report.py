@@ -115,7 +115,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         if soak_parts
         else None
     )
-    server = _server(record, connected)
+    server = _server(record, connected, loss["received"] if complete else None)
     tester = _tester(record, finals)
     machine = _machine(record, server, tester)
     report: dict[str, Any] = {
@@ -250,7 +250,12 @@ def _storm(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any] | 
     }
 
 
-def _server(record: RunRecord, connected: int | None) -> dict[str, Any] | None:
+def _server(
+    record: RunRecord, connected: int | None, deliveries: int | None
+) -> dict[str, Any] | None:
+    """The server's CPU and memory, and what they bought: deliveries per CPU-second (CPU
+    from the start of sending to the end of the drain, storm reconnections included) and
+    handshakes per CPU-second (CPU during the ramp, catch-up to `synced` included)."""
     watch = record.server
     if watch is None:
         return None
@@ -265,7 +270,13 @@ def _server(record: RunRecord, connected: int | None) -> dict[str, Any] | None:
         "cpu_util_send": None,
         "db_cpu_s": None,
         "rss_per_connection_kb": None,
+        "deliveries_per_cpu_s": None,
+        "handshakes_per_cpu_s": None,
     }
+    sending = watch.between("send_start", "end")
+    if sending is not None and deliveries:
+        cpu = sending[1].cpu_s - sending[0].cpu_s
+        result["deliveries_per_cpu_s"] = round(deliveries / cpu) if cpu > 0 else None
     if send is not None:
         wall = max(send[1].at - send[0].at, 1e-6)
         result["cpu_util_send"] = round((send[1].cpu_s - send[0].cpu_s) / wall, 3)
@@ -276,6 +287,8 @@ def _server(record: RunRecord, connected: int | None) -> dict[str, Any] | None:
     if ramp is not None and connected:
         grown = ramp[1].rss_mb - ramp[0].rss_mb
         result["rss_per_connection_kb"] = round(grown * 1024 / connected, 1)
+        cpu = ramp[1].cpu_s - ramp[0].cpu_s
+        result["handshakes_per_cpu_s"] = round(connected / cpu) if cpu > 0 else None
     return result
 
 
@@ -441,6 +454,13 @@ def summary_table(report: dict[str, Any]) -> str:
                 "server",
                 f"cpu {_n(server['cpu_s'])} s, rss {_n(server['rss_mb'])} MB, "
                 f"{_n(server['rss_per_connection_kb'])} KB/connection",
+            )
+        )
+        rows.append(
+            (
+                "server per CPU-s",
+                f"{_n(server['deliveries_per_cpu_s'])} deliveries (sending), "
+                f"{_n(server['handshakes_per_cpu_s'])} handshakes (ramp)",
             )
         )
     rows.append(("bottleneck", report["bottleneck"]["verdict"]))

@@ -31,6 +31,14 @@ CONSTRAINT_FIELDS = {
 }
 
 
+async def _keep_session(conn: Any) -> None:
+    """Pool release without asyncpg's reset query (one round trip per operation saved).
+
+    asyncpg still rolls back a transaction left open. Nothing here keeps session state:
+    advisory locks are transaction-level, and there are no LISTENs, SETs or open cursors.
+    """
+
+
 class Database:
     """A connection pool; every call is one transaction and one bridge hop."""
 
@@ -46,7 +54,11 @@ class Database:
 
         async def open_pool() -> Any:
             pool = await asyncpg.create_pool(
-                url, min_size=min(2, pool_size), max_size=pool_size, command_timeout=60
+                url,
+                min_size=min(2, pool_size),
+                max_size=pool_size,
+                command_timeout=60,
+                reset=_keep_session,
             )
             async with pool.acquire() as conn:
                 await apply_migrations(conn)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from storage.accounts import Account, get_account_by_id
 from storage.database import Database
 from storage.errors import ConflictError, NotFoundError
 
@@ -77,6 +78,11 @@ async def _get(conn: Any, device_id: uuid.UUID) -> Device:
     return _device(row)
 
 
+async def _get_with_account(conn: Any, device_id: uuid.UUID) -> tuple[Device, Account]:
+    device = await _get(conn, device_id)
+    return device, await get_account_by_id(conn, device.account_id)
+
+
 async def _revoke(conn: Any, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
     row = await conn.fetchrow(
         f"""UPDATE devices SET revoked_at = coalesce(revoked_at, now())
@@ -117,6 +123,11 @@ class DeviceStore:
     async def get(self, device_id: uuid.UUID) -> Device:
         """NotFoundError for an unknown id."""
         return await self._db.transaction(_get, device_id)
+
+    async def get_with_account(self, device_id: uuid.UUID) -> tuple[Device, Account]:
+        """The device and its account, in one hop (the gateway's handshake asks for both).
+        NotFoundError for an unknown id."""
+        return await self._db.transaction(_get_with_account, device_id)
 
     async def revoke(self, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
         """Revoke the account's device and every token bound to it, in one transaction."""

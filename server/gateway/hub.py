@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable
 
 from protocol import CloseCode, ErrorCode
-from server.gateway.connection import Connection
+from server.gateway.connection import Connection, State
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ class Hub:
         """Close every live connection of a deactivated account."""
         for conn in list(self._by_account.get(account_id, ())):
             conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "account deactivated")
+
+    def close_overdue_resyncs(self, now: float) -> None:
+        """Close the connections told to re-sync whose time to do so has passed."""
+        for conns in list(self._by_account.values()):
+            for conn in list(conns):
+                deadline = conn.resync_deadline
+                if conn.state is State.RESYNC and deadline is not None and now > deadline:
+                    conn.close(
+                        CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "no sync in time"
+                    )
 
     def close_all(self, code: CloseCode, error: ErrorCode, message: str) -> None:
         for conns in list(self._by_account.values()):

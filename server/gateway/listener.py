@@ -46,6 +46,8 @@ RECV_BYTES = 65536
 # A client message is one secretstream message: the batch plus 17 bytes of overhead.
 MAX_CLIENT_MESSAGE_BYTES = CLIENT_TO_SERVER_LIMITS.max_bytes + 17
 HANDSHAKE_MESSAGE_BYTES = 512
+# How often connections told to re-sync are checked for having missed their deadline.
+RESYNC_CHECK_INTERVAL_S = 1.0
 
 
 class _Closed(Exception):
@@ -77,6 +79,7 @@ class Gateway:
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)
+            nursery.start_soon(self._expire_resyncs)
             for listener in listeners:
                 nursery.start_soon(trio.serve_listeners, self._handle, [listener])
             task_status.started(bound)
@@ -114,19 +117,16 @@ class Gateway:
             )
 
     async def _watch(self, conn: Connection, reading: trio.CancelScope) -> None:
-        """Stop reading once the connection is closed (from any task), and close one that
-        was told to resync but did not in time."""
-        while not conn.closed.is_set():
-            with trio.move_on_after(1):
-                await conn.closed.wait()
-            deadline = conn.resync_deadline
-            if (
-                deadline is not None
-                and conn.state is State.RESYNC
-                and trio.current_time() > deadline
-            ):
-                conn.close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "no sync in time")
+        """Stop reading once the connection is closed (from any task)."""
+        await conn.closed.wait()
         reading.cancel()
+
+    async def _expire_resyncs(self) -> None:
+        """Close connections told to re-sync that did not in time: one task for all of
+        them, so an idle connection costs no wake-ups."""
+        while True:
+            await trio.sleep(RESYNC_CHECK_INTERVAL_S)
+            self.gw.hub.close_overdue_resyncs(trio.current_time())
 
     async def _run(self, conn: Connection, nursery: trio.Nursery) -> None:
         with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
@@ -168,8 +168,7 @@ class Gateway:
             self._refuse(conn, error)
         device_id = uuid.UUID(bytes=hs.device_id)
         try:
-            device = await self.gw.services.devices.get(device_id)
-            account = await self.gw.services.accounts.get_by_id(device.account_id)
+            device, account = await self.gw.services.devices.get_with_account(device_id)
         except NotFoundError:
             conn.close(CloseCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE, "device not enrolled")
             raise _Closed from None
