@@ -7,7 +7,7 @@ coroutines and expose trio methods; nothing above `storage/` sees asyncpg or asy
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
@@ -40,7 +40,7 @@ async def _keep_session(conn: Any) -> None:
 
 
 class Database:
-    """A connection pool; every call is one transaction and one bridge hop."""
+    """A connection pool; every call is one bridge hop (a transaction, or a single read)."""
 
     def __init__(self, bridge: AsyncioBridge, pool: Any, pool_size: int) -> None:
         self._bridge = bridge
@@ -87,6 +87,20 @@ class Database:
             async with self._pool.acquire() as conn, conn.transaction():
                 return await fn(conn, *args)
 
+        return await self._call(run)
+
+    async def read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)`, which must issue exactly one statement, outside an explicit
+        transaction: one round trip to the database instead of three (BEGIN, it, COMMIT).
+        The statement is still atomic; use `transaction` for anything that reads twice."""
+
+        async def run() -> T:
+            async with self._pool.acquire() as conn:
+                return await fn(conn, *args)
+
+        return await self._call(run)
+
+    async def _call(self, run: Callable[[], Coroutine[Any, Any, T]]) -> T:
         async with self._limiter:
             try:
                 return await self._bridge.run(run)
@@ -105,4 +119,4 @@ class Database:
         async def select_one(conn: Any) -> None:
             await conn.fetchval("SELECT 1")
 
-        await self.transaction(select_one)
+        await self.read(select_one)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from storage.accounts import Account, get_account_by_id
 from storage.database import Database
 from storage.errors import ConflictError, NotFoundError
 
@@ -24,6 +23,17 @@ class Device:
     created_at: datetime
     last_seen_at: datetime | None
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the gateway needs to admit a device: its key and whether it may connect."""
+
+    device_id: uuid.UUID
+    account_id: uuid.UUID
+    org_id: uuid.UUID
+    public_key: bytes
+    may_connect: bool  # not revoked, and its account is active
 
 
 def _device(row: Any) -> Device:
@@ -78,9 +88,19 @@ async def _get(conn: Any, device_id: uuid.UUID) -> Device:
     return _device(row)
 
 
-async def _get_with_account(conn: Any, device_id: uuid.UUID) -> tuple[Device, Account]:
-    device = await _get(conn, device_id)
-    return device, await get_account_by_id(conn, device.account_id)
+async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
+    row = await conn.fetchrow(
+        """SELECT d.account_id, a.org_id, d.public_key,
+                  d.revoked_at IS NULL AND a.status = 'active' AS may_connect
+           FROM devices d JOIN accounts a ON a.id = d.account_id
+           WHERE d.id = $1""",
+        device_id,
+    )
+    if row is None:
+        raise NotFoundError("no such device")
+    return Credentials(
+        device_id, row["account_id"], row["org_id"], bytes(row["public_key"]), row["may_connect"]
+    )
 
 
 async def _revoke(conn: Any, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
@@ -122,12 +142,12 @@ class DeviceStore:
 
     async def get(self, device_id: uuid.UUID) -> Device:
         """NotFoundError for an unknown id."""
-        return await self._db.transaction(_get, device_id)
+        return await self._db.read(_get, device_id)
 
-    async def get_with_account(self, device_id: uuid.UUID) -> tuple[Device, Account]:
-        """The device and its account, in one hop (the gateway's handshake asks for both).
-        NotFoundError for an unknown id."""
-        return await self._db.transaction(_get_with_account, device_id)
+    async def credentials(self, device_id: uuid.UUID) -> Credentials:
+        """The device's key and whether it may connect, in one statement (the handshake's
+        only read). Raises NotFoundError for an unknown device."""
+        return await self._db.read(_credentials, device_id)
 
     async def revoke(self, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
         """Revoke the account's device and every token bound to it, in one transaction."""

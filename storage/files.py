@@ -123,4 +123,4 @@ class FileStore:
 
     async def get(self, file_id: uuid.UUID) -> FileRecord:
         """NotFoundError for an unknown id."""
-        return await self._db.transaction(_get, file_id)
+        return await self._db.read(_get, file_id)

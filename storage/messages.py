@@ -304,7 +304,7 @@ class MessageStore:
         Returns (rows, next_pos, limited): next_pos is the pos to continue after, and
         limited says more rows may follow.
         """
-        rows = await self._db.transaction(_after, account_id, after_pos, limit)
+        rows = await self._db.read(_after, account_id, after_pos, limit)
         next_pos = rows[-1].pos if rows else after_pos
         return rows, next_pos, len(rows) == limit
 
@@ -316,7 +316,7 @@ class MessageStore:
         limit: int,
     ) -> list[StoredMessage]:
         """Newest first, below `before_seq`, only what the account may see."""
-        return await self._db.transaction(_history, conversation_id, account_id, before_seq, limit)
+        return await self._db.read(_history, conversation_id, account_id, before_seq, limit)
 
     async def advance_cursor(self, device_id: uuid.UUID, pos: int) -> int:
         """Move the device's cursor forward (never back); returns the cursor."""
@@ -327,4 +327,4 @@ class MessageStore:
         await self._db.transaction(_advance_cursors, cursors)
 
     async def cursor(self, device_id: uuid.UUID) -> int:
-        return await self._db.transaction(_cursor, device_id)
+        return await self._db.read(_cursor, device_id)

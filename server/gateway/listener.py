@@ -168,14 +168,14 @@ class Gateway:
             self._refuse(conn, error)
         device_id = uuid.UUID(bytes=hs.device_id)
         try:
-            device, account = await self.gw.services.devices.get_with_account(device_id)
+            device = await self.gw.services.devices.credentials(device_id)
         except NotFoundError:
             conn.close(CloseCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE, "device not enrolled")
             raise _Closed from None
         except DatabaseUnavailableError:
             conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
             raise _Closed from None
-        if device.revoked_at is not None or account.status != "active":
+        if not device.may_connect:
             conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked")
             raise _Closed
         conn.send_plain(hs.server_hello())
@@ -185,7 +185,7 @@ class Gateway:
             )
         except RemoteProtocolError as error:
             self._refuse(conn, error)
-        return account.id, account.org_id, device.id, channel
+        return device.account_id, device.org_id, device.device_id, channel
 
     async def _upgrade(self, conn: Connection) -> None:
         while True:

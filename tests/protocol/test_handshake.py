@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
+import nacl.bindings as sodium
 import pytest
 
 from protocol.codes import CloseCode, ErrorCode
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.handshake import ClientState, ServerHandshake, ServerState
 from protocol.keys import SigningKeyPair
-from protocol.transcript import decode_server_hello, encode_server_hello
+from protocol.transcript import blake2b_256, decode_server_hello, encode_server_hello
 from tests.protocol.helpers import DEVICE_ID, DEVICE_KEY, SERVER_KEY, handshakes
 
 
@@ -228,3 +229,12 @@ def test_misuse_by_the_caller_is_a_local_error() -> None:
         server.receive_client_auth(b"", DEVICE_KEY.public)
     with pytest.raises(LocalProtocolError):
         ServerHandshake(identity_secret_key=b"too short")
+
+
+@pytest.mark.parametrize("key", [b"", bytes(range(32))])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 129, 1000])
+def test_the_transcript_hash_is_libsodiums_generichash(key: bytes, size: int) -> None:
+    """PROTOCOL.md §3 names crypto_generichash; we compute it with hashlib's BLAKE2b."""
+    data = bytes(i % 251 for i in range(size))
+    expected = sodium.crypto_generichash_blake2b_salt_personal(data, digest_size=32, key=key)
+    assert blake2b_256(data, key) == expected
