@@ -155,9 +155,12 @@ class GatewayClient:
 
     async def receive(self) -> list[ServerFrame]:
         """The frames of the next batch from the server."""
+        return decode_server_batch(await self.receive_plain())
+
+    async def receive_plain(self) -> bytes:
+        """The next batch from the server, decrypted but not decoded."""
         assert self._channel is not None
-        data = await self._next_message()
-        return decode_server_batch(self._channel.open(data))
+        return self._channel.open(await self._next_message())
 
     async def sync(self, after: int) -> None:
         await self.send(Sync(after=after))
@@ -233,17 +236,22 @@ class DeviceState:
         """Apply one frame: keep new messages (dropping duplicates by id), advance the
         cursor, clear acknowledged sends from the outbox."""
         if isinstance(frame, Msg):
-            if frame.id in self.seen:
-                self.duplicates += 1
-                return
-            self.seen.add(frame.id)
-            self.messages.append(frame)
-            if frame.pos is not None:
-                self.cursor = max(self.cursor, frame.pos)
+            if self.note_message(frame.id, frame.pos):
+                self.messages.append(frame)
         elif isinstance(frame, Sent):
             self.outbox.pop(frame.cid, None)
         elif isinstance(frame, Synced):
             self.cursor = max(self.cursor, frame.pos)
+
+    def note_message(self, message_id: bytes, pos: int | None) -> bool:
+        """Record a received message; False (and counted) if it was seen before."""
+        if message_id in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen.add(message_id)
+        if pos is not None:
+            self.cursor = max(self.cursor, pos)
+        return True
 
     async def reconnect(self, url: str) -> GatewayClient:
         """Connect, ask for everything after the cursor, and resend the outbox."""

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from loadtest.client import ConnectionClosedError, DeviceState, GatewayClient
+from loadtest.frames import CHECK_EVERY, MsgSeen, read_batch
 from loadtest.ledger import SCHEDULED, WORKER_MASK, Received
 from loadtest.observe import TEMPORARY_ERRORS, Observations, now_us
 from loadtest.schedule import KEY_WORKER_BITS, parse_cid
@@ -214,10 +215,15 @@ class SimDevice:
     async def _receive_loop(self, client: GatewayClient) -> None:
         state = self.state
         obs = self.obs
+        check = self.index % CHECK_EVERY == 0
         while True:
-            frames = await client.receive()
+            frames = read_batch(await client.receive_plain(), check=check)
             at_us = now_us()
             for frame in frames:
+                if isinstance(frame, MsgSeen):
+                    self._on_msg(frame, at_us)
+                    state.note_message(frame.id, frame.pos)
+                    continue
                 if type(frame) is Msg:
                     self._on_msg(frame, at_us)
                 elif type(frame) is Sent:
@@ -244,7 +250,7 @@ class SimDevice:
             self._retries.append((time.monotonic() + RETRY_AFTER_S, send))
             self._wake.set()
 
-    def _on_msg(self, frame: Msg, at_us: int) -> None:
+    def _on_msg(self, frame: Msg | MsgSeen, at_us: int) -> None:
         tag = parse_cid(frame.cid)
         if tag is None or tag.run != self.obs.run:
             self.obs.stale += 1

@@ -6,6 +6,7 @@ and bytes come out; PROTOCOL.md is the specification.
     handshake  ClientHandshake / ServerHandshake -> SecureChannel
     channel    SecureChannel.seal(batch) / .open(message)   (one WebSocket message each)
     codec      encode(frame), encode_batch(frames), decode_client_batch, decode_server_batch
+               (decode_server_frame: one frame of a batch split by the caller)
     frames     the frame dataclasses
     codes      ErrorCode, CloseCode
     errors     ObrolError > ProtocolError > RemoteProtocolError | LocalProtocolError
@@ -19,6 +20,7 @@ from protocol.codec import (
     decode_client_batch,
     decode_client_batch_lenient,
     decode_server_batch,
+    decode_server_frame,
     encode,
     encode_batch,
 )
@@ -106,6 +108,7 @@ __all__ = [
     "decode_client_batch",
     "decode_client_batch_lenient",
     "decode_server_batch",
+    "decode_server_frame",
     "encode",
     "encode_batch",
 ]

@@ -378,6 +378,12 @@ def decode_server_batch(
     return [decode_frame(v, SERVER_FRAME_DECODERS) for v in unpack_values(data, limits)]
 
 
+def decode_server_frame(value: object) -> f.ServerFrame:
+    """One server frame from its already unpacked msgpack value (for readers that split a
+    batch themselves). Raises `RemoteProtocolError`."""
+    return decode_frame(value, SERVER_FRAME_DECODERS)
+
+
 # --- stored form --------------------------------------------------------------------------
 # The server stores a message's body and consent tag as their msgpack bytes and rebuilds
 # `msg` frames from them for catch-up.
