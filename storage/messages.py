@@ -85,24 +85,97 @@ def _stored(row: Any) -> StoredMessage:
     )
 
 
-async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResult]:
-    """Store a batch in one transaction; one result per item, in order.
+async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
+    """Number and write new messages, in order (the stream lock is held)."""
+    per_conversation: dict[uuid.UUID, list[int]] = {}
+    for index, item in enumerate(items):
+        per_conversation.setdefault(item.conversation_id, []).append(index)
+    seqs: dict[int, int] = {}
+    for row in await conn.fetch(
+        """UPDATE conversations c SET last_seq = c.last_seq + w.n
+           FROM unnest($1::uuid[], $2::bigint[]) AS w(id, n) WHERE c.id = w.id
+           RETURNING c.id, c.last_seq""",
+        list(per_conversation),
+        [len(indexes) for indexes in per_conversation.values()],
+    ):
+        indexes = per_conversation[row["id"]]
+        first = row["last_seq"] - len(indexes) + 1
+        for offset, index in enumerate(indexes):
+            seqs[index] = first + offset
+    positions = await allocate_positions(conn, len(items))
+    stored: list[StoredMessage] = []
+    for index, (item, pos) in enumerate(zip(items, positions, strict=True)):
+        message = StoredMessage(
+            uuid.uuid4(),
+            item.conversation_id,
+            seqs[index],
+            pos,
+            item.sender_id,
+            item.sender_device_id,
+            item.client_id,
+            item.kind,
+            item.body,
+            item.consent,
+            item.sent_at,
+            item.scope,
+        )
+        stored.append(message)
+    await conn.copy_records_to_table(
+        "messages",
+        records=[
+            (
+                m.id,
+                m.conversation_id,
+                m.seq,
+                m.pos,
+                m.sender_id,
+                m.sender_device_id,
+                m.client_id,
+                m.kind,
+                m.body,
+                m.consent,
+                None if m.scope is None else list(m.scope),
+                m.sent_at,
+            )
+            for m in stored
+        ],
+        columns=[
+            "id",
+            "conversation_id",
+            "seq",
+            "pos",
+            "sender_id",
+            "sender_device_id",
+            "client_id",
+            "kind",
+            "body",
+            "consent",
+            "scope",
+            "sent_at",
+        ],
+    )
+    return stored
+
+
+async def _append(conn: Any, items: list[NewMessage]) -> AppendBatch:
+    """Store a batch in one transaction; one result per item, in order, and the members of
+    the batch's conversations as of the commit (who the messages fan out to).
 
     Items whose sender is not an active member of the conversation are refused, and an
     item repeating a stored (sender device, client id) returns the stored message:
-    neither aborts the rest of the batch.
+    neither aborts the rest of the batch. Six statements whatever the batch holds (the
+    lock, members, repeats, sequence numbers, positions, the rows), each a round trip.
     """
-    members = {
-        (r["conversation_id"], r["account_id"])
-        for r in await conn.fetch(
-            """SELECT cm.conversation_id, cm.account_id FROM conversation_members cm
-               JOIN unnest($1::uuid[], $2::uuid[]) AS want(c, a)
-                 ON cm.conversation_id = want.c AND cm.account_id = want.a
-               WHERE cm.left_pos IS NULL""",
-            [i.conversation_id for i in items],
-            [i.sender_id for i in items],
-        )
-    }
+    # The lock first: membership changes take it too, so the member lists read next stay
+    # those of the commit, and serve both the sender check and the fan-out.
+    await lock_stream(conn)
+    members: dict[uuid.UUID, set[uuid.UUID]] = {i.conversation_id: set() for i in items}
+    for row in await conn.fetch(
+        """SELECT conversation_id, account_id FROM conversation_members
+           WHERE conversation_id = ANY($1::uuid[]) AND left_pos IS NULL""",
+        list(members),
+    ):
+        members[row["conversation_id"]].add(row["account_id"])
     existing = {
         (r["sender_device_id"], r["client_id"]): _stored(r)
         for r in await conn.fetch(
@@ -120,7 +193,7 @@ async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResu
         key = (item.sender_device_id, item.client_id)
         if key in existing:
             results[index] = AppendResult(Outcome.DUPLICATE, existing[key])
-        elif (item.conversation_id, item.sender_id) not in members:
+        elif item.sender_id not in members[item.conversation_id]:
             results[index] = AppendResult(Outcome.NOT_MEMBER, None)
         elif key in claimed:
             continue  # a repeat inside this batch: answered with the first one below
@@ -128,100 +201,16 @@ async def append_messages(conn: Any, items: list[NewMessage]) -> list[AppendResu
             claimed[key] = index
             fresh.append(index)
     if fresh:
-        await lock_stream(conn)
-        per_conversation: dict[uuid.UUID, list[int]] = {}
-        for index in fresh:
-            per_conversation.setdefault(items[index].conversation_id, []).append(index)
-        seqs: dict[int, int] = {}
-        for conversation_id, indexes in per_conversation.items():
-            last = await conn.fetchval(
-                """UPDATE conversations SET last_seq = last_seq + $2 WHERE id = $1
-                   RETURNING last_seq""",
-                conversation_id,
-                len(indexes),
-            )
-            for offset, index in enumerate(indexes):
-                seqs[index] = last - len(indexes) + 1 + offset
-        positions = await allocate_positions(conn, len(fresh))
-        stored: list[StoredMessage] = []
-        for index, pos in zip(fresh, positions, strict=True):
-            item = items[index]
-            message = StoredMessage(
-                uuid.uuid4(),
-                item.conversation_id,
-                seqs[index],
-                pos,
-                item.sender_id,
-                item.sender_device_id,
-                item.client_id,
-                item.kind,
-                item.body,
-                item.consent,
-                item.sent_at,
-                item.scope,
-            )
-            stored.append(message)
+        stored = await _store(conn, [items[i] for i in fresh])
+        for index, message in zip(fresh, stored, strict=True):
             results[index] = AppendResult(Outcome.STORED, message)
-        await conn.copy_records_to_table(
-            "messages",
-            records=[
-                (
-                    m.id,
-                    m.conversation_id,
-                    m.seq,
-                    m.pos,
-                    m.sender_id,
-                    m.sender_device_id,
-                    m.client_id,
-                    m.kind,
-                    m.body,
-                    m.consent,
-                    None if m.scope is None else list(m.scope),
-                    m.sent_at,
-                )
-                for m in stored
-            ],
-            columns=[
-                "id",
-                "conversation_id",
-                "seq",
-                "pos",
-                "sender_id",
-                "sender_device_id",
-                "client_id",
-                "kind",
-                "body",
-                "consent",
-                "scope",
-                "sent_at",
-            ],
-        )
     for index, item in enumerate(items):
         if results[index] is None:  # an in-batch repeat
             first = results[claimed[(item.sender_device_id, item.client_id)]]
             assert first is not None and first.message is not None
             results[index] = AppendResult(Outcome.DUPLICATE, first.message)
-    return [r for r in results if r is not None]
-
-
-async def _append_and_snapshot(conn: Any, items: list[NewMessage]) -> AppendBatch:
-    results = await append_messages(conn, items)
-    touched = list(
-        {
-            r.message.conversation_id
-            for r in results
-            if r.outcome is Outcome.STORED and r.message is not None
-        }
-    )
-    members: dict[uuid.UUID, set[uuid.UUID]] = {c: set() for c in touched}
-    if touched:
-        for row in await conn.fetch(
-            """SELECT conversation_id, account_id FROM conversation_members
-               WHERE conversation_id = ANY($1::uuid[]) AND left_pos IS NULL""",
-            touched,
-        ):
-            members[row["conversation_id"]].add(row["account_id"])
-    return AppendBatch(results, {c: frozenset(a) for c, a in members.items()})
+    done = [r for r in results if r is not None]
+    return AppendBatch(done, {c: frozenset(a) for c, a in members.items()})
 
 
 async def _after(
@@ -294,7 +283,7 @@ class MessageStore:
     async def append(self, items: list[NewMessage]) -> AppendBatch:
         """Group commit: the whole batch in one transaction and one bridge hop, with the
         conversations' members as of the commit (who the messages fan out to)."""
-        return await self._db.transaction(_append_and_snapshot, items)
+        return await self._db.transaction(_append, items)
 
     async def after(
         self, account_id: uuid.UUID, after_pos: int, limit: int
