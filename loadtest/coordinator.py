@@ -259,11 +259,14 @@ class Coordinator:
     async def _send_expectations(self) -> None:
         """Tell each worker what every device of its conversations must have received."""
         merged: dict[int, dict[int, list[int]]] = {}
+        unsettled: dict[int, dict[int, list[int]]] = {}
         for handle in self.handles:
             if handle.sent is None:
                 continue
             for conv, numbers in handle.sent["by_conversation"].items():
                 merged.setdefault(int(conv), {})[handle.index] = numbers
+            for conv, numbers in handle.sent.get("unsettled", {}).items():
+                unsettled.setdefault(int(conv), {})[handle.index] = numbers
         assert self.record.topology is not None
         member_of = self.record.topology.conversations_of_users()
         for handle in self.handles:
@@ -280,6 +283,7 @@ class Coordinator:
                     {
                         "t": "expect",
                         "by_conversation": {c: merged[c] for c in convs if c in merged},
+                        "unsettled": {c: unsettled[c] for c in convs if c in unsettled},
                         "drain_timeout_s": self.config.drain_timeout_s,
                         "soak_s": self.config.soak_s,
                     }

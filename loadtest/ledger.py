@@ -87,12 +87,15 @@ class DeviceCheck:
     unexpected_sample: list[int]
 
 
-def check_device(expected: dict[int, int], received: dict[int, int], sample: int) -> DeviceCheck:
-    """Compare what a device should have got (bitsets per worker) with what it got."""
+def check_device(
+    expected: dict[int, int], received: dict[int, int], sample: int, unsettled: dict[int, int]
+) -> DeviceCheck:
+    """Compare what a device should have got (bitsets per worker) with what it got; what it
+    may or may not get (`unsettled`) counts neither way."""
     result = DeviceCheck(0, 0, 0, 0, [], [])
     for worker in expected.keys() | received.keys():
         want, got = expected.get(worker, 0), received.get(worker, 0)
-        missing, extra = want & ~got, got & ~want
+        missing, extra = want & ~got, got & ~want & ~unsettled.get(worker, 0)
         result.expected += want.bit_count()
         result.received += (want & got).bit_count()
         result.lost += missing.bit_count()
@@ -146,10 +149,14 @@ class SendLedger:
         """Written but neither acknowledged nor refused yet."""
         return self.state.count(WRITTEN)
 
-    def expected_by_conversation(self) -> dict[int, list[int]]:
-        """Numbers of the sends every member device must receive (written, not refused)."""
+    def by_conversation(self, *states: int) -> dict[int, list[int]]:
+        """Numbers of the sends in one of `states`, per conversation.
+
+        ACKED ones are stored: every member device must receive them. SCHEDULED and WRITTEN
+        ones are unsettled: the server may have stored them or not (yet), so a device that
+        receives one is not wrong and one that does not is not short of it."""
         by_conversation: dict[int, list[int]] = {}
         for n, state in enumerate(self.state):
-            if state in (WRITTEN, ACKED):
+            if state in states:
                 by_conversation.setdefault(self.conversation[n], []).append(n)
         return by_conversation

@@ -97,11 +97,14 @@ def build_report(record: RunRecord) -> dict[str, Any]:
     }
     loss = {k: _sum(finals, "loss", k) for k in ("expected", "received", "lost", "unexpected")}
     sent = _sum(finals, "counts", "sent")
-    lost_sample = [
-        {"device": d, "message": f"{key & 0xFF}.{key >> KEY_WORKER_BITS}"}
-        for f in finals
-        for d, key in f.get("loss", {}).get("lost_sample", [])
-    ][:20]
+    lost_sample, unexpected_sample = (
+        [
+            {"device": d, "message": f"{key & 0xFF}.{key >> KEY_WORKER_BITS}"}
+            for f in finals
+            for d, key in f.get("loss", {}).get(name, [])
+        ][:20]
+        for name in ("lost_sample", "unexpected_sample")
+    )
     storm = _storm(record, finals)
     soak_parts = [f["soak"] for f in finals if f.get("soak")]
     soak = (
@@ -151,8 +154,10 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "unexpected_deliveries": loss["unexpected"] if complete else None,
         "stale_messages": _sum(finals, "stale"),
         "out_of_order": _sum(finals, "out_of_order"),
-        "loss_check": _verdict(complete, loss, duplicates),
+        "unsettled_sends": _sum(finals, "unsettled"),
+        "loss_check": _verdict(complete, loss, duplicates, _sum(finals, "unsettled")),
         "lost_sample": lost_sample,
+        "unexpected_sample": unexpected_sample,
         "deliveries_per_s": _rate(loss["received"], delivery_window),
         "offered_deliveries_per_s": _rate(loss["expected"], send_s),
         "latency_ms": latency.summary_ms(),
@@ -191,6 +196,15 @@ def build_report(record: RunRecord) -> dict[str, Any]:
             if _sum(finals, "out_of_order")
             else []
         )
+        + (
+            [
+                f"{_sum(finals, 'unsettled')} sends were not acknowledged when the drain "
+                "ended (their devices were still reconnecting?): the loss check left them "
+                "out; a longer --drain-timeout covers them"
+            ]
+            if _sum(finals, "unsettled")
+            else []
+        )
         + [f"worker {w} exited unexpectedly" for w in record.dead_workers]
         + (["aborted: no device could connect"] if record.aborted else []),
         "timeline_s": _timeline(record),
@@ -223,7 +237,12 @@ def _timeline(record: RunRecord) -> dict[str, float | None]:
     }
 
 
-def _verdict(complete: bool, loss: dict[str, int], duplicates: dict[str, int]) -> str:
+def _verdict(
+    complete: bool, loss: dict[str, int], duplicates: dict[str, int], unsettled: int
+) -> str:
+    """failed: a stored message missing, one delivered where it should not be, or a true
+    duplicate; incomplete: the check could not cover everything (the run was cut short, or
+    sends were still unacknowledged when the drain ended); passed otherwise."""
     if not complete or loss["expected"] == 0:
         return "incomplete"
     clean = (
@@ -232,7 +251,9 @@ def _verdict(complete: bool, loss: dict[str, int], duplicates: dict[str, int]) -
         and duplicates["live"] == 0
         and duplicates["stored_twice"] == 0
     )
-    return "passed" if clean else "failed"
+    if not clean:
+        return "failed"
+    return "incomplete" if unsettled else "passed"
 
 
 def _storm(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -465,5 +486,6 @@ def summary_table(report: dict[str, Any]) -> str:
         )
     rows.append(("bottleneck", report["bottleneck"]["verdict"]))
     rows.append(("loss check", report["loss_check"]))
+    rows += [("note", note) for note in report["notes"]]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

@@ -142,7 +142,15 @@ class Worker:
                     await self._send_phase(go)
                 self.phase = "drain"
                 await self._wait_for_acks()
-                await self.link.send({"t": "sent", "by_conversation": self._sent()})
+                unsettled = self.obs.sends.by_conversation(SCHEDULED, WRITTEN)
+                self.results["unsettled"] = sum(map(len, unsettled.values()))
+                await self.link.send(
+                    {
+                        "t": "sent",
+                        "by_conversation": self.obs.sends.by_conversation(ACKED),
+                        "unsettled": unsettled,
+                    }
+                )
                 expect = await self.inbox.wait("expect", stoppable=False)
                 if expect is not None:
                     await self._drain(expect)
@@ -266,20 +274,17 @@ class Worker:
             while any(d.outstanding for d in self.devices if d.failed is None):
                 await self._stopped_within(POLL_S)
 
-    def _sent(self) -> dict[int, list[int]]:
-        return self.obs.sends.expected_by_conversation()
-
-    def _expected_bits(self, expect: dict[str, Any]) -> dict[int, dict[int, int]]:
-        """Per conversation of ours: per sending worker, the bitset of its sends there."""
+    @staticmethod
+    def _bits(by_conversation: dict[str, dict[str, list[int]]]) -> dict[int, dict[int, int]]:
+        """Per conversation: per sending worker, the bitset of its sends there."""
         return {
             int(conv): {int(w): bitset(numbers) for w, numbers in by_worker.items()}
-            for conv, by_worker in expect["by_conversation"].items()
+            for conv, by_worker in by_conversation.items()
         }
 
-    def _device_expectations(self, expect: dict[str, Any]) -> dict[int, dict[int, int]]:
-        """For each device that ever connected: per worker, what it must receive."""
-        by_conversation = self._expected_bits(expect)
-        expectations: dict[int, dict[int, int]] = {}
+    def _per_device(self, by_conversation: dict[int, dict[int, int]]) -> dict[int, dict[int, int]]:
+        """For each device that ever connected: per worker, the sends of its conversations."""
+        result: dict[int, dict[int, int]] = {}
         for device in self.devices:
             if not device.ever_connected:
                 continue
@@ -287,8 +292,12 @@ class Worker:
             for conv in self.plan.user_conversations.get(self.user_of[device.index], []):
                 for worker, bits in by_conversation.get(conv, {}).items():
                     wanted[worker] = wanted.get(worker, 0) | bits
-            expectations[device.index] = wanted
-        return expectations
+            result[device.index] = wanted
+        return result
+
+    def _device_expectations(self, expect: dict[str, Any]) -> dict[int, dict[int, int]]:
+        """For each device that ever connected: per worker, what it must receive."""
+        return self._per_device(self._bits(expect["by_conversation"]))
 
     async def _drain(self, expect: dict[str, Any]) -> None:
         """Until every device has as many messages as it should, or the drain timeout."""
@@ -306,11 +315,14 @@ class Worker:
         total = Counter[str]()
         lost_sample: list[list[int]] = []
         unexpected_sample: list[list[int]] = []
+        unsettled = self._per_device(self._bits(expect.get("unsettled", {})))
         for device in self.devices:
             wanted = self.expectations.get(device.index)
             if wanted is None:
                 continue
-            result = check_device(wanted, device.received.as_ints(), LOST_SAMPLE)
+            result = check_device(
+                wanted, device.received.as_ints(), LOST_SAMPLE, unsettled.get(device.index, {})
+            )
             total["expected"] += result.expected
             total["received"] += result.received
             total["lost"] += result.lost
