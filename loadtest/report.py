@@ -138,7 +138,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "conversations": 0 if record.topology is None else len(record.topology.conversations),
         "groups": [dataclasses.asdict(g) for g in config.groups],
         "connected": connected,
-        "connected_at_end": None if aggregator is None else aggregator.total("connected"),
+        "connected_at_end": _sum(finals, "connected_at_end"),
         "messages_sent": sent,
         "messages_acked": _sum(finals, "sends", "acked"),
         "messages_refused": _sum(finals, "sends", "refused"),

@@ -156,6 +156,7 @@ class Worker:
                     await self._drain(expect)
                     self.results["loss"] = self._check(expect)
                     self.results["soak"] = await self._soak(expect["soak_s"])
+                self.results["connected_at_end"] = self.obs.counts.connected
                 self.phase = "close"
                 devices.cancel_scope.cancel()
             await self.link.send(self._final())
