@@ -98,13 +98,6 @@ async def _get(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
     return _account(row)
 
 
-async def get_account_by_id(conn: Any, account_id: uuid.UUID) -> Account:
-    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM accounts WHERE id = $1", account_id)
-    if row is None:
-        raise NotFoundError("no such account")
-    return _account(row)
-
-
 async def _find_for_login(conn: Any, email: str) -> tuple[Account, bytes] | None:
     row = await conn.fetchrow(
         f"SELECT {COLUMNS}, password_hash FROM accounts WHERE lower(work_email) = lower($1)",
@@ -205,11 +198,7 @@ class AccountStore:
 
     async def get(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
         """NotFoundError unless the account exists in `org_id`."""
-        return await self._db.transaction(_get, org_id, account_id)
-
-    async def get_by_id(self, account_id: uuid.UUID) -> Account:
-        """Any organization's account; for callers that authorised by other means."""
-        return await self._db.transaction(get_account_by_id, account_id)
+        return await self._db.read(_get, org_id, account_id)
 
     async def find_for_login(self, email: str) -> tuple[Account, bytes] | None:
         """The account with this work email (any case) and its password hash."""

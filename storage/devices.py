@@ -81,13 +81,6 @@ async def _list(conn: Any, account_id: uuid.UUID) -> list[Device]:
     return [_device(r) for r in rows]
 
 
-async def _get(conn: Any, device_id: uuid.UUID) -> Device:
-    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM devices WHERE id = $1", device_id)
-    if row is None:
-        raise NotFoundError("no such device")
-    return _device(row)
-
-
 async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
     row = await conn.fetchrow(
         """SELECT d.account_id, a.org_id, d.public_key,
@@ -139,10 +132,6 @@ class DeviceStore:
 
     async def list(self, account_id: uuid.UUID) -> list[Device]:
         return await self._db.transaction(_list, account_id)
-
-    async def get(self, device_id: uuid.UUID) -> Device:
-        """NotFoundError for an unknown id."""
-        return await self._db.read(_get, device_id)
 
     async def credentials(self, device_id: uuid.UUID) -> Credentials:
         """The device's key and whether it may connect, in one statement (the handshake's
