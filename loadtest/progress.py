@@ -136,6 +136,10 @@ class Display:
         self.devices = devices
         self._last_plain = 0.0
         self._width = 0
+        # What the last plain line showed, and the worst p99 since: a plain line covers the
+        # seconds since the previous one, not only the last (maybe quiet) second.
+        self._plain_from: Tick | None = None
+        self._plain_p99: float | None = None
 
     def note(self, text: str) -> None:
         """A message of its own line (clears the status line first)."""
@@ -147,20 +151,37 @@ class Display:
     def status(self, tick: Tick) -> None:
         if not self.enabled:
             return
-        line = (
-            f"{tick.t:6.1f}s {tick.phase:<6} conn {_count(tick.connected)}/{_count(self.devices)}"
-            f"  sent {_count(tick.sent)} ({_count(tick.sent_per_s)}/s)"
-            f"  delivered {_count(tick.delivered)} ({_count(tick.deliveries_per_s)}/s)"
-            f"  p99 {_ms(tick.p99_ms)}  errors {tick.errors}"
-        )
         if self.interactive:
+            line = self._line(tick, tick.sent_per_s, tick.deliveries_per_s, tick.p99_ms)
             self._clear()
             self.stream.write(line)
             self.stream.flush()
             self._width = len(line)
-        elif time.monotonic() - self._last_plain >= 5:
-            self._last_plain = time.monotonic()
-            print(line, file=self.stream, flush=True)
+            return
+        if tick.p99_ms is not None:
+            self._plain_p99 = max(self._plain_p99 or 0.0, tick.p99_ms)
+        if time.monotonic() - self._last_plain < 5:
+            return
+        self._last_plain = time.monotonic()
+        since = self._plain_from
+        if since is None or tick.t <= since.t:
+            sent_per_s, delivered_per_s = tick.sent_per_s, tick.deliveries_per_s
+        else:
+            sent_per_s = (tick.sent - since.sent) / (tick.t - since.t)
+            delivered_per_s = (tick.delivered - since.delivered) / (tick.t - since.t)
+        print(self._line(tick, sent_per_s, delivered_per_s, self._plain_p99), file=self.stream)
+        self.stream.flush()
+        self._plain_from, self._plain_p99 = tick, None
+
+    def _line(
+        self, tick: Tick, sent_per_s: float, delivered_per_s: float, p99: float | None
+    ) -> str:
+        return (
+            f"{tick.t:6.1f}s {tick.phase:<6} conn {_count(tick.connected)}/{_count(self.devices)}"
+            f"  sent {_count(tick.sent)} ({_count(sent_per_s)}/s)"
+            f"  delivered {_count(tick.delivered)} ({_count(delivered_per_s)}/s)"
+            f"  p99 {_ms(p99)}  errors {tick.errors}"
+        )
 
     def text(self, line: str) -> None:
         """A transient status text (provisioning progress)."""

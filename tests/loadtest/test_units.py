@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from loadtest.ledger import (
     bitset,
     check_device,
 )
+from loadtest.progress import Display, Tick
 from loadtest.schedule import arrivals, make_cid, message_key, parse_cid
 from loadtest.topology import build_topology
 
@@ -116,3 +118,20 @@ def test_send_ledger_expects_acked_sends_and_leaves_unacked_ones_unsettled() -> 
     assert ledger.by_conversation(ACKED) == {7: [0]}
     assert ledger.by_conversation(SCHEDULED, WRITTEN) == {7: [1], 8: [3]}
     assert ledger.refusals == {"not_member": 1}
+
+
+def _tick(t: float, sent: int, delivered: int, p99: float | None) -> Tick:
+    return Tick(t, "send", 10, sent, delivered, 0.0, 0.0, None, p99, p99, 0, 0.0, None, 0.0)
+
+
+def test_a_plain_progress_line_covers_the_seconds_since_the_previous_one() -> None:
+    out = io.StringIO()  # not a terminal: a line every 5 s
+    display = Display(enabled=True, stream=out, devices=10)
+    display.status(_tick(10.0, sent=100, delivered=1000, p99=5.0))
+    display.status(_tick(11.0, sent=150, delivered=1500, p99=80.0))
+    display._last_plain = 0.0  # as if 5 s had passed
+    display.status(_tick(15.0, sent=300, delivered=3000, p99=None))  # a quiet last second
+    first, second = out.getvalue().splitlines()
+    assert "sent 100 " in first
+    assert "sent 300 (40/s)" in second and "delivered 3,000 (400/s)" in second
+    assert "p99 80.0 ms" in second
