@@ -124,6 +124,7 @@ class Worker:
         self.user_of = {index: user for index, _, _, user in plan.devices}
         self.results: dict[str, Any] = {}
         self.expectations: dict[int, dict[int, int]] = {}
+        self.unsettled: dict[int, dict[int, int]] = {}
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -154,7 +155,7 @@ class Worker:
                 expect = await self.inbox.wait("expect", stoppable=False)
                 if expect is not None:
                     await self._drain(expect)
-                    self.results["loss"] = self._check(expect)
+                    self.results["loss"] = self._check()
                     self.results["soak"] = await self._soak(expect["soak_s"])
                 self.results["connected_at_end"] = self.obs.counts.connected
                 self.phase = "close"
@@ -301,28 +302,38 @@ class Worker:
         return self._per_device(self._bits(expect["by_conversation"]))
 
     async def _drain(self, expect: dict[str, Any]) -> None:
-        """Until every device has as many messages as it should, or the drain timeout."""
+        """Until every device has every message it should, or the drain timeout."""
         self.expectations = self._device_expectations(expect)
+        self.unsettled = self._per_device(self._bits(expect.get("unsettled", {})))
         counts = {i: sum(b.bit_count() for b in w.values()) for i, w in self.expectations.items()}
+
+        def done(device: SimDevice) -> bool:
+            if device.unique_received < counts[device.index]:
+                return False
+            if not any(self.unsettled.get(device.index, {}).values()):
+                return True  # it can only have received what it should: the count says it all
+            got = device.received.as_ints()  # unsettled ones may be among them: compare bits
+            wanted = self.expectations[device.index]
+            return not any(bits & ~got.get(w, 0) for w, bits in wanted.items())
+
         pending = [d for d in self.devices if d.index in counts]
         limit = STOPPED_WAIT_S if self.inbox.stopped.is_set() else expect["drain_timeout_s"]
         with trio.move_on_after(limit):
             while pending:
-                pending = [d for d in pending if d.unique_received < counts[d.index]]
+                pending = [d for d in pending if not done(d)]
                 await self._stopped_within(POLL_S)
 
-    def _check(self, expect: dict[str, Any]) -> dict[str, Any]:
+    def _check(self) -> dict[str, Any]:
         """The exact loss check of this worker's devices."""
         total = Counter[str]()
         lost_sample: list[list[int]] = []
         unexpected_sample: list[list[int]] = []
-        unsettled = self._per_device(self._bits(expect.get("unsettled", {})))
         for device in self.devices:
             wanted = self.expectations.get(device.index)
             if wanted is None:
                 continue
             result = check_device(
-                wanted, device.received.as_ints(), LOST_SAMPLE, unsettled.get(device.index, {})
+                wanted, device.received.as_ints(), LOST_SAMPLE, self.unsettled.get(device.index, {})
             )
             total["expected"] += result.expected
             total["received"] += result.received
