@@ -97,6 +97,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
     }
     loss = {k: _sum(finals, "loss", k) for k in ("expected", "received", "lost", "unexpected")}
     sent = _sum(finals, "counts", "sent")
+    unsettled = _sum(finals, "unsettled")
     lost_sample, unexpected_sample = (
         [
             {"device": d, "message": f"{key & 0xFF}.{key >> KEY_WORKER_BITS}"}
@@ -154,8 +155,8 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "unexpected_deliveries": loss["unexpected"] if complete else None,
         "stale_messages": _sum(finals, "stale"),
         "out_of_order": _sum(finals, "out_of_order"),
-        "unsettled_sends": _sum(finals, "unsettled"),
-        "loss_check": _verdict(complete, loss, duplicates, _sum(finals, "unsettled")),
+        "unsettled_sends": unsettled,
+        "loss_check": _verdict(complete, loss, duplicates, unsettled),
         "lost_sample": lost_sample,
         "unexpected_sample": unexpected_sample,
         "deliveries_per_s": _rate(loss["received"], delivery_window),
@@ -198,11 +199,11 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         )
         + (
             [
-                f"{_sum(finals, 'unsettled')} sends were not acknowledged when the drain "
-                "ended (their devices were still reconnecting?): the loss check left them "
-                "out; a longer --drain-timeout covers them"
+                f"{unsettled} sends were not acknowledged when the drain ended (their "
+                "devices were still reconnecting?): the loss check left them out; a longer "
+                "--drain-timeout covers them"
             ]
-            if _sum(finals, "unsettled")
+            if unsettled
             else []
         )
         + [f"worker {w} exited unexpectedly" for w in record.dead_workers]
