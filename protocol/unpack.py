@@ -2,9 +2,11 @@
 
 Used for batches and for handshake messages. Rules beyond msgpack's own: strings must be
 valid UTF-8 and stay str, binaries stay bytes; map keys must be strings or binaries and
-must not repeat; extension types (including the timestamp type) are refused; nesting is
-bounded by msgpack's parser stack and, in practice, by the frame schemas (the deepest frame
-is three levels). Raises nothing but `RemoteProtocolError`.
+must not repeat; extension types (including the timestamp type) are refused; maps and
+arrays nest at most `max_depth` levels (the deepest frame, `send` -> consent -> scope, has
+three), checked without recursion before anything else looks at the values, so no later
+step (validation, error messages, repr) can recurse on attacker-chosen depth. Raises
+nothing but `RemoteProtocolError`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class UnpackLimits:
     max_bin_bytes: int
     max_array_len: int
     max_map_len: int
+    max_depth: int = 3
+    """Containers (maps, arrays) inside one another, the outermost counting as 1."""
 
 
 class _DuplicateKeyError(ValueError):
@@ -40,12 +44,31 @@ def _pairs_to_dict(pairs: list[tuple[object, object]]) -> dict[object, object]:
     return result
 
 
+def _check_depth(value: object, max_depth: int) -> None:
+    """Refuse `value` if containers nest deeper than `max_depth`; iterative, so any depth
+    msgpack could build costs a bounded walk and no Python recursion."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if type(node) is dict else node
+        for child in children:  # type: ignore[attr-defined]
+            kind = type(child)
+            if kind is dict or kind is list:
+                if depth >= max_depth:
+                    raise RemoteProtocolError(
+                        ErrorCode.MALFORMED_FRAME,
+                        f"maps and arrays nested deeper than {max_depth} levels",
+                    )
+                stack.append((child, depth + 1))
+
+
 def unpack_values(data: bytes, limits: UnpackLimits) -> list[object]:
     """Return the msgpack values concatenated in `data`, in order (at least one).
 
     Raises `RemoteProtocolError`: FRAME_TOO_LARGE when `data`, the value count or any
     string/binary/array/map exceeds `limits`; MALFORMED_FRAME for anything that is not a
-    complete, well-formed sequence of msgpack values under the rules above.
+    complete, well-formed sequence of msgpack values under the rules above, or nests
+    deeper than `limits.max_depth`.
     """
     if len(data) > limits.max_bytes:
         raise RemoteProtocolError(
@@ -88,10 +111,13 @@ def unpack_values(data: bytes, limits: UnpackLimits) -> list[object]:
             raise RemoteProtocolError(
                 ErrorCode.MALFORMED_FRAME, f"not valid msgpack ({type(error).__name__})"
             ) from None
-        except (msgpack.UnpackException, TypeError, OverflowError) as error:
+        except (msgpack.UnpackException, TypeError, OverflowError, RecursionError) as error:
             raise RemoteProtocolError(
                 ErrorCode.MALFORMED_FRAME, f"not valid msgpack ({type(error).__name__})"
             ) from None
+        kind = type(value)
+        if kind is dict or kind is list:
+            _check_depth(value, limits.max_depth)
         values.append(value)
         if len(values) > limits.max_values:
             raise RemoteProtocolError(

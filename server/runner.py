@@ -159,6 +159,7 @@ async def _run_gateway(
             idle_timeout_s=settings.idle_timeout_s,
             max_outbound_bytes=settings.max_outbound_bytes,
             resync_timeout_s=settings.resync_timeout_s,
+            close_grace_s=settings.close_grace_s,
         ),
     )
     async with trio.open_nursery() as nursery:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(90.0, gt=0)
     max_outbound_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     resync_timeout_s: float = Field(30.0, gt=0)
+    # How long a closing connection may take to write its last bytes and answer our close
+    # frame before the socket is cut.
+    close_grace_s: float = Field(2.0, gt=0)
     commit_batch_max: int = Field(1000, ge=1, le=10_000)
     # Freeze start-up objects out of the cyclic GC and collect generation 0 less often:
     # under fan-out load the default thresholds spend a large share of CPU in the GC.

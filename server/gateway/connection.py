@@ -7,10 +7,21 @@ write. Only what the kernel refused is left in `out` for this connection's write
 which waits for the socket to become writable. A connection whose buffers pass
 `max_outbound_bytes` is told to re-sync (the store is the truth) and, if that happens again
 or it does not re-sync in time, closed.
+
+Failure boundary (one of two; the other is `Gateway._handle`): every method that tasks other
+than the connection's own call on it - `deliver`, `reply`, `catch_up`, `flush`, `close`,
+`go_live`, `start_sync` - contains its own failures. Whatever goes wrong in them ends this
+connection (`fail`: logged once with the connection id, counted, closed with FINAL
+`internal` + 1011) and never reaches the caller: the flusher, the committer and the hub
+serve every other connection on.
+
+Closing is one-way: `close` seals the FINAL batch and queues the WebSocket close frame, and
+from then on (state CLOSED) nothing is sealed or queued again, whatever any task does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -19,8 +30,8 @@ from collections.abc import Iterator
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection
-from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
 from protocol import (
     SERVER_TO_CLIENT_LIMITS,
@@ -43,7 +54,33 @@ class State(enum.Enum):
     SYNCING = "syncing"  # catch-up running; live frames are parked
     LIVE = "live"
     RESYNC = "resync"  # overflowed; live delivery stopped until the next `sync`
-    CLOSED = "closed"
+    CLOSED = "closed"  # FINAL sealed (or the peer gone): nothing is sealed or queued again
+
+
+_NEXT: dict[State, frozenset[State]] = {
+    State.HANDSHAKE: frozenset({State.WAITING_SYNC, State.CLOSED}),
+    State.WAITING_SYNC: frozenset({State.SYNCING, State.CLOSED}),
+    # A failed catch-up (database unavailable) goes back to waiting for `sync`.
+    State.SYNCING: frozenset(
+        {State.SYNCING, State.LIVE, State.RESYNC, State.WAITING_SYNC, State.CLOSED}
+    ),
+    State.LIVE: frozenset({State.SYNCING, State.RESYNC, State.CLOSED}),
+    State.RESYNC: frozenset({State.SYNCING, State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+"""Every state change a connection may make; CLOSED is final."""
+
+
+class StateError(Exception):
+    """A state change `_NEXT` does not allow: a bug, which ends the connection."""
+
+
+@dataclasses.dataclass
+class GatewayStats:
+    """Counters of the gateway process (shared by its connections)."""
+
+    connection_failures: int = 0
+    """Connections ended by an unexpected error (`internal`) in any of their tasks."""
 
 
 class Flusher:
@@ -64,7 +101,7 @@ class Flusher:
             dirty, self._dirty = self._dirty, {}
             now = trio.current_time()
             for conn in dirty:
-                conn.flush(now)
+                conn.flush(now)  # contains its own failures: one connection never stops this
             await trio.lowlevel.checkpoint()
 
 
@@ -96,6 +133,7 @@ class Connection:
         *,
         max_outbound_bytes: int,
         resync_timeout_s: float,
+        stats: GatewayStats | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.sock = sock
@@ -107,6 +145,7 @@ class Connection:
         self.device_id: uuid.UUID | None = None
         self.org_id: uuid.UUID | None = None
         self._flusher = flusher
+        self._stats = stats if stats is not None else GatewayStats()
         self.max_outbound_bytes = max_outbound_bytes
         self._resync_timeout_s = resync_timeout_s
         self._pending: list[bytes] = []
@@ -117,6 +156,7 @@ class Connection:
         self._writer_wake = trio.Event()
         self._written = trio.Event()
         self._broken = False
+        self._failed = False
         self.parked: list[tuple[int | None, bytes]] = []
         self._parked_bytes = 0
         # Live messages at or below this pos already came with the catch-up: a message
@@ -125,6 +165,8 @@ class Connection:
         self.resync_deadline: float | None = None
         self.closed = trio.Event()
         self.close_reason: str | None = None
+        self.peer_closed = False
+        """True once the peer's WebSocket close frame arrived (and was answered)."""
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} device={self.device_id}>"
@@ -133,22 +175,57 @@ class Connection:
     def buffered_bytes(self) -> int:
         return self._pending_bytes + len(self._out)
 
+    @property
+    def is_closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def awaits_peer_close(self) -> bool:
+        """We sent a WebSocket close frame and the peer has not answered it yet."""
+        return self.ws.state is ConnectionState.LOCAL_CLOSING
+
+    def _enter(self, state: State) -> bool:
+        """Move to `state`; False (and nothing changes) once CLOSED. A move `_NEXT` does not
+        allow from any other state is a bug (`StateError`)."""
+        current = self.state
+        if current is State.CLOSED:
+            return False
+        if state not in _NEXT[current]:
+            raise StateError(f"{current.value} -> {state.value}")
+        self.state = state
+        return True
+
+    # -- the secure session --------------------------------------------------------------
+
+    def established(self, channel: SecureChannel) -> None:
+        """The handshake finished: frames may flow, `sync` is awaited."""
+        if self._enter(State.WAITING_SYNC):
+            self.channel = channel
+
     # -- delivery ------------------------------------------------------------------------
 
     def reply(self, frame: bytes) -> None:
         """A reply to this device (sent, err, pong, synced, catch-up): never dropped on
         overflow, since nothing else would bring it back."""
-        if self.state is State.CLOSED:
-            return
-        self._replies.append(frame)
-        self._push(frame)
+        try:
+            if self.state is State.CLOSED:
+                return
+            self._replies.append(frame)
+            self._push(frame)
+        except Exception as exc:
+            self.fail(exc)
 
     def catch_up(self, frame: bytes) -> None:
         """A stored message sent by catch-up, which does its own flow control
         (`wait_written`), so it does not count towards overflow."""
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
-        self._flusher.mark(self)
+        try:
+            if self.state is not State.SYNCING:
+                return  # overflowed or closed meanwhile: the client syncs again
+            self._pending.append(frame)
+            self._pending_bytes += len(frame)
+            self._flusher.mark(self)
+        except Exception as exc:
+            self.fail(exc)
 
     def _push(self, frame: bytes) -> None:
         self._pending.append(frame)
@@ -162,36 +239,68 @@ class Connection:
         """A live frame (message, receipt, typing): sent, parked or dropped by state.
 
         Live frames may be dropped on overflow: stored ones come back with the catch-up."""
-        state = self.state
-        if state is State.LIVE:
-            if pos is None or pos > self._live_after:
-                self._push(frame)
-        elif state is State.SYNCING:
-            self.parked.append((pos, frame))
-            self._parked_bytes += len(frame)
-            if self._parked_bytes + self.buffered_bytes > self.max_outbound_bytes:
-                self._overflow()
-        # WAITING_SYNC / RESYNC: stored messages come with the catch-up; the rest is live-only.
+        try:
+            state = self.state
+            if state is State.LIVE:
+                if pos is None or pos > self._live_after:
+                    self._push(frame)
+            elif state is State.SYNCING:
+                self.parked.append((pos, frame))
+                self._parked_bytes += len(frame)
+                if self._parked_bytes + self.buffered_bytes > self.max_outbound_bytes:
+                    self._overflow()
+            # WAITING_SYNC / RESYNC: stored messages come with the catch-up; the rest is
+            # live-only. CLOSED: nothing more goes out.
+        except Exception as exc:
+            self.fail(exc)
 
-    def start_sync(self) -> None:
-        self.state = State.SYNCING
-        self.resync_deadline = None
-        self.parked = []
-        self._parked_bytes = 0
+    def start_sync(self) -> bool:
+        """A `sync` arrived: catch-up starts (False once the connection is closed)."""
+        try:
+            if not self._enter(State.SYNCING):
+                return False
+            self.resync_deadline = None
+            self.parked = []
+            self._parked_bytes = 0
+            return True
+        except Exception as exc:
+            self.fail(exc)
+            return False
 
     def go_live(self, caught_up_to: int, synced_frame: bytes) -> None:
-        """End catch-up at `caught_up_to`: send `synced`, then what was parked after it."""
-        parked, self.parked, self._parked_bytes = self.parked, [], 0
-        self.state = State.LIVE
-        self._live_after = caught_up_to
-        self.reply(synced_frame)
-        for pos, frame in parked:
-            if pos is None or pos > caught_up_to:
-                self._push(frame)
+        """End catch-up at `caught_up_to`: send `synced`, then what was parked after it.
+
+        Does nothing unless the connection is still SYNCING: a catch-up that finishes after
+        an overflow or a close must not revive it."""
+        try:
+            if self.state is not State.SYNCING:
+                return
+            parked, self.parked, self._parked_bytes = self.parked, [], 0
+            self._enter(State.LIVE)
+            self._live_after = caught_up_to
+            self.reply(synced_frame)
+            for pos, frame in parked:
+                if pos is None or pos > caught_up_to:
+                    self._push(frame)
+        except Exception as exc:
+            self.fail(exc)
+
+    def sync_failed(self, err: bytes) -> None:
+        """The catch-up could not read the store: tell the device (`err`) and wait for its
+        next `sync`."""
+        try:
+            if self.state is State.SYNCING and self._enter(State.WAITING_SYNC):
+                self.parked = []
+                self._parked_bytes = 0
+                self.reply(err)
+        except Exception as exc:
+            self.fail(exc)
 
     def _overflow(self) -> None:
         if self.state is State.RESYNC:
-            self.close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "fell behind twice")
+            self._close(CloseCode.RESYNC_REQUIRED, ErrorCode.RESYNC_REQUIRED, "fell behind twice")
+            return
+        if not self._enter(State.RESYNC):
             return
         logger.info("connection %s overflowed: told to re-sync", self.id)
         # Live traffic goes (the store has it); replies stay, then `resync`.
@@ -199,7 +308,6 @@ class Connection:
         self._pending_bytes = sum(map(len, self._pending))
         self.parked = []
         self._parked_bytes = 0
-        self.state = State.RESYNC
         self.resync_deadline = trio.current_time() + self._resync_timeout_s
         self._flusher.mark(self)
 
@@ -216,14 +324,27 @@ class Connection:
 
     def flush(self, now: float) -> None:
         """Seal what is pending into encrypted WebSocket messages and write what fits."""
-        if not self._pending or self.channel is None or self.state is State.CLOSED:
-            return
+        try:
+            if not self._pending or self.channel is None or self.state is State.CLOSED:
+                return
+            self._seal_pending(now)
+            self._write_now()
+        except Exception as exc:
+            self.fail(exc)
+
+    def _seal_pending(self, now: float, final_frame: bytes | None = None) -> None:
+        """Seal every pending frame, in batches within the client's limits; with
+        `final_frame`, it ends the last batch, which is sealed FINAL."""
+        assert self.channel is not None
         frames, self._pending, self._pending_bytes = self._pending, [], 0
         self._replies.clear()
-        for batch in _batches(frames):
-            sealed = self.channel.seal(b"".join(batch), now)
+        if final_frame is not None:
+            frames.append(final_frame)
+        batches = list(_batches(frames))
+        for i, batch in enumerate(batches):
+            final = final_frame is not None and i == len(batches) - 1
+            sealed = self.channel.seal(b"".join(batch), now, final=final)
             self._out += self.ws.send(BytesMessage(data=sealed))
-        self._write_now()
 
     def _write_now(self) -> None:
         if self._writer_busy or not self._out:
@@ -260,20 +381,26 @@ class Connection:
         while True:
             await self._writer_wake.wait()
             self._writer_wake = trio.Event()
-            while self._out:
-                await trio.lowlevel.wait_writable(self.sock)
-                self._write_some()
+            await self.drain()
             self._writer_busy = False
 
-    async def wait_written(self, below: int = 0) -> None:
-        """Wait until at most `below` bytes are still buffered (the writer task writes).
+    async def drain(self) -> None:
+        """Write everything already sealed, waiting for writability (the writer task, and
+        the close path once the writer is gone)."""
+        while self._out and not self._broken:
+            await trio.lowlevel.wait_writable(self.sock)
+            self._write_some()
 
-        Catch-up uses it for flow control, closing to let the last bytes go out.
+    async def wait_written(self, below: int = 0) -> None:
+        """Wait until at most `below` bytes are still buffered (the writer task writes),
+        or the connection is closed.
+
+        Catch-up uses it for flow control.
         """
-        while self.buffered_bytes > below and not self._broken:
+        while self.buffered_bytes > below and not self.is_closed:
             if self._pending and self.channel is not None:
                 self.flush(trio.current_time())
-            if self.buffered_bytes <= below or self._broken:
+            if self.buffered_bytes <= below or self.is_closed:
                 return
             self._written = trio.Event()
             await self._written.wait()
@@ -282,20 +409,75 @@ class Connection:
 
     def close(self, code: CloseCode, error: ErrorCode, message: str) -> None:
         """End the session: a FINAL batch with an `err` (if the channel is up), then the
-        WebSocket close with `code` and the error code as reason."""
+        WebSocket close with `code` and the error code as reason. Idempotent; never raises."""
+        try:
+            self._close(code, error, message)
+        except Exception as exc:
+            self.fail(exc)
+
+    def close_normally(self) -> None:
+        """The peer ended the session with its FINAL batch: send what is pending (no FINAL
+        of ours: the peer chose to end, it needs no proof) and close with 1000."""
+        try:
+            self._close(CloseCode.NORMAL, None, "")
+        except Exception as exc:
+            self.fail(exc)
+
+    def _close(self, code: CloseCode, error: ErrorCode | None, message: str) -> None:
         if self.state is State.CLOSED:
             return
-        self.close_reason = error.value
+        self.close_reason = error.value if error is not None else "closed by the device"
         if self.channel is not None and not self.channel.closed_for_sending:
-            frames = [*self._pending, encode(Err(code=error, message=message))]
-            self._pending, self._pending_bytes = [], 0
-            self._replies.clear()
-            sealed = self.channel.seal(b"".join(frames), trio.current_time(), final=True)
-            self._out += self.ws.send(BytesMessage(data=sealed))
-        try:
-            self._out += self.ws.send(CloseConnection(code=int(code), reason=error.value))
-        except WsprotoLocalError:  # no close frame before the upgrade or after the peer's close
-            logger.debug("connection %s: no WebSocket close frame in this state", self.id)
+            now = trio.current_time()
+            if error is None:
+                if self._pending:
+                    self._seal_pending(now)
+            else:
+                self._seal_pending(now, encode(Err(code=error, message=message)))
+        self._pending, self._pending_bytes = [], 0
+        self._replies.clear()
         self.state = State.CLOSED
-        self._write_now()
         self.closed.set()
+        if self.ws.state is ConnectionState.OPEN:
+            reason = error.value if error is not None else ""
+            self._out += self.ws.send(CloseConnection(code=int(code), reason=reason))
+        self._write_now()
+
+    def answer_peer_close(self, event: CloseConnection) -> None:
+        """The peer's WebSocket close frame: answer it at once; the session is over."""
+        self.peer_closed = True
+        if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            self._out += self.ws.send(event.response())
+        self.lost()
+        self._write_now()
+
+    def lost(self) -> None:
+        """The peer is gone (or spoke so badly nothing more can be said): closed, without
+        FINAL or close frame."""
+        self._pending, self._pending_bytes = [], 0
+        self._replies.clear()
+        self.parked = []
+        self.state = State.CLOSED
+        self.closed.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """The failure boundary: an unexpected error in work for this connection, in any
+        task. Logged once (with the connection id) and counted; the connection is closed
+        with FINAL `internal` + 1011 where that can still be said. Never raises."""
+        if self._failed:
+            return
+        self._failed = True
+        self._stats.connection_failures += 1
+        logger.error(
+            "connection %s: internal error, closing it (failures so far: %d)",
+            self.id,
+            self._stats.connection_failures,
+            exc_info=exc,
+        )
+        try:
+            self._close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL, "internal error")
+        except Exception:  # the close itself failed: cut the connection
+            self._out.clear()
+            self._broken = True
+            self.lost()
+        self.close_reason = ErrorCode.INTERNAL.value

@@ -36,7 +36,7 @@ from protocol import (
     decode_client_batch_lenient,
     encode,
 )
-from server.gateway.connection import Connection, Flusher, State
+from server.gateway.connection import Connection, Flusher, GatewayStats, State
 from server.gateway.session import GatewayContext, Session
 from storage.errors import DatabaseUnavailableError, NotFoundError
 
@@ -68,6 +68,7 @@ class Gateway:
         self.gw = gw
         self.settings = settings
         self.flusher = Flusher()
+        self.stats = GatewayStats()
         identity = gw.services.identity
         self._identity_secret = bytes(identity) + bytes(identity.verify_key)
 
@@ -90,25 +91,26 @@ class Gateway:
             self.flusher,
             max_outbound_bytes=self.settings.max_outbound_bytes,
             resync_timeout_s=self.settings.resync_timeout_s,
+            stats=self.stats,
         )
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.writer)
-                with trio.CancelScope() as reading:
-                    nursery.start_soon(self._watch, conn, reading)
-                    try:
-                        await self._run(conn, nursery)
-                    except _Closed:
-                        pass
-                    except Exception:
-                        logger.exception("connection %s: internal error", conn.id)
-                        conn.close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL, "internal error")
-                with trio.move_on_after(self.settings.close_grace_s):
-                    await conn.wait_written()
-                nursery.cancel_scope.cancel()
+            # The failure boundary of a connection's tasks (the other half is in
+            # Connection: what shared tasks do to it). Whatever the reader, the writer, the
+            # catch-up or a frame handler raises ends this connection alone (`fail`: logged
+            # once, counted, FINAL `internal` + 1011) and never reaches the gateway's
+            # nursery; only trio.Cancelled (the server stopping) passes through.
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.writer)
+                    nursery.start_soon(self._read, conn, nursery)
+                    await conn.closed.wait()
+                    nursery.cancel_scope.cancel()
+            except* Exception as group:
+                conn.fail(group)
+            await self._finish(conn)
         finally:
             self.gw.hub.detach(conn)
-            conn.state = State.CLOSED
+            conn.lost()
             with trio.move_on_after(1) as scope:
                 scope.shield = True
                 await stream.aclose()
@@ -116,10 +118,45 @@ class Gateway:
                 "connection %s closed (device %s, %s)", conn.id, conn.device_id, conn.close_reason
             )
 
-    async def _watch(self, conn: Connection, reading: trio.CancelScope) -> None:
-        """Stop reading once the connection is closed (from any task)."""
-        await conn.closed.wait()
-        reading.cancel()
+    async def _read(self, conn: Connection, nursery: trio.Nursery) -> None:
+        """The connection's reader: handshake, then frames, until the connection closes."""
+        try:
+            await self._run(conn, nursery)
+        except _Closed:
+            pass
+        finally:
+            if conn.state is not State.CLOSED:
+                conn.lost()
+
+    async def _finish(self, conn: Connection) -> None:
+        """The last step of every connection: write what the close queued (FINAL batch,
+        close frame) and, if we closed first, wait for the peer's close frame - reading
+        (and dropping) whatever it still sends meanwhile, so a client busy writing is never
+        blocked and the socket is never cut with unread data in it (a TCP reset would
+        destroy the FINAL batch). Bounded by the close grace."""
+        if conn.peer_closed and not conn.buffered_bytes:
+            return
+        with trio.move_on_after(self.settings.close_grace_s):
+            async with trio.open_nursery() as nursery:
+                if conn.awaits_peer_close:
+                    nursery.start_soon(self._linger, conn, nursery.cancel_scope)
+                await conn.drain()
+                if not conn.awaits_peer_close:
+                    nursery.cancel_scope.cancel()
+
+    async def _linger(self, conn: Connection, done: trio.CancelScope) -> None:
+        """Read until the peer answers our close frame or goes away; data is dropped."""
+        try:
+            while True:
+                data = await conn.sock.recv(RECV_BYTES)
+                if not data:
+                    break
+                conn.ws.receive_data(data)
+                if any(isinstance(event, CloseConnection) for event in conn.ws.events()):
+                    break
+        except (OSError, WsprotoRemoteError):
+            pass
+        done.cancel()
 
     async def _expire_resyncs(self) -> None:
         """Close connections told to re-sync that did not in time: one task for all of
@@ -135,8 +172,7 @@ class Gateway:
             conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
             raise _Closed
         conn.account_id, conn.org_id, conn.device_id, channel = handshake
-        conn.channel = channel
-        conn.state = State.WAITING_SYNC
+        conn.established(channel)
         self.gw.hub.attach(conn)
         self.gw.cursors.note_seen(conn.device_id, self.gw.services.clock())
         logger.info("connection %s: device %s established", conn.id, conn.device_id)
@@ -155,6 +191,10 @@ class Gateway:
                     await session.handle(frame)
                 if conn.state is State.CLOSED:
                     raise _Closed
+            if channel.peer_finished:
+                # The device ended the session (its FINAL batch): answer and close.
+                conn.close_normally()
+                raise _Closed
 
     async def _handshake(
         self, conn: Connection
@@ -209,12 +249,12 @@ class Gateway:
             conn.close(CloseCode.IDLE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, "idle too long")
             raise _Closed
         if not data:
-            conn.state = State.CLOSED
+            conn.lost()
             raise _Closed
         try:
             conn.ws.receive_data(data)
         except WsprotoRemoteError:
-            conn.state = State.CLOSED
+            conn.lost()
             raise _Closed from None
 
     async def _next_message(
@@ -227,7 +267,11 @@ class Gateway:
                 if isinstance(event, BytesMessage):
                     buffer += event.data
                     if len(buffer) > limit:
-                        conn.close(CloseCode.MESSAGE_TOO_BIG, ErrorCode.FRAME_TOO_LARGE, "too big")
+                        conn.close(
+                            CloseCode.TOO_LARGE,
+                            ErrorCode.FRAME_TOO_LARGE,
+                            f"a message over {limit} bytes",
+                        )
                         raise _Closed
                     if event.message_finished:
                         return bytes(buffer)
@@ -239,8 +283,7 @@ class Gateway:
                 elif isinstance(event, Ping):
                     conn.send_raw(conn.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    conn.send_raw(conn.ws.send(event.response()))
-                    conn.state = State.CLOSED
+                    conn.answer_peer_close(event)
                     raise _Closed
             await self._receive(conn, timeout_s)
 

@@ -40,7 +40,7 @@ from server.gateway.connection import Connection, State
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
 from server.services import Services
-from storage.errors import NotFoundError
+from storage.errors import DatabaseUnavailableError, NotFoundError
 from storage.messages import NewMessage, StoredMessage
 from storage.receipts import ReceiptRecord
 
@@ -83,6 +83,25 @@ class Session:
         self._catch_up: trio.CancelScope | None = None
 
     async def handle(self, frame: ClientFrame) -> None:
+        """Act on one frame. A database outage is answered with `unavailable` (the device
+        retries; a send with the same cid), never by closing the connection."""
+        try:
+            await self._handle(frame)
+        except DatabaseUnavailableError as exc:
+            logger.warning(
+                "connection %s: %s refused, database unavailable: %s", self.conn.id, frame.TYPE, exc
+            )
+            self.conn.reply(
+                err_frame(
+                    ErrorCode.UNAVAILABLE,
+                    "the database is unavailable; retry later"
+                    + ("" if not isinstance(frame, Send) else " with the same cid"),
+                    frame.cid if isinstance(frame, Send) else None,
+                    frame.TYPE,
+                )
+            )
+
+    async def _handle(self, frame: ClientFrame) -> None:
         if isinstance(frame, Send):
             await self._send(frame)
         elif isinstance(frame, Ack):
@@ -193,9 +212,10 @@ class Session:
     def _start_catch_up(self, after: int) -> None:
         if self._catch_up is not None:
             self._catch_up.cancel()
+        if not self.conn.start_sync():
+            return
         scope = trio.CancelScope()
         self._catch_up = scope
-        self.conn.start_sync()
         self._nursery.start_soon(self._run_catch_up, after, scope)
 
     async def _run_catch_up(self, after: int, scope: trio.CancelScope) -> None:
@@ -205,9 +225,21 @@ class Session:
         with scope:
             pos = after
             while True:
-                rows, pos, limited = await self.gw.services.messages.after(
-                    self.account_id, pos, self.gw.catch_up_page
-                )
+                try:
+                    rows, pos, limited = await self.gw.services.messages.after(
+                        self.account_id, pos, self.gw.catch_up_page
+                    )
+                except DatabaseUnavailableError as exc:
+                    logger.warning("connection %s: catch-up failed: %s", conn.id, exc)
+                    conn.sync_failed(
+                        err_frame(
+                            ErrorCode.UNAVAILABLE,
+                            "the database is unavailable; sync again later",
+                            None,
+                            "sync",
+                        )
+                    )
+                    return
                 for message in rows:
                     try:
                         conn.catch_up(stored_msg_frame(message))

@@ -1,16 +1,85 @@
-"""The connection's delivery state machine, on a real socket pair (no gateway around it)."""
+"""The connection's delivery and close state machine, on a real socket pair (no gateway
+around it)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
-from server.gateway.connection import Connection, Flusher, State
+from protocol import CloseCode, Err, ErrorCode, Pong, SecureChannel, decode_server_batch, encode
+from server.gateway.connection import Connection, Flusher, GatewayStats, State
+from tests.protocol.helpers import established
+
+PONG = encode(Pong())
 
 
-def make_connection() -> tuple[Connection, trio.socket.SocketType]:
+def make_connection(flusher: Flusher | None = None) -> tuple[Connection, trio.socket.SocketType]:
     ours, theirs = trio.socket.socketpair()
-    conn = Connection(ours, Flusher(), max_outbound_bytes=1 << 20, resync_timeout_s=5.0)
+    conn = Connection(ours, flusher or Flusher(), max_outbound_bytes=1 << 20, resync_timeout_s=5.0)
+    conn.state = State.WAITING_SYNC  # as after a handshake, without a channel to seal with
     return conn, theirs
+
+
+class Peer:
+    """The device's end of a connection whose WebSocket and secure channel are up."""
+
+    def __init__(self, sock: trio.socket.SocketType, channel: SecureChannel) -> None:
+        self.sock = sock
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.channel = channel
+        self.batches: list[tuple[list[object], bool]] = []  # (frames, FINAL?)
+        self.close: CloseConnection | None = None
+        self._partial = bytearray()
+
+    async def read_until_close(self) -> None:
+        with trio.fail_after(10):
+            while self.close is None:
+                data = await self.sock.recv(1 << 20)
+                assert data, "dropped without a close frame"
+                self.ws.receive_data(data)
+                self._take()
+
+    async def read_batches(self, count: int) -> None:
+        with trio.fail_after(10):
+            while len(self.batches) < count:
+                self.ws.receive_data(await self.sock.recv(1 << 20))
+                self._take()
+
+    def _take(self) -> None:
+        for event in self.ws.events():
+            if isinstance(event, BytesMessage):
+                self._partial += event.data
+                if not event.message_finished:
+                    continue
+                frames = list(decode_server_batch(self.channel.open(bytes(self._partial))))
+                self._partial.clear()
+                self.batches.append((frames, self.channel.peer_finished))
+            elif isinstance(event, CloseConnection):
+                self.close = event
+
+
+def make_established(
+    flusher: Flusher | None = None, stats: GatewayStats | None = None
+) -> tuple[Connection, Peer]:
+    """A connection after the WebSocket upgrade and the secure handshake."""
+    ours, theirs = trio.socket.socketpair()
+    conn = Connection(
+        ours,
+        flusher or Flusher(),
+        max_outbound_bytes=4 << 20,
+        resync_timeout_s=5.0,
+        stats=stats,
+    )
+    pair = established()
+    peer = Peer(theirs, pair.client)
+    conn.ws.receive_data(peer.ws.send(Request(host="gateway", target="/v1/ws")))
+    assert any(isinstance(e, Request) for e in conn.ws.events())
+    peer.ws.receive_data(conn.ws.send(AcceptConnection()))
+    assert any(isinstance(e, AcceptConnection) for e in peer.ws.events())
+    conn.established(pair.server)
+    return conn, peer
 
 
 async def test_live_fan_out_of_a_message_the_catch_up_already_sent_is_dropped() -> None:
@@ -42,3 +111,86 @@ async def test_a_new_sync_starts_from_its_own_catch_up_end() -> None:
         conn.go_live(4, b"synced-4")  # the client synced again from an older cursor
         conn.deliver(5, b"live-5")
         assert conn._pending == [b"synced-10", b"synced-4", b"live-5"]
+
+
+async def test_a_catch_up_ending_after_the_close_does_not_revive_the_connection() -> None:
+    # Issue 14: catch-up went live after a refusal had sealed FINAL; the flusher then
+    # sealed `synced` after the FINAL and the error ended the process.
+    conn, peer = make_established()
+    with conn.sock, peer.sock:
+        assert conn.start_sync()
+        conn.close(CloseCode.TOO_LARGE, ErrorCode.FRAME_TOO_LARGE, "too big")
+        conn.catch_up(PONG)
+        conn.go_live(42, PONG)
+        conn.reply(PONG)
+        conn.deliver(None, PONG)
+        assert not conn.start_sync()
+        conn.flush(trio.current_time())
+        assert conn.state is State.CLOSED
+        await peer.read_until_close()
+        assert len(peer.batches) == 1
+        frames, final = peer.batches[0]
+        assert final
+        assert [type(f) for f in frames] == [Err]
+        assert peer.close is not None and peer.close.code == CloseCode.TOO_LARGE
+
+
+async def test_the_flusher_survives_a_connection_that_fails() -> None:
+    class Exploding:
+        closed_for_sending = False
+
+        def seal(self, plaintext: bytes, now: float | None = None, *, final: bool = False) -> bytes:
+            raise RuntimeError("a bug in sealing")
+
+    flusher = Flusher()
+    stats = GatewayStats()
+    bad, bad_peer = make_established(flusher, stats)
+    good, good_peer = make_established(flusher, stats)
+    bad.channel = Exploding()  # type: ignore[assignment]
+    with bad.sock, bad_peer.sock, good.sock, good_peer.sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run)
+            assert bad.start_sync() and good.start_sync()
+            bad.go_live(0, PONG)
+            good.go_live(0, PONG)
+            await good_peer.read_batches(1)
+            # The flusher is still there for the good connection.
+            good.reply(PONG)
+            await good_peer.read_batches(2)
+            nursery.cancel_scope.cancel()
+    assert bad.state is State.CLOSED and bad.close_reason == "internal"
+    assert good.state is State.LIVE
+    assert stats.connection_failures == 1
+
+
+async def test_a_close_with_more_pending_than_one_batch_splits_it() -> None:
+    conn, peer = make_established()
+    with conn.sock, peer.sock:
+        assert conn.start_sync()
+        for _ in range(20_000):  # more frames than two server batches hold
+            conn.catch_up(PONG)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.read_until_close)
+            conn.close(CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN, "bye")
+            await conn.drain()
+    assert len(peer.batches) >= 3
+    assert [final for _, final in peer.batches] == [False] * (len(peer.batches) - 1) + [True]
+    assert isinstance(peer.batches[-1][0][-1], Err)
+
+
+@pytest.mark.parametrize("peer_first", [True, False])
+async def test_close_frames(peer_first: bool) -> None:
+    conn, peer = make_established()
+    with conn.sock, peer.sock:
+        if peer_first:
+            conn.ws.receive_data(peer.ws.send(CloseConnection(code=1000)))
+            (event,) = conn.ws.events()
+            assert isinstance(event, CloseConnection)
+            conn.answer_peer_close(event)
+            assert conn.peer_closed and not conn.awaits_peer_close
+        else:
+            conn.close(CloseCode.IDLE_TIMEOUT, ErrorCode.IDLE_TIMEOUT, "idle")
+            assert conn.awaits_peer_close
+        assert conn.state is State.CLOSED and conn.closed.is_set()
+        await peer.read_until_close()

@@ -113,7 +113,7 @@ async def test_unreadable_batch_and_oversized_messages_close(server: Harness) ->
     client = await server.connect(ann)
     await client.send_message(b"\x00" * (200 * 1024))  # past any batch the server accepts
     closed = await closed_with(client)
-    assert (closed.code, closed.reason) == (CloseCode.MESSAGE_TOO_BIG, "frame_too_large")
+    assert (closed.code, closed.reason) == (CloseCode.TOO_LARGE, "frame_too_large")
     assert await history(server, ann, conv) == []
     await bystander_still_served(server, ann, conv, bystander)
 
