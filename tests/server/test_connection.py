@@ -53,7 +53,9 @@ class Peer:
                 self._partial += event.data
                 if not event.message_finished:
                     continue
-                frames = list(decode_server_batch(self.channel.open(bytes(self._partial))))
+                frames: list[object] = list(
+                    decode_server_batch(self.channel.open(bytes(self._partial)))
+                )
                 self._partial.clear()
                 self.batches.append((frames, self.channel.peer_finished))
             elif isinstance(event, CloseConnection):
