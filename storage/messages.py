@@ -215,7 +215,13 @@ async def _append(conn: Any, items: list[NewMessage]) -> AppendBatch:
 
 async def _after(
     conn: Any, account_id: uuid.UUID, after_pos: int, limit: int
-) -> list[StoredMessage]:
+) -> tuple[list[StoredMessage], int]:
+    """The rows after `after_pos`, and where to continue: the last row's pos, or with no
+    rows `after_pos` clamped to the highest committed pos (a cursor past the end of the
+    stream - from another server, or made up - would otherwise hide every live message
+    below it). Positions commit in order, so anything still uncommitted lies above; the
+    second statement (empty case only) may see a commit the first missed, and then the
+    clamp leaves `after_pos` as it is, which is still exact."""
     rows = await conn.fetch(
         f"""SELECT {COLUMNS} FROM messages m
             JOIN conversation_members cm
@@ -226,7 +232,10 @@ async def _after(
         after_pos,
         limit,
     )
-    return [_stored(r) for r in rows]
+    if rows:
+        return [_stored(r) for r in rows], int(rows[-1]["pos"])
+    end = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM messages")
+    return [], min(after_pos, int(end))
 
 
 async def _history(
@@ -293,8 +302,7 @@ class MessageStore:
         Returns (rows, next_pos, limited): next_pos is the pos to continue after, and
         limited says more rows may follow.
         """
-        rows = await self._db.read(_after, account_id, after_pos, limit)
-        next_pos = rows[-1].pos if rows else after_pos
+        rows, next_pos = await self._db.read(_after, account_id, after_pos, limit)
         return rows, next_pos, len(rows) == limit
 
     async def history(

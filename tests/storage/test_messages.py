@@ -153,3 +153,16 @@ async def test_cursor_only_moves_forward(world: World) -> None:
     assert await world.messages.advance_cursor(device, 7) == 7
     assert await world.messages.advance_cursor(device, 3) == 7
     assert await world.messages.cursor(device) == 7
+
+
+async def test_catch_up_from_past_the_end_continues_from_the_end(world: World) -> None:
+    # A cursor past the stream's end (another server's, or made up) is moved back to the
+    # end; otherwise every live message below it would be taken for one already sent.
+    ann = world.people["ann"][0]
+    group = await world.conversations.create_group(world.org_id, ann, "g", [])
+    stored = (await world.messages.append([text(world, "ann", group.id, "a1")])).results
+    first = stored[0].message
+    assert first is not None
+    assert await world.messages.after(ann, 2**53 - 1, 10) == ([], first.pos, False)
+    rows, next_pos, _ = await world.messages.after(ann, 0, 10)
+    assert [r.pos for r in rows] == [first.pos] and next_pos == first.pos
