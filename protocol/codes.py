@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     SERVER_KEY_MISMATCH = "server_key_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
     DEVICE_REVOKED = "device_revoked"
+    ACCOUNT_DEACTIVATED = "account_deactivated"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     # Encrypted channel.
     DECRYPT_FAILED = "decrypt_failed"
@@ -42,6 +43,7 @@ class ErrorCode(enum.StrEnum):
     CONSENT_NOT_GRANTED = "consent_not_granted"
     RECONSENT_REQUIRED = "reconsent_required"
     UNKNOWN_FILE = "unknown_file"
+    UNKNOWN_MESSAGE = "unknown_message"
     RATE_LIMITED = "rate_limited"
     RESYNC_REQUIRED = "resync_required"
     IDLE_TIMEOUT = "idle_timeout"
@@ -73,6 +75,7 @@ class CloseCode(enum.IntEnum):
     RATE_LIMITED = 4008
     RESYNC_REQUIRED = 4009
     IDLE_TIMEOUT = 4010
+    ACCOUNT_DEACTIVATED = 4012
 
 
 CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
@@ -89,6 +92,7 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.SERVER_KEY_MISMATCH: CloseCode.HANDSHAKE_FAILED,
         ErrorCode.UNKNOWN_DEVICE: CloseCode.UNKNOWN_DEVICE,
         ErrorCode.DEVICE_REVOKED: CloseCode.DEVICE_REVOKED,
+        ErrorCode.ACCOUNT_DEACTIVATED: CloseCode.ACCOUNT_DEACTIVATED,
         ErrorCode.HANDSHAKE_TIMEOUT: CloseCode.HANDSHAKE_TIMEOUT,
         ErrorCode.DECRYPT_FAILED: CloseCode.DECRYPT_FAILED,
         ErrorCode.CHANNEL_CLOSED: CloseCode.DECRYPT_FAILED,
@@ -98,6 +102,7 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.CONSENT_NOT_GRANTED: CloseCode.POLICY_VIOLATION,
         ErrorCode.RECONSENT_REQUIRED: CloseCode.POLICY_VIOLATION,
         ErrorCode.UNKNOWN_FILE: CloseCode.POLICY_VIOLATION,
+        ErrorCode.UNKNOWN_MESSAGE: CloseCode.POLICY_VIOLATION,
         ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
         ErrorCode.RESYNC_REQUIRED: CloseCode.RESYNC_REQUIRED,
         ErrorCode.IDLE_TIMEOUT: CloseCode.IDLE_TIMEOUT,

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 from storage.database import Database
+from storage.errors import NotFoundError
 from storage.stream import allocate_positions, lock_stream
 
 COLUMNS = """m.id, m.conversation_id, m.seq, m.pos, m.sender_id, m.sender_device_id,
@@ -238,6 +239,20 @@ async def _after(
     return [], min(after_pos, int(end))
 
 
+async def _visible_to(
+    conn: Any, message_id: uuid.UUID, conversation_id: uuid.UUID, account_id: uuid.UUID
+) -> Any:
+    return await conn.fetchrow(
+        f"""SELECT m.sender_id, m.scope FROM messages m
+            JOIN conversation_members cm
+              ON cm.conversation_id = m.conversation_id AND cm.account_id = $3
+            WHERE m.id = $1 AND m.conversation_id = $2 AND {VISIBLE}""",
+        message_id,
+        conversation_id,
+        account_id,
+    )
+
+
 async def _history(
     conn: Any,
     conversation_id: uuid.UUID,
@@ -304,6 +319,18 @@ class MessageStore:
         """
         rows, next_pos = await self._db.read(_after, account_id, after_pos, limit)
         return rows, next_pos, len(rows) == limit
+
+    async def audience(
+        self, message_id: uuid.UUID, conversation_id: uuid.UUID, account_id: uuid.UUID
+    ) -> tuple[uuid.UUID, tuple[uuid.UUID, ...] | None]:
+        """Who may learn of a message the account can see: (its sender, its consent scope,
+        None for the whole conversation). Raises NotFoundError if there is no such message
+        in the conversation, or the account may not see it."""
+        row = await self._db.read(_visible_to, message_id, conversation_id, account_id)
+        if row is None:
+            raise NotFoundError("message")
+        scope = row["scope"]
+        return row["sender_id"], None if scope is None else tuple(scope)
 
     async def history(
         self,

@@ -60,7 +60,9 @@ class Hub:
     def disconnect_account(self, account_id: uuid.UUID) -> None:
         """Close every live connection of a deactivated account."""
         for conn in list(self._by_account.get(account_id, ())):
-            conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "account deactivated")
+            conn.close(
+                CloseCode.ACCOUNT_DEACTIVATED, ErrorCode.ACCOUNT_DEACTIVATED, "account deactivated"
+            )
 
     def close_overdue_resyncs(self, now: float) -> None:
         """Close the connections told to re-sync whose time to do so has passed."""

@@ -266,18 +266,29 @@ class Session:
         self.gw.hub.fan_out(members - {self.account_id}, None, notice)
 
     async def _receipt(self, frame: Receipt) -> None:
-        """Receipts are stored per device and go to every member's live devices, the
-        sender's other devices too."""
+        """Receipts are stored per device and go to the live devices of every member who
+        may see the message (its consent scope), the sender's other devices too. A receipt
+        for a message this account cannot see is refused: it would tell others an id."""
         conversation_id = uuid.UUID(bytes=frame.conv)
         members = await self._members(conversation_id)
         if members is None:
             self.conn.reply(err_frame(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
             return
+        message_id = uuid.UUID(bytes=frame.id)
+        try:
+            sender, scope = await self.gw.services.messages.audience(
+                message_id, conversation_id, self.account_id
+            )
+        except NotFoundError:
+            self.conn.reply(
+                err_frame(ErrorCode.UNKNOWN_MESSAGE, "no such message here", None, "receipt")
+            )
+            return
         now = self.gw.services.clock()
         at = int(now.timestamp() * 1000)
         self.gw.cursors.note_receipt(
             ReceiptRecord(
-                uuid.UUID(bytes=frame.id),
+                message_id,
                 conversation_id,
                 self.account_id,
                 self.device_id,
@@ -290,4 +301,4 @@ class Session:
                 conv=frame.conv, id=frame.id, status=frame.status, who=self.account_id.bytes, at=at
             )
         )
-        self.gw.hub.fan_out(members, None, notice)
+        self.gw.hub.fan_out(recipients(members, sender, scope), None, notice)

@@ -18,7 +18,12 @@ from protocol import (
     Err,
     ErrorCode,
     LocationBody,
+    Ping,
+    Pong,
     ProtocolError,
+    Receipt,
+    ReceiptNotice,
+    ReceiptStatus,
     Send,
     Sent,
     ServerFrame,
@@ -286,7 +291,61 @@ async def test_deactivating_a_member_closes_their_connections(server: Harness) -
     )
     assert response.status_code == 200
     closed = await closed_with(live)
-    assert (closed.code, closed.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+    assert (closed.code, closed.reason) == (
+        CloseCode.ACCOUNT_DEACTIVATED,
+        "account_deactivated",
+    )
     with pytest.raises(ConnectionClosedError) as info:
         await server.connect(bob)
     assert info.value.code == CloseCode.DEVICE_REVOKED
+
+
+async def test_a_receipt_for_a_message_you_cannot_see_is_refused(server: Harness) -> None:
+    # An unknown id, another conversation's message, and a message scoped away from you:
+    # each is refused (`unknown_message`) and nobody else hears of it.
+    ann = await server.create_org()
+    bob = await server.add_member(ann, "bob")
+    carl = await server.add_member(ann, "carl")
+    conv = await server.group(ann, bob, carl)
+    other = await server.group(ann, title="Ann alone")
+    async with await server.connect(ann) as sender:
+        await sender.sync(0)
+        await sender.send(
+            Send(
+                cid="for-bob",
+                conv=conv.bytes,
+                body=LocationBody(lat=-6.2, lon=106.8, acc=10.0),
+                consent=Consent(
+                    purpose="location_share", scope=(bob.account_uuid.bytes,), retention=3600
+                ),
+            ),
+            Send(cid="elsewhere", conv=other.bytes, body=TextBody(text="mine")),
+        )
+        frames = await frames_until(sender, Sent)
+        while sum(isinstance(f, Sent) for f in frames) < 2:
+            frames += await sender.receive()
+    ids = {f.cid: f.id for f in frames if isinstance(f, Sent)}
+    bob_live = await server.connect(bob)
+    await bob_live.sync(2**53 - 1)
+    await frames_until(bob_live, Synced)
+    carl_client = await server.connect(carl)
+    await carl_client.sync(2**53 - 1)
+    await frames_until(carl_client, Synced)
+    for message_id in (uuid.uuid4().bytes, ids["elsewhere"], ids["for-bob"]):
+        await carl_client.send(Receipt(conv=conv.bytes, id=message_id, status=ReceiptStatus.READ))
+        refused = [f for f in await frames_until(carl_client, Err) if isinstance(f, Err)]
+        assert [(e.code, e.ref_type) for e in refused] == [(ErrorCode.UNKNOWN_MESSAGE, "receipt")]
+    # Bob may see the scoped message: his receipt goes to Ann's devices, not to Carl's.
+    ann_live = await server.connect(ann)
+    await ann_live.sync(2**53 - 1)
+    await frames_until(ann_live, Synced)
+    await bob_live.send(Receipt(conv=conv.bytes, id=ids["for-bob"], status=ReceiptStatus.READ))
+    notices = [
+        f for f in await frames_until(ann_live, ReceiptNotice) if isinstance(f, ReceiptNotice)
+    ]
+    assert notices[0].id == ids["for-bob"]
+    await carl_client.send(Ping())
+    got = await frames_until(carl_client, Pong)
+    assert not any(isinstance(f, ReceiptNotice) for f in got)
+    for client in (bob_live, carl_client, ann_live):
+        await client.aclose()
