@@ -18,6 +18,8 @@ import pytest
 import trio
 import trio.testing
 from nacl.signing import SigningKey
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from loadtest import device as device_module
 from loadtest.client import (
@@ -27,8 +29,9 @@ from loadtest.client import (
     connect,
     connect_over,
 )
-from loadtest.device import CONNECT_ATTEMPTS, SimDevice
+from loadtest.device import CONNECT_ATTEMPTS, SimDevice, describe, is_permanent
 from loadtest.observe import Observations
+from protocol import RemoteProtocolError
 from tests.harness import Harness
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -69,6 +72,8 @@ async def echo(stream: trio.SocketStream) -> None:
 
 
 async def hang_up(stream: trio.SocketStream) -> None:
+    """Read the request, then close without a word (a FIN: nothing is left unread)."""
+    await stream.receive_some(65536)
     await stream.aclose()
 
 
@@ -76,6 +81,25 @@ async def reset(stream: trio.SocketStream) -> None:
     await stream.receive_some(65536)
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     await stream.aclose()  # with a zero linger: RST instead of FIN
+
+
+def upgrading(then: bytes | None) -> Handler:
+    """A server that accepts the WebSocket upgrade, then sends `then` as a binary message
+    (instead of a ServerHello) or, for None, hangs up."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        async with stream:
+            while not any(isinstance(e, Request) for e in ws.events()):
+                ws.receive_data(await stream.receive_some(65536))
+            await stream.send_all(ws.send(AcceptConnection()))
+            if then is None:
+                await stream.receive_some(65536)  # the ClientHello: read, so we close with FIN
+                return
+            await stream.send_all(ws.send(BytesMessage(data=then)))
+            await stream.receive_some(65536)  # until the client gives up
+
+    return handler
 
 
 async def test_a_port_nobody_listens_on_is_a_connect_error() -> None:
@@ -111,6 +135,20 @@ async def test_a_peer_that_is_no_websocket_server_is_a_connect_error(
     with trio.fail_after(10), pytest.raises(ConnectError) as info:
         await connect(url_of(port), some_identity())
     assert info.value.reason == reason
+
+
+async def test_a_hang_up_after_the_upgrade_is_a_connect_error_and_junk_a_protocol_error(
+    nursery: trio.Nursery,
+) -> None:
+    port = await serve(nursery, upgrading(None))
+    with trio.fail_after(10), pytest.raises(ConnectError) as info:
+        await connect(url_of(port), some_identity())
+    assert info.value.reason == "dropped_during_handshake"
+    # A WebSocket peer whose "ServerHello" is junk fails our handshake: counted by its code.
+    port = await serve(nursery, upgrading(b"\xc1 not msgpack"))
+    with trio.fail_after(10), pytest.raises(RemoteProtocolError) as failed:
+        await connect(url_of(port), some_identity())
+    assert describe(failed.value) == "malformed_frame" and not is_permanent(failed.value)
 
 
 async def test_a_socket_connected_to_itself_is_detected_and_closed() -> None:
