@@ -17,6 +17,7 @@ has seen (to drop duplicates) and its outbox (to resend with the same cids).
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import uuid
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -36,6 +38,7 @@ from wsproto.events import (
     Request,
 )
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
+from wsproto.utilities import ProtocolError as WsprotoError
 
 from protocol import (
     ClientHandshake,
@@ -61,6 +64,18 @@ class ConnectionClosedError(ObrolError):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"closed by the server: {code} {reason}")
         self.code = code
+        self.reason = reason
+
+
+class ConnectError(ObrolError):
+    """Connecting failed below the obrol protocol: nothing listened, the connection was
+    refused, reset or dropped, the socket connected to itself, or the peer did not speak
+    HTTP/WebSocket. Nothing was said by an obrol server, so it is always worth retrying
+    later. `reason` is a short code for counting (`connection_refused`, `self_connect`,
+    `bad_upgrade`, ...); `__cause__` is the error underneath, if any."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"could not connect ({reason}){': ' + detail if detail else ''}")
         self.reason = reason
 
 
@@ -121,7 +136,8 @@ class GatewayClient:
                     self._messages.append(bytes(self._partial))
                     self._partial.clear()
             elif isinstance(event, Ping):
-                await self._stream.send_all(self._ws.send(event.response()))
+                if self._ws.state is ConnectionState.OPEN:  # not once a close has begun
+                    await self._stream.send_all(self._ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self._closed = (event.code, event.reason or "")
             elif isinstance(event, RejectConnection):
@@ -136,6 +152,10 @@ class GatewayClient:
         return self._messages.pop(0)
 
     async def _send_message(self, data: bytes) -> None:
+        if self._closed is not None:
+            raise ConnectionClosedError(*self._closed)
+        if self._ws.state is not ConnectionState.OPEN:
+            raise ConnectionClosedError(1006, "connection closing")
         await self._stream.send_all(self._ws.send(BytesMessage(data=data)))
 
     def seal(self, plaintext: bytes) -> bytes:
@@ -166,15 +186,54 @@ class GatewayClient:
         await self.send(Sync(after=after))
 
 
+def _os_reason(exc: OSError) -> str:
+    """A short code for why a socket operation failed."""
+    cause = exc.__cause__
+    if exc.errno is None and isinstance(cause, BaseExceptionGroup):
+        # trio.open_tcp_stream: "all attempts failed", with one error per address tried.
+        first = cause.exceptions[0] if cause.exceptions else None
+        if isinstance(first, OSError):
+            exc = first
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "connection_reset"
+    if isinstance(exc, socket.gaierror):
+        return "unknown_host"
+    if isinstance(exc, TimeoutError) or exc.errno == errno.ETIMEDOUT:
+        return "connect_timeout"
+    return f"os_error_{exc.errno}" if exc.errno is not None else "os_error"
+
+
 async def _open_stream(host: str, port: int, receive_buffer_bytes: int | None) -> trio.SocketStream:
+    """A TCP connection to host:port. Raises OSError."""
     if receive_buffer_bytes is None:
         return await trio.open_tcp_stream(host, port)
     # A small receive buffer makes a slow (or stalled) device show up quickly at the server.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
-    await sock.connect((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
     return trio.SocketStream(sock)
+
+
+def _check_not_connected_to_itself(stream: trio.SocketStream) -> None:
+    """Raise ConnectError("self_connect") if the TCP connection is to itself.
+
+    On loopback, a connect to a port nobody listens on that lies in the ephemeral range can
+    pick that very port as its source port, and TCP's simultaneous open then connects the
+    socket to itself: everything sent comes back (our own upgrade request as the "answer").
+    """
+    try:
+        local, peer = stream.socket.getsockname(), stream.socket.getpeername()
+    except OSError as exc:  # reset before we looked
+        raise ConnectError(_os_reason(exc)) from exc
+    if local == peer:
+        raise ConnectError("self_connect", f"source and destination are both {local!r}")
 
 
 async def connect(
@@ -182,21 +241,44 @@ async def connect(
 ) -> GatewayClient:
     """Open a WebSocket to `url` (ws://host:port/v1/ws) and run the secure handshake.
 
-    Raises ConnectionClosedError if the server refuses (unknown or revoked device, ...),
-    and protocol errors from `protocol/` if the server cannot be authenticated.
+    Raises:
+        ValueError: `url` is not a ws://host:port/path URL.
+        ConnectError: the connection could not be made or broke before the secure channel
+            was up, or the peer did not speak WebSocket (see `connect_over`).
+        ConnectionClosedError: the server refused with a close code or an HTTP status
+            (unknown or revoked device, wrong path, ...).
+        ProtocolError: the server could not be authenticated (from `protocol/`).
     """
     parts = urlsplit(url)
     if parts.scheme != "ws" or parts.hostname is None or parts.port is None:
         raise ValueError(f"expected ws://host:port/path, got {url!r}")
-    stream = await _open_stream(parts.hostname, parts.port, receive_buffer_bytes)
+    try:
+        stream = await _open_stream(parts.hostname, parts.port, receive_buffer_bytes)
+    except OSError as exc:
+        raise ConnectError(_os_reason(exc), str(exc)) from exc
+    return await connect_over(stream, url, identity)
+
+
+async def connect_over(
+    stream: trio.SocketStream, url: str, identity: DeviceIdentity
+) -> GatewayClient:
+    """Upgrade an open TCP `stream` to a WebSocket to `url` and run the secure handshake.
+
+    The stream is closed if this raises. Every failure underneath the obrol protocol - the
+    socket connected to itself, a reset, the peer closing before the channel is up, bytes
+    that are not an HTTP/WebSocket upgrade answer - raises ConnectError; the other errors
+    are those of `connect`.
+    """
+    parts = urlsplit(url)
     ws = WSConnection(ConnectionType.CLIENT)
     client = GatewayClient(stream, ws)
     try:
+        _check_not_connected_to_itself(stream)
         await stream.send_all(ws.send(Request(host=parts.netloc, target=parts.path or "/")))
         while True:
             data = await stream.receive_some(RECV_BYTES)
             if not data:
-                raise ConnectionClosedError(1006, "connection dropped during the upgrade")
+                raise ConnectError("dropped_during_upgrade")
             ws.receive_data(data)
             events = list(ws.events())
             for event in events:
@@ -215,10 +297,28 @@ async def connect(
         auth, channel = handshake.receive_server_hello(await client._next_message())
         await client._send_message(auth)
         client._channel = channel
-    except BaseException:
+    except BaseException as exc:
         await client.aclose()
-        raise
+        mapped = _as_connect_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
     return client
+
+
+def _as_connect_error(exc: BaseException) -> ConnectError | None:
+    """The ConnectError for a failure underneath the obrol protocol while connecting; None
+    for anything else (a refusal by the server, our protocol's errors, cancellation)."""
+    if isinstance(exc, WsprotoError):  # the peer's bytes are no WebSocket upgrade answer
+        return ConnectError("bad_upgrade", str(exc))
+    if isinstance(exc, trio.BrokenResourceError):
+        cause = exc.__cause__
+        return ConnectError(_os_reason(cause) if isinstance(cause, OSError) else "connection_reset")
+    if isinstance(exc, OSError):
+        return ConnectError(_os_reason(exc), str(exc))
+    if isinstance(exc, ConnectionClosedError) and exc.code == 1006:  # dropped, no close frame
+        return ConnectError("dropped_during_handshake")
+    return None
 
 
 @dataclass
@@ -254,9 +354,16 @@ class DeviceState:
         return True
 
     async def reconnect(self, url: str) -> GatewayClient:
-        """Connect, ask for everything after the cursor, and resend the outbox."""
+        """Connect, ask for everything after the cursor, and resend the outbox.
+
+        Raises what `connect` raises, and trio.BrokenResourceError or ConnectionClosedError
+        if the new connection breaks at once (it is closed then)."""
         client = await connect(url, self.identity)
-        await client.sync(self.cursor)
-        if self.outbox:
-            await client.send(*self.outbox.values())
+        try:
+            await client.sync(self.cursor)
+            if self.outbox:
+                await client.send(*self.outbox.values())
+        except BaseException:
+            await client.aclose()
+            raise
         return client

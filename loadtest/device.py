@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from loadtest.client import ConnectionClosedError, DeviceState, GatewayClient
+from loadtest.client import ConnectError, ConnectionClosedError, DeviceState, GatewayClient
 from loadtest.frames import CHECK_EVERY, MsgSeen, read_batch
 from loadtest.ledger import SCHEDULED, WORKER_MASK, Received
 from loadtest.observe import TEMPORARY_ERRORS, Observations, now_us
@@ -42,6 +42,7 @@ SEEN_IDS_KEPT = 50_000
 drops old repeats by their position (<= cursor) anyway."""
 
 CONNECTION_ERRORS = (
+    ConnectError,
     ConnectionClosedError,
     ProtocolError,
     trio.BrokenResourceError,
@@ -52,6 +53,8 @@ CONNECTION_ERRORS = (
 
 def describe(exc: BaseException) -> str:
     """A short error code for what ended a connection or an attempt."""
+    if isinstance(exc, ConnectError):
+        return exc.reason
     if isinstance(exc, ConnectionClosedError):
         return exc.reason if exc.reason and " " not in exc.reason else f"close_{exc.code}"
     if isinstance(exc, ProtocolError):
@@ -136,8 +139,7 @@ class SimDevice:
             if self.obs.first_connect_at is None:
                 self.obs.first_connect_at = self._connect_started
             try:
-                with trio.fail_after(CONNECT_TIMEOUT_S):
-                    client = await self.state.reconnect(self.url)
+                client = await self._connect()
             except (*CONNECTION_ERRORS, trio.TooSlowError, ValueError) as exc:
                 failures += 1
                 code = describe(exc)
@@ -166,6 +168,20 @@ class SimDevice:
                 self.obs.disconnects += 1
                 self.obs.counts.errors[f"disconnected:{ended_by}"] += 1
                 await trio.sleep(self._backoff(1))
+
+    async def _connect(self) -> GatewayClient:
+        """One attempt to connect. Raises only the errors `run` counts: CONNECTION_ERRORS,
+        trio.TooSlowError, ValueError (a bad URL: permanent)."""
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                return await self.state.reconnect(self.url)
+        except (*CONNECTION_ERRORS, trio.TooSlowError, ValueError):
+            raise
+        except Exception as exc:
+            # A failure the client did not map is a bug there, but one device's connect
+            # must never take the worker (and the whole run) down: count it and retry.
+            logger.exception("device %d: unexpected error while connecting", self.index)
+            raise ConnectError(f"unexpected_{type(exc).__name__}") from exc
 
     def _abandon_pending(self) -> None:
         for send in self._pending:

@@ -44,8 +44,17 @@ DEVICE_ID_BYTES = 16
 HASH_BYTES = 32
 
 HANDSHAKE_LIMITS = UnpackLimits(
-    max_bytes=512, max_values=1, max_str_bytes=32, max_bin_bytes=64, max_array_len=16, max_map_len=8
+    max_bytes=512,
+    max_values=1,
+    max_str_bytes=32,
+    max_bin_bytes=64,
+    max_array_len=512,
+    max_map_len=8,
 )
+"""The size limits of a handshake message (PROTOCOL.md §3.2, §8). The offered versions are
+the only array; how many there may be (1..MAX_OFFERED_VERSIONS) is a field rule, checked by
+`decode_client_hello` as `invalid_field`, so the array limit here is only as tight as the
+512 bytes already make it."""
 
 
 def blake2b_256(data: bytes, key: bytes = b"") -> bytes:
@@ -190,7 +199,9 @@ def decode_client_hello(data: bytes) -> ClientHello:
     message = _message(data, "client_hello", ("v", "epk", "dev"))
     offered = message["v"]
     if type(offered) is not list or not 1 <= len(offered) <= MAX_OFFERED_VERSIONS:
-        raise RemoteProtocolError(ErrorCode.INVALID_FIELD, "v: must list 1..16 versions")
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_FIELD, f"v: must list 1..{MAX_OFFERED_VERSIONS} versions"
+        )
     versions = tuple(_version(v) for v in offered)
     return ClientHello(
         versions=versions,

@@ -196,6 +196,21 @@ BAD_HELLOS: list[tuple[str, Any, ErrorCode]] = [
         {"t": "client_hello", "v": [1], "epk": b"\x00" * 32, "dev": b"d" * 16},
         ErrorCode.INVALID_FIELD,
     ),
+    (
+        "17 versions",
+        {"t": "client_hello", "v": list(range(1, 18)), "epk": b"k" * 32, "dev": b"d" * 16},
+        ErrorCode.INVALID_FIELD,
+    ),
+    (
+        "400 versions",
+        {"t": "client_hello", "v": [1] * 400, "epk": b"k" * 32, "dev": b"d" * 16},
+        ErrorCode.INVALID_FIELD,
+    ),
+    (
+        "over 512 bytes",
+        {"t": "client_hello", "v": [0xFFFF] * 150, "epk": b"k" * 32, "dev": b"d" * 16},
+        ErrorCode.FRAME_TOO_LARGE,
+    ),
     ("not a map", [1], ErrorCode.MALFORMED_FRAME),
 ]
 
@@ -207,6 +222,25 @@ def test_bad_client_hellos_are_refused(wire: Any, code: ErrorCode) -> None:
     _, server = handshakes()
     assert remote_error(server.receive_client_hello, pack(wire)).code is code
     assert server.state is ServerState.FAILED
+
+
+def test_too_many_versions_is_a_field_error_not_a_size_error() -> None:
+    """PROTOCOL.md §3.2, §7.1, §8: at most 16 versions; a 17th is `invalid_field` (4000),
+    whereas `frame_too_large` is for a hello over 512 bytes."""
+    sixteen = pack(
+        {"t": "client_hello", "v": list(range(1, 17)), "epk": b"k" * 32, "dev": DEVICE_ID}
+    )
+    _, server = handshakes()
+    server.receive_client_hello(sixteen)
+    assert server.state is ServerState.HELLO_RECEIVED
+    seventeen = pack(
+        {"t": "client_hello", "v": list(range(1, 18)), "epk": b"k" * 32, "dev": DEVICE_ID}
+    )
+    assert len(seventeen) < 512
+    _, server = handshakes()
+    error = remote_error(server.receive_client_hello, seventeen)
+    assert (error.code, error.close_code) == (ErrorCode.INVALID_FIELD, CloseCode.MALFORMED)
+    assert error.close_code == 4000
 
 
 def test_misuse_by_the_caller_is_a_local_error() -> None:

@@ -5,17 +5,21 @@ not with our own modules), so the document can never drift from the code.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import uuid
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import nacl.bindings as sodium
+import nacl.exceptions
 import nacl.signing
 import pytest
 
 from protocol import codec
 from protocol import frames as f
+from server.identity import fingerprint, public_key_b64
 from tests.protocol import vectors as v
 from tests.protocol.helpers import CLIENT_FRAMES, SERVER_FRAMES
 
@@ -140,6 +144,70 @@ def test_the_sample_batches_decrypt_with_raw_libsodium(
             state, DOCUMENTED[f"{direction}_{i}_ciphertext"]
         )
         assert (plaintext, tag) == (DOCUMENTED[f"{direction}_{i}_plaintext"], tag_values[tag_name])
+
+
+def test_the_pull_vectors_decrypt_with_raw_libsodium_in_order_only() -> None:
+    """§10.2: a library that can only pull checks its secretstream with these."""
+    d = DOCUMENTED
+    count = len(v.PULL_MESSAGES)
+    state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, d["pull_header"], d["pull_key"])
+    for i in range(1, count + 1):
+        plaintext, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
+            state, d[f"pull_{i}_ciphertext"]
+        )
+        assert (plaintext, bytes([tag])) == (d[f"pull_{i}_plaintext"], d[f"pull_{i}_tag"])
+    assert [d[f"pull_{i}_tag"][0] for i in range(1, count + 1)] == [
+        sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE,
+        sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE,
+        sodium.crypto_secretstream_xchacha20poly1305_TAG_REKEY,
+        sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE,
+        sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL,
+    ]
+    # The 4th repeats the 1st plaintext, under the key the rekey replaced.
+    assert d["pull_4_plaintext"] == d["pull_1_plaintext"]
+    assert d["pull_4_ciphertext"] != d["pull_1_ciphertext"]
+    for i, (_, frames) in enumerate(v.PULL_MESSAGES, 1):
+        assert codec.decode_server_batch(d[f"pull_{i}_plaintext"]) == frames
+
+    # Out of order, or altered: refused.
+    for order in ([2], [1, 3], [1, 2, 4]):
+        state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(
+            state, d["pull_header"], d["pull_key"]
+        )
+        *fine, wrong = order
+        for i in fine:
+            sodium.crypto_secretstream_xchacha20poly1305_pull(state, d[f"pull_{i}_ciphertext"])
+        with pytest.raises(nacl.exceptions.CryptoError):
+            sodium.crypto_secretstream_xchacha20poly1305_pull(state, d[f"pull_{wrong}_ciphertext"])
+    altered = bytearray(d["pull_1_ciphertext"])
+    altered[-1] ^= 1
+    state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, d["pull_header"], d["pull_key"])
+    with pytest.raises(nacl.exceptions.CryptoError):
+        sodium.crypto_secretstream_xchacha20poly1305_pull(state, bytes(altered))
+
+
+def test_the_key_text_forms_and_fingerprint_in_the_prose() -> None:
+    """§1 and §3.1: base64url without padding, fingerprint = SHA-256[:16] in hex groups."""
+    text = " ".join(DOC.read_text(encoding="utf-8").split())
+    public = DOCUMENTED["server_identity_public_key"]
+    as_text = base64.urlsafe_b64encode(public).rstrip(b"=").decode()
+    digest = hashlib.sha256(public).digest()[:16].hex()
+    shown = ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+    assert f"the key is `{as_text}` and the fingerprint `{shown}`" in text
+    server_key = nacl.signing.SigningKey(DOCUMENTED["server_identity_seed"])
+    assert (public_key_b64(server_key), fingerprint(server_key)) == (as_text, shown)
+
+
+def test_the_id_byte_order_example_in_the_prose() -> None:
+    """§1: ids are the REST API's UUIDs in RFC 4122 byte order."""
+    text = " ".join(DOC.read_text(encoding="utf-8").split())
+    example = uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
+    spaced = " ".join(f"{b:02x}" for b in example.bytes)
+    assert f"`{example}` is the bytes `{spaced}`" in text
+    assert f"would begin `{' '.join(f'{b:02x}' for b in example.bytes_le[:4])}`" in text
 
 
 def frame_table_row(direction: str, frame_type: str) -> str:

@@ -1,8 +1,10 @@
 """The test vectors of PROTOCOL.md: fixed inputs -> every intermediate value and message.
 
-`compute_vectors()` runs the real implementation on the fixed inputs. test_vectors.py checks
-that PROTOCOL.md holds exactly these values; `python -m tests.protocol.vectors` prints the
-markdown blocks to paste into PROTOCOL.md after a deliberate protocol change.
+`compute_vectors()` runs the real implementation on the fixed inputs: the handshake and its
+sample batches (§10.1), then a secretstream on its own, to be checked by pulling (§10.2).
+test_vectors.py checks that PROTOCOL.md holds exactly these values;
+`python -m tests.protocol.vectors` prints the markdown blocks to paste into PROTOCOL.md after
+a deliberate protocol change.
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ SERVER_BATCHES: list[list[f.ServerFrame]] = [
 ]
 """s2c batch 1 is tagged MESSAGE, batch 2 REKEY, batch 3 FINAL."""
 
+PULL_KEY = bytes(range(0x60, 0x80))
+PULL_HEADER = bytes(range(0x80, 0x98))
+PULL_MESSAGES: list[tuple[int, list[f.ServerFrame]]] = [
+    (ch.TAG_MESSAGE, [f.Pong()]),
+    (ch.TAG_MESSAGE, [f.Synced(pos=7)]),
+    (ch.TAG_REKEY, [f.Resync()]),
+    (ch.TAG_MESSAGE, [f.Pong()]),
+    (ch.TAG_FINAL, [f.Err(code=ErrorCode.SHUTTING_DOWN, message="bye")]),
+]
+"""A stream of five messages for libraries that cannot push from a fixed header: pulled in
+order with `init_pull(PULL_HEADER, PULL_KEY)`, each gives its plaintext and tag. The 4th
+repeats the 1st's plaintext after the rekey: a different ciphertext under the new key."""
+
 
 def compute_vectors() -> dict[str, bytes]:
     """Return every named vector, in the order PROTOCOL.md lists them."""
@@ -156,6 +171,21 @@ def compute_vectors() -> dict[str, bytes]:
         final = i == len(SERVER_BATCHES)
         vectors[f"s2c_{i}_ciphertext"] = server_channel.seal(plaintext, final=final)
         assert client_channel.open(vectors[f"s2c_{i}_ciphertext"]) == plaintext
+    vectors.update(pull_vectors())
+    return vectors
+
+
+def pull_vectors() -> dict[str, bytes]:
+    """The stand-alone secretstream of §10.2: key, header, then each message's ciphertext,
+    plaintext and tag (one byte)."""
+    state, header = ch.start_push(PULL_KEY, PULL_HEADER)
+    vectors = {"pull_key": PULL_KEY, "pull_header": header}
+    for i, (tag, frames) in enumerate(PULL_MESSAGES, 1):
+        plaintext = encode_batch(frames)
+        ciphertext = sodium.crypto_secretstream_xchacha20poly1305_push(state, plaintext, None, tag)
+        vectors[f"pull_{i}_ciphertext"] = ciphertext
+        vectors[f"pull_{i}_plaintext"] = plaintext
+        vectors[f"pull_{i}_tag"] = bytes([tag])
     return vectors
 
 
