@@ -96,18 +96,15 @@ class Gateway:
         try:
             # The failure boundary of a connection's tasks (the other half is in
             # Connection: what shared tasks do to it). Whatever the reader, the writer, the
-            # catch-up or a frame handler raises ends this connection alone (`fail`: logged
-            # once, counted, FINAL `internal` + 1011) and never reaches the gateway's
-            # nursery; only trio.Cancelled (the server stopping) passes through.
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn.writer)
-                    nursery.start_soon(self._read, conn, nursery)
-                    await conn.closed.wait()
-                    nursery.cancel_scope.cancel()
-            except* Exception as group:
-                conn.fail(group)
-            await self._finish(conn)
+            # catch-up, a frame handler or the close path raises ends this connection alone
+            # (`fail`: logged once, counted, FINAL `internal` + 1011 where still possible)
+            # and never reaches the gateway's nursery; only trio.Cancelled (the server
+            # stopping) passes through.
+            for step in (self._serve, self._finish):
+                try:
+                    await step(conn)
+                except* Exception as group:
+                    conn.fail(group)
         finally:
             self.gw.hub.detach(conn)
             conn.lost()
@@ -118,15 +115,24 @@ class Gateway:
                 "connection %s closed (device %s, %s)", conn.id, conn.device_id, conn.close_reason
             )
 
+    async def _serve(self, conn: Connection) -> None:
+        """The connection's own tasks, until it is closed (by any of them, or by others)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.writer)
+            nursery.start_soon(self._read, conn, nursery)
+            await conn.closed.wait()
+            nursery.cancel_scope.cancel()
+
     async def _read(self, conn: Connection, nursery: trio.Nursery) -> None:
-        """The connection's reader: handshake, then frames, until the connection closes."""
+        """The connection's reader: handshake, then frames, until the connection closes.
+        (An exception other than `_Closed` goes on to the failure boundary, which closes
+        with `internal`.)"""
         try:
             await self._run(conn, nursery)
         except _Closed:
             pass
-        finally:
-            if conn.state is not State.CLOSED:
-                conn.lost()
+        if conn.state is not State.CLOSED:
+            conn.lost()
 
     async def _finish(self, conn: Connection) -> None:
         """The last step of every connection: write what the close queued (FINAL batch,

@@ -9,11 +9,14 @@ fail these tests through the test's nursery).
 from __future__ import annotations
 
 import msgpack
+import pytest
 import trio
 from wsproto.events import BytesMessage, CloseConnection
 
 from loadtest.client import ConnectionClosedError, GatewayClient
-from protocol import CloseCode, Err, ErrorCode, Ping, Pong, Sync, encode, encode_batch
+from protocol import CloseCode, Err, ErrorCode, Ping, Pong, Sync, Typing, encode, encode_batch
+from server.gateway.session import Session
+from storage.messages import MessageStore
 from tests.harness import Harness
 from tests.server.test_gateway_refusals import bystander_still_served, setup
 
@@ -126,3 +129,31 @@ async def test_a_client_final_is_answered_and_its_close_frame_at_once(
             while await client._stream.receive_some(1024):
                 pass
         await client._stream.aclose()
+
+
+async def test_any_error_in_a_connection_task_ends_that_connection_alone(
+    server: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug in a frame handler (the reader's task) and in the catch-up (a task of its own):
+    # each connection gets FINAL `internal` + 1011, the error is logged once with the
+    # connection id, and everyone else is served on.
+    ann, _, conv, bystander = await setup(server)
+
+    async def broken_typing(self: Session, frame: object) -> None:
+        raise RuntimeError("a bug in a handler")
+
+    async def broken_after(*args: object) -> object:
+        raise RuntimeError("a bug in the catch-up")
+
+    monkeypatch.setattr(Session, "_typing", broken_typing)
+    monkeypatch.setattr(MessageStore, "after", broken_after)
+    for trigger in (Typing(conv=conv.bytes, on=True), Sync(after=0)):
+        client = await server.connect(ann)
+        await client.send(trigger)
+        final, closed = await final_then_close(client)
+        assert (closed.code, closed.reason) == (CloseCode.INTERNAL_ERROR, "internal")
+        assert [f.code for f in final if isinstance(f, Err)] == [ErrorCode.INTERNAL]
+    monkeypatch.undo()
+    failures = [r for r in caplog.records if "internal error, closing it" in r.getMessage()]
+    assert len(failures) == 2
+    await bystander_still_served(server, ann, conv, bystander)
