@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable
 
 from protocol import CloseCode, ErrorCode
-from server.gateway.connection import Connection, State
+from server.gateway.connection import Connection, GatewayStats, State
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +17,7 @@ class Hub:
 
     def __init__(self) -> None:
         self._by_account: dict[uuid.UUID, set[Connection]] = {}
+        self.stats = GatewayStats()
 
     def attach(self, conn: Connection) -> None:
         assert conn.account_id is not None

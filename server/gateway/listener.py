@@ -7,6 +7,7 @@ the settings; errors end only their own connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from protocol import (
     decode_client_batch_lenient,
     encode,
 )
-from server.gateway.connection import Connection, Flusher, GatewayStats, State
+from server.gateway.connection import Connection, Flusher, State
 from server.gateway.session import GatewayContext, Session
 from storage.errors import DatabaseUnavailableError, NotFoundError
 
@@ -68,7 +69,7 @@ class Gateway:
         self.gw = gw
         self.settings = settings
         self.flusher = Flusher()
-        self.stats = GatewayStats()
+        self.stats = gw.hub.stats
         identity = gw.services.identity
         self._identity_secret = bytes(identity) + bytes(identity.verify_key)
 
@@ -127,10 +128,8 @@ class Gateway:
         """The connection's reader: handshake, then frames, until the connection closes.
         (An exception other than `_Closed` goes on to the failure boundary, which closes
         with `internal`.)"""
-        try:
+        with contextlib.suppress(_Closed):
             await self._run(conn, nursery)
-        except _Closed:
-            pass
         if conn.state is not State.CLOSED:
             conn.lost()
 
