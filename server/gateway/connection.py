@@ -59,7 +59,8 @@ class State(enum.Enum):
 
 _NEXT: dict[State, frozenset[State]] = {
     State.HANDSHAKE: frozenset({State.WAITING_SYNC, State.CLOSED}),
-    State.WAITING_SYNC: frozenset({State.SYNCING, State.CLOSED}),
+    # Replies alone can overflow a connection before its first `sync`.
+    State.WAITING_SYNC: frozenset({State.SYNCING, State.RESYNC, State.CLOSED}),
     # A failed catch-up (database unavailable) goes back to waiting for `sync`.
     State.SYNCING: frozenset(
         {State.SYNCING, State.LIVE, State.RESYNC, State.WAITING_SYNC, State.CLOSED}

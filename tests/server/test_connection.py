@@ -196,3 +196,23 @@ async def test_close_frames(peer_first: bool) -> None:
             assert conn.awaits_peer_close
         assert conn.state is State.CLOSED and conn.closed.is_set()
         await peer.read_until_close()
+
+
+async def test_replies_overflowing_before_the_first_sync_ask_for_a_resync() -> None:
+    conn, peer = make_connection()
+    with conn.sock, peer:
+        conn.max_outbound_bytes = 64 * 1024
+        for _ in range(70):
+            conn.reply(b"x" * 1024)
+        assert conn.state is State.RESYNC  # not a state error closing with `internal`
+        for _ in range(70):
+            conn.reply(b"x" * 1024)
+        assert conn.close_reason == "resync_required"
+
+
+def test_every_state_change_the_connection_makes_is_in_the_table() -> None:
+    from server.gateway.connection import _NEXT
+
+    assert set(_NEXT) == set(State)
+    assert _NEXT[State.CLOSED] == frozenset()
+    assert all(State.CLOSED in targets for s, targets in _NEXT.items() if s is not State.CLOSED)
