@@ -37,12 +37,24 @@ async def test_control_characters_in_body_text_are_refused_by_field(server: Harn
         "initial_password": PASSWORD,
     }
     device = {"name": "phone", "platform": "ios", "public_key": b64(bytes(32))}
+    department = await server.department(owner, "Sales")
+    new_owner = {
+        "account_name": "xavier",
+        "work_email": "xavier@x.example",
+        "display_name": "Xavier",
+        "password": PASSWORD,
+    }
     for bad in BAD_TEXT.values():
+        signup = {"name": bad, "owner": new_owner}
+        refused(await server.client.post("/v1/orgs", json=signup), "name")
+        signup = {"name": "Globex", "owner": {**new_owner, "display_name": bad}}
+        refused(await server.client.post("/v1/orgs", json=signup), "owner.display_name")
         cases: list[tuple[str, str, dict[str, Any], str]] = [
             ("POST", f"{org}/members", {**member, "display_name": bad}, "display_name"),
             ("POST", f"{org}/members", {**member, "work_email": f"m{bad}@x.example"}, "work_email"),
             ("POST", f"{org}/members", {**member, "position": bad}, "position"),
             ("POST", f"{org}/departments", {"name": bad}, "name"),
+            ("PATCH", f"{org}/departments/{department}", {"name": bad}, "name"),
             ("POST", "/v1/conversations", {"kind": "group", "title": bad}, "title"),
             ("PATCH", "/v1/me", {"display_name": bad}, "display_name"),
             ("POST", "/v1/devices", {**device, "name": bad}, "name"),
