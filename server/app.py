@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from server.api import auth, conversations, files, me, meta, orgs
+from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext
 from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
@@ -62,6 +63,10 @@ def create_app(services: Services) -> QuartTrio:
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Quart's documented way to add ASGI middleware is to replace this method.
+    app.asgi_app = close_after_early_answers(  # type: ignore[method-assign,assignment]
+        app.asgi_app, services.settings.request_timeout_s
+    )
     app.extensions["obrol"] = ApiContext(services)
     for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp):
         app.register_blueprint(blueprint)

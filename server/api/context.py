@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from quart import current_app, request
 
 from server.errors import ApiError, ApiErrorCode
@@ -18,6 +20,8 @@ from server.handlers.sessions import SessionHandler
 from server.services import Services
 
 M = TypeVar("M", bound=BaseModel)
+
+_JSON_SUFFIX = re.compile(r"^application/[a-z0-9.!#$&^_-]+\+json$")
 
 
 @dataclass
@@ -60,15 +64,34 @@ async def read_limited(limit: int) -> bytes:
     return bytes(data)
 
 
+def require_json() -> None:
+    """unsupported_media_type unless the body is declared `application/json` (or `+json`)."""
+    mime = request.mimetype
+    if mime != "application/json" and not _JSON_SUFFIX.match(mime):
+        raise ApiError(
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON, with 'Content-Type: application/json'",
+            details=[{"field": "Content-Type", "problem": "must be application/json"}],
+        )
+
+
 async def body(model: type[M]) -> M:
-    """The JSON body validated against `model`; invalid_json / invalid_request otherwise."""
+    """The JSON body validated against `model`.
+
+    payload_too_large past max_request_bytes, unsupported_media_type unless declared JSON,
+    invalid_json unless it parses as strict JSON (no NaN or Infinity), invalid_request
+    (naming each field) unless it fits `model`.
+    """
     data = await read_limited(ctx().services.settings.max_request_bytes)
+    require_json()
     try:
-        return model.model_validate_json(data)
+        parsed = from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        raise ApiError(ApiErrorCode.INVALID_JSON, f"the body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(parsed)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise ApiError(ApiErrorCode.INVALID_JSON, "the body is not valid JSON") from None
         raise ApiError(
             ApiErrorCode.INVALID_REQUEST,
             "the request body is invalid",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint
 
 from server.api.context import actor, body, ctx, invalid
 from server.api.models import ConversationIn, MembersIn
+from server.api.params import BIGINT_MAX, int_arg, page_limit
 from server.api.present import conversation_json, message_json, receipt_json
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
@@ -55,24 +56,12 @@ async def remove_member(conversation_id: uuid.UUID, account_id: uuid.UUID) -> di
     return conversation_json(conversation)
 
 
-def _int_arg(name: str, default: int | None) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise invalid("must be a whole number", name) from None
-
-
 @bp.get("/<uuid:conversation_id>/messages")
 async def history(conversation_id: uuid.UUID) -> dict[str, Any]:
     """`?before=<seq>&limit=1..200`, newest first; `next_before` continues further back."""
     who = await actor()
-    before = _int_arg("before", None)
-    limit = _int_arg("limit", 50) or 50
-    if not 1 <= limit <= 200:
-        raise invalid("must be between 1 and 200", "limit")
+    before = int_arg("before", minimum=1, maximum=BIGINT_MAX)
+    limit = page_limit()
     rows, receipts = await ctx().conversations.history(who, conversation_id, before, limit)
     by_message: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for r in receipts:

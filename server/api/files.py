@@ -1,4 +1,10 @@
-"""File upload (streamed, raw body) and download, authorised by conversation membership."""
+"""File upload (streamed, raw body) and download, authorised by conversation membership.
+
+Every download is an attachment in a sandbox: `Content-Disposition: attachment` with the
+name as an RFC 6266 `filename*` (and an ASCII `filename` for old clients),
+`X-Content-Type-Options: nosniff` and `Content-Security-Policy: default-src 'none'; sandbox`,
+so a file opened from our origin can neither run script nor load anything.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,28 @@ import trio
 from quart import Blueprint, Response, request
 
 from server.api.context import actor, ctx, invalid
+from server.api.params import text_arg
 from server.api.present import file_json
+from server.handlers.filetypes import served_type
 
 bp = Blueprint("files", __name__, url_prefix="/v1")
 
 CHUNK_BYTES = 64 * 1024
+FILE_NAME_MAX_CHARS = 255
+DOWNLOAD_CSP = "default-src 'none'; sandbox"
+
+
+def content_disposition(name: str) -> str:
+    """`attachment` with the name twice: ASCII-only `filename`, exact UTF-8 `filename*`."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    return f"attachment; filename=\"{fallback or 'file'}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @bp.post("/conversations/<uuid:conversation_id>/files")
 async def upload(conversation_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Raw body; `Content-Type` is the file's type; `?name=` its file name."""
     who = await actor()
-    name = request.args.get("name")
+    name = text_arg("name", max_length=FILE_NAME_MAX_CHARS)
     if name is None:
         raise invalid("the file name is required", "name")
     record = await ctx().files.upload(
@@ -42,9 +58,9 @@ async def download(file_id: uuid.UUID) -> Response:
             while chunk := await source.read(CHUNK_BYTES):
                 yield chunk
 
-    response = Response(chunks(), mimetype=record.mime)
+    response = Response(chunks(), mimetype=served_type(record.mime))
     response.headers["Content-Length"] = str(record.size)
-    response.headers["Content-Disposition"] = (
-        f"attachment; filename*=UTF-8''{quote(record.name, safe='')}"
-    )
+    response.headers["Content-Disposition"] = content_disposition(record.name)
+    response.headers["Content-Security-Policy"] = DOWNLOAD_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response

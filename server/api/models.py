@@ -1,4 +1,8 @@
-"""Request bodies: strict pydantic models (unknown fields refused, lengths bounded)."""
+"""Request bodies: strict pydantic models (unknown fields refused, lengths bounded).
+
+Every string passes `server.text`: no field takes NUL, and one-line fields (all but the
+password) take no control characters. A refused value is a 422 naming its field.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,42 @@ import binascii
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+from server.text import text_problem
+
+
+def _one_line(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _any_text(value: str) -> str:
+    problem = text_problem(value, one_line=False)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+OneLine = AfterValidator(_one_line)
+AnyText = AfterValidator(_any_text)
+
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), OneLine
+]
 Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    OneLine,
 ]
 AccountName = Annotated[
     str,
@@ -23,8 +57,8 @@ AccountName = Annotated[
 Phone = Annotated[
     str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 ()-]{2,31}$")
 ]
-Password = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Token = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=128), AnyText]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=256), OneLine]
 Role = Literal["owner", "admin", "department_admin", "member"]
 Platform = Literal["ios", "android", "macos", "windows", "linux", "web"]
 

@@ -8,15 +8,17 @@ import json
 import uuid
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint
 
 from server.api.context import actor, body, ctx, invalid
 from server.api.models import CreateOrgIn, DepartmentIn, DepartmentPatch, MemberIn, MemberPatch
-from server.api.present import account_json, department_json, org_json
+from server.api.params import page_limit, text_arg
+from server.api.present import account_json, department_json, member_json, org_json
+from server.text import text_problem
 
 bp = Blueprint("orgs", __name__, url_prefix="/v1/orgs")
 
-DEFAULT_PAGE = 50
+CURSOR_MAX_CHARS = 1024
 
 
 @bp.post("")
@@ -62,8 +64,10 @@ def _encode_cursor(key: tuple[str, uuid.UUID]) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, uuid.UUID]:
     try:
         name, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return str(name), uuid.UUID(ident)
-    except (ValueError, TypeError, binascii.Error):
+        if not isinstance(name, str) or text_problem(name) is not None:
+            raise ValueError("not a display name")
+        return name, uuid.UUID(ident)
+    except (ValueError, TypeError, AttributeError, binascii.Error):
         raise invalid("not a cursor this server gave out", "after") from None
 
 
@@ -71,17 +75,12 @@ def _decode_cursor(cursor: str) -> tuple[str, uuid.UUID]:
 async def directory(org_id: uuid.UUID) -> dict[str, Any]:
     """One page of the directory: `?limit=1..200&after=<next cursor of the last page>`."""
     who = await actor()
-    try:
-        limit = int(request.args.get("limit", DEFAULT_PAGE))
-    except ValueError:
-        raise invalid("must be a whole number", "limit") from None
-    if not 1 <= limit <= 200:
-        raise invalid("must be between 1 and 200", "limit")
-    cursor = request.args.get("after")
+    limit = page_limit()
+    cursor = text_arg("after", max_length=CURSOR_MAX_CHARS)
     after = None if cursor is None else _decode_cursor(cursor)
     members, next_key = await ctx().orgs.directory(who, org_id, after, limit)
     return {
-        "members": [account_json(m) for m in members],
+        "members": [member_json(m.account, full=m.full) for m in members],
         "next": None if next_key is None else _encode_cursor(next_key),
     }
 
@@ -97,7 +96,8 @@ async def add_member(org_id: uuid.UUID) -> tuple[dict[str, Any], int]:
 
 @bp.get("/<uuid:org_id>/members/<uuid:account_id>")
 async def get_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, Any]:
-    return account_json(await ctx().orgs.member(await actor(), org_id, account_id))
+    entry = await ctx().orgs.member(await actor(), org_id, account_id)
+    return member_json(entry.account, full=entry.full)
 
 
 @bp.patch("/<uuid:org_id>/members/<uuid:account_id>")

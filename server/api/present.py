@@ -61,6 +61,27 @@ def account_json(a: Account) -> dict[str, Any]:
     }
 
 
+# What any member of the organization sees of a colleague (README.md, "Who sees what of a
+# colleague"): enough to find and address them at work, nothing personal or about logins.
+DIRECTORY_FIELDS = (
+    "id",
+    "org_id",
+    "account_name",
+    "display_name",
+    "work_email",
+    "department_id",
+    "position",
+    "role",
+    "status",
+)
+
+
+def member_json(account: Account, *, full: bool) -> dict[str, Any]:
+    """The whole record for those allowed to see it, the directory fields otherwise."""
+    record = account_json(account)
+    return record if full else {k: record[k] for k in DIRECTORY_FIELDS}
+
+
 def device_json(d: Device) -> dict[str, Any]:
     return {
         "id": str(d.id),

@@ -10,65 +10,31 @@ from contextlib import aclosing
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
 from server.handlers.conversations import ConversationHandler
+from server.handlers.filetypes import SNIFF_BYTES, accepted_type, matches_signature
 from server.services import Services
+from server.text import text_problem
 from storage.files import BlobTooLargeError, FileRecord
 
-# Accepted upload types. Types with a known signature must start with it.
-ALLOWED_PREFIXES = ("image/", "video/", "audio/", "text/plain")
-ALLOWED_TYPES = frozenset(
-    {
-        "application/pdf",
-        "application/zip",
-        "application/octet-stream",
-        "application/msword",
-        "application/vnd.ms-excel",
-        "application/vnd.ms-powerpoint",
-        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    }
-)
-ZIP = (b"PK\x03\x04", b"PK\x05\x06")
-SIGNATURES: dict[str, tuple[bytes, ...]] = {
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/gif": (b"GIF87a", b"GIF89a"),
-    "application/pdf": (b"%PDF-",),
-    "application/zip": ZIP,
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ZIP,
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ZIP,
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ZIP,
-}
-SNIFF_BYTES = 16
-_MIME = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,63}/[A-Za-z0-9!#$&^_.+-]{1,63}$")
-_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+_NAME_FORBIDDEN = re.compile(r"[/\\]")
 
 
 def check_upload(name: str, mime: str) -> str:
-    """The normalised mime type, or ApiError if the name or type is not acceptable."""
-    if not name or len(name) > 255 or _NAME_FORBIDDEN.search(name):
+    """The allow-listed mime type, or ApiError if the name or type is not acceptable."""
+    problem = text_problem(name)
+    if not name or len(name) > 255 or problem is not None or _NAME_FORBIDDEN.search(name):
         raise ApiError(
             ApiErrorCode.INVALID_REQUEST,
             "name must be 1-255 characters without control characters or slashes",
-            details=[{"field": "name", "problem": "invalid"}],
+            details=[{"field": "name", "problem": problem or "invalid"}],
         )
-    mime = mime.split(";", 1)[0].strip().lower()
-    if not _MIME.match(mime) or not (mime in ALLOWED_TYPES or mime.startswith(ALLOWED_PREFIXES)):
+    accepted = accepted_type(mime)
+    if accepted is None:
+        shown = mime.split(";", 1)[0].strip()[:100] or "(none)"
         raise ApiError(
             ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            f"files of type {mime or '(none)'} are not accepted",
+            f"files of type {shown!r} are not accepted; see the list in README.md",
         )
-    return mime
-
-
-def matches_signature(mime: str, head: bytes) -> bool:
-    """True unless `mime` has a known signature that `head` does not start with."""
-    expected = SIGNATURES.get(mime)
-    if expected is None and mime == "image/webp":
-        return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-    if expected is None and mime == "video/mp4":
-        return head[4:8] == b"ftyp"
-    return expected is None or head.startswith(expected)
+    return accepted
 
 
 class FileHandler:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from server.errors import ApiError, ApiErrorCode, forbidden
 from server.handlers.access import (
     Actor,
+    department_in_scope,
     require_department_scope,
     require_member_scope,
     require_org,
@@ -19,6 +21,16 @@ from storage.accounts import Account, NewAccount
 from storage.orgs import Department, Org
 
 DIRECTORY_PAGE_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    """A member as one viewer sees them: `full` when the viewer may see the whole record
+    (themselves, an owner or admin, or a department admin for a member they manage);
+    otherwise only the directory fields (README.md, "Who sees what of a colleague")."""
+
+    account: Account
+    full: bool
 
 
 def check_password(password: str, account_name: str, work_email: str) -> None:
@@ -76,19 +88,36 @@ class OrgHandler:
 
     async def directory(
         self, actor: Actor, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
-    ) -> tuple[list[Account], tuple[str, uuid.UUID] | None]:
+    ) -> tuple[list[MemberEntry], tuple[str, uuid.UUID] | None]:
         """One page of the member directory and the keyset of the next page (or None)."""
         require_org(actor, org_id)
         limit = max(1, min(limit, DIRECTORY_PAGE_MAX))
         rows = await self._s.accounts.directory(org_id, after, limit + 1)
-        if len(rows) <= limit:
-            return rows, None
-        last = rows[limit - 1]
-        return rows[:limit], (last.display_name.lower(), last.id)
+        next_key = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_key = (rows[-1].display_name.lower(), rows[-1].id)
+        return await self._as_seen_by(actor, rows), next_key
 
-    async def member(self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+    async def member(self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID) -> MemberEntry:
+        """A colleague's entry: whole for those who manage them, directory fields otherwise."""
         require_org(actor, org_id)
-        return await self._s.accounts.get(org_id, account_id)
+        account = await self._s.accounts.get(org_id, account_id)
+        return (await self._as_seen_by(actor, [account]))[0]
+
+    async def _as_seen_by(self, actor: Actor, accounts: list[Account]) -> list[MemberEntry]:
+        in_scope: dict[uuid.UUID | None, bool] = {}  # one subtree lookup per department
+        entries = []
+        for account in accounts:
+            full = account.id == actor.account_id or actor.is_admin
+            if not full and actor.role == "department_admin" and account.role == "member":
+                if account.department_id not in in_scope:
+                    in_scope[account.department_id] = await department_in_scope(
+                        self._s, actor, account.department_id
+                    )
+                full = in_scope[account.department_id]
+            entries.append(MemberEntry(account, full))
+        return entries
 
     async def add_member(
         self, actor: Actor, org_id: uuid.UUID, fields: dict[str, Any], initial_password: str

@@ -134,7 +134,8 @@ async def test_login_input_is_validated(server: Harness) -> None:
         [1, 2, 3],
     ):
         assert_error(await server.client.post("/v1/login", json=body), 422, "invalid_request")
-    response = await server.client.post("/v1/login", content=b"{not json")
+    json_type = {"Content-Type": "application/json"}
+    response = await server.client.post("/v1/login", content=b"{not json", headers=json_type)
     assert_error(response, 400, "invalid_json")
-    response = await server.client.post("/v1/login", content=b"")
+    response = await server.client.post("/v1/login", content=b"", headers=json_type)
     assert_error(response, 400, "invalid_json")

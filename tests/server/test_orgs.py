@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.harness import PASSWORD, Harness, assert_error
+from typing import Any
+
+from tests.harness import PASSWORD, Harness, Session, assert_error
 
 
 async def test_new_org_has_its_owner_in_the_directory(server: Harness) -> None:
@@ -110,6 +112,75 @@ async def test_member_can_read_but_not_administer(server: Harness) -> None:
         f"/v1/orgs/{owner.org_id}/departments", headers=member.headers, json={"name": "Ops"}
     )
     assert_error(response, 403, "forbidden")
+
+
+DIRECTORY_FIELDS = {
+    "id",
+    "org_id",
+    "account_name",
+    "display_name",
+    "work_email",
+    "department_id",
+    "position",
+    "role",
+    "status",
+}
+PRIVATE_FIELDS = {
+    "phone",
+    "admin_department_id",
+    "password_change_required",
+    "created_at",
+    "updated_at",
+}
+
+
+async def test_who_sees_what_of_a_colleague(server: Harness) -> None:
+    owner = await server.create_org("Acme", "olivia")
+    sales = await server.department(owner, "Sales")
+    support = await server.department(owner, "Support")
+    boss = await server.add_member(
+        owner, "sam", role="department_admin", admin_department_id=sales, department_id=sales
+    )
+    maria = await server.add_member(
+        owner, "maria", phone="+62 812 555 0100", position="Engineer", department_id=sales
+    )
+    oscar = await server.add_member(owner, "oscar", phone="+62 812 555 0199", department_id=support)
+    base = f"/v1/orgs/{owner.org_id}/members"
+
+    async def seen(viewer: Session, target: Session) -> dict[str, Any]:
+        response = await server.client.get(f"{base}/{target.id}", headers=viewer.headers)
+        assert response.status_code == 200, response.text
+        entry: dict[str, Any] = response.json()
+        listing = await server.client.get(base, headers=viewer.headers)
+        in_list = [m for m in listing.json()["members"] if m["id"] == target.id]
+        assert in_list == [entry]  # the directory shows the same as the single read
+        return entry
+
+    # A plain member sees a colleague's directory fields only: nothing personal, no login data.
+    entry = await seen(oscar, maria)
+    assert set(entry) == DIRECTORY_FIELDS
+    assert (entry["account_name"], entry["position"], entry["department_id"]) == (
+        "maria",
+        "Engineer",
+        sales,
+    )
+    # Themselves, whole; owners and admins, everyone whole; a department admin, whole for the
+    # members they manage and the directory fields for everyone else.
+    assert (await seen(oscar, oscar))["phone"] == "+62 812 555 0199"
+    for viewer, target, whole in (
+        (owner, maria, True),
+        (owner, boss, True),
+        (boss, maria, True),
+        (boss, oscar, False),
+        (boss, owner, False),
+        (maria, owner, False),
+    ):
+        entry = await seen(viewer, target)
+        if whole:
+            assert set(entry) >= PRIVATE_FIELDS | DIRECTORY_FIELDS
+        else:
+            assert set(entry) == DIRECTORY_FIELDS
+    assert (await seen(owner, maria))["phone"] == "+62 812 555 0100"
 
 
 async def test_unknown_ids_are_not_found(server: Harness) -> None:
