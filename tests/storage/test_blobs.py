@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -18,7 +18,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+async def chunks(*parts: bytes) -> AsyncGenerator[bytes, None]:
     for part in parts:
         yield part
 
