@@ -145,11 +145,9 @@ async def supervise_embedded(
         while True:
             try:
                 await trio.to_thread.run_sync(embedded.restart)
-            except EmbeddedPostgresError as exc:
+            except (EmbeddedPostgresError, OSError) as exc:
                 logger.error(
-                    "embedded PostgreSQL did not restart (%s); next try in %.0f s",
-                    str(exc).splitlines()[0],
-                    pause_s,
+                    "embedded PostgreSQL did not restart; next try in %.0f s: %s", pause_s, exc
                 )
                 await trio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RESTART_BACKOFF_MAX_S)

@@ -239,6 +239,9 @@ class EmbeddedPostgres:
         """
         if self._lock is None or self.binaries is None:
             raise EmbeddedPostgresError("the embedded database was not started")
+        if self._process is not None and self._process.poll() is None:
+            self._wait_ready()  # an earlier try still starting (crash recovery can be long)
+            return
         self._stop_orphan()
         self._launch(self._account(), socket_dir=self._socket_dir)
 
@@ -397,6 +400,7 @@ class EmbeddedPostgres:
                 text=True,
                 check=False,
                 timeout=300,
+                start_new_session=True,  # a Ctrl-C meant for obrol must not cut it short
                 **self._as_account(account),  # type: ignore[call-overload]
             )
             if result.returncode != 0:
