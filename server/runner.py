@@ -98,25 +98,18 @@ async def serve(
     bridge = AsyncioBridge()
     bridge.start()
     try:
-        async with trio.open_nursery() as supervision:
+        async with trio.open_nursery() as supervision:  # an error in the body cancels it
             if embedded is not None:
                 supervision.start_soon(supervise_embedded, embedded)
+            db = await Database.connect(bridge, url, pool_size=settings.db_pool_size)
             try:
-                db = await Database.connect(bridge, url, pool_size=settings.db_pool_size)
-                try:
-                    services = Services(
-                        settings,
-                        db,
-                        identity,
-                        PasswordHasher(settings.password_hash_strength),
-                        clock,
-                    )
-                    await trio.to_thread.run_sync(services.blobs.make_private)
-                    await _serve_all(services, shutdown, database, task_status)
-                finally:
-                    await db.close()
+                hasher = PasswordHasher(settings.password_hash_strength)
+                services = Services(settings, db, identity, hasher, clock)
+                await trio.to_thread.run_sync(services.blobs.make_private)
+                await _serve_all(services, shutdown, database, task_status)
             finally:
-                supervision.cancel_scope.cancel()
+                await db.close()
+            supervision.cancel_scope.cancel()
     finally:
         bridge.stop()
         if embedded is not None:
