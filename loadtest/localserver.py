@@ -71,6 +71,8 @@ async def local_server(data_dir: Path | None, log_path: Path) -> AsyncIterator[L
         data_dir = temporary / "data"
     env = dict(os.environ)
     env.setdefault("OBROL_PASSWORD_HASH_STRENGTH", "minimal")
+    if temporary is not None:  # as root the cluster may live apart: keep it in here too
+        env["OBROL_POSTGRES_SHARED_DIR"] = str(temporary / "clusters")
     command = [
         sys.executable,
         "-m",

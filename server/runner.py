@@ -1,14 +1,18 @@
 """Running the service: database (embedded or by URL), bridge, identity, HTTP API.
 
 `serve()` owns every resource it starts and releases them in reverse order on the way out,
-whether it stops because `shutdown` was set, it was cancelled, or something failed.
+whether it stops because `shutdown` was set, it was cancelled, or something failed. An
+embedded PostgreSQL that dies is started again; a listener that cannot bind its address
+ends the start-up with a ListenError naming the port.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -19,6 +23,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from protocol import GATEWAY_PATH, CloseCode, ErrorCode
+from protocol.errors import ObrolError
 from server.app import create_app
 from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
@@ -30,9 +35,17 @@ from server.services import Services, utc_now
 from server.settings import Settings
 from storage.bridge import AsyncioBridge
 from storage.database import Database
-from storage.embedded import EmbeddedPostgres, create_private_dir
+from storage.embedded import EmbeddedPostgres, create_private_dir, describe_exit
+from storage.errors import EmbeddedPostgresError
 
 logger = logging.getLogger(__name__)
+
+SUPERVISE_INTERVAL_S = 1.0  # how often the embedded PostgreSQL is checked
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+class ListenError(ObrolError):
+    """A listener could not bind its address; the message names the port and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,26 +91,99 @@ async def serve(
             settings.data_dir / "postgres",
             bin_dir=settings.postgres_bin_dir,
             os_user=settings.postgres_os_user,
+            shared_root=settings.postgres_shared_dir,
         )
         url = await trio.to_thread.run_sync(embedded.start)
-        database = f"embedded PostgreSQL in {embedded.cluster_dir}"
+        database = embedded.describe()
     bridge = AsyncioBridge()
     bridge.start()
     try:
-        db = await Database.connect(bridge, url, pool_size=settings.db_pool_size)
-        try:
-            services = Services(
-                settings, db, identity, PasswordHasher(settings.password_hash_strength), clock
-            )
-            await _serve_all(services, shutdown, database, task_status)
-        finally:
-            await db.close()
+        async with trio.open_nursery() as supervision:  # an error in the body cancels it
+            if embedded is not None:
+                supervision.start_soon(supervise_embedded, embedded)
+            db = await Database.connect(bridge, url, pool_size=settings.db_pool_size)
+            try:
+                hasher = PasswordHasher(settings.password_hash_strength)
+                services = Services(settings, db, identity, hasher, clock)
+                await trio.to_thread.run_sync(services.blobs.make_private)
+                await _serve_all(services, shutdown, database, task_status)
+            finally:
+                await db.close()
+            supervision.cancel_scope.cancel()
     finally:
         bridge.stop()
         if embedded is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(embedded.stop)
         logger.info("obrol stopped")
+
+
+async def supervise_embedded(
+    embedded: EmbeddedPostgres, interval_s: float = SUPERVISE_INTERVAL_S
+) -> None:
+    """Start the embedded PostgreSQL again whenever it stops on its own, until cancelled.
+
+    Meanwhile database calls fail as unavailable (503, `unavailable`); the pool reconnects
+    once it is back. A failed restart is retried with a growing pause.
+    """
+    while True:
+        await trio.sleep(interval_s)
+        status = embedded.exit_status()
+        if status is None:
+            continue
+        logger.error(
+            "embedded PostgreSQL stopped unexpectedly (%s); restarting it", describe_exit(status)
+        )
+        pause_s = interval_s
+        while True:
+            try:
+                await trio.to_thread.run_sync(embedded.restart)
+            except (EmbeddedPostgresError, OSError) as exc:
+                logger.error(
+                    "embedded PostgreSQL did not restart; next try in %.0f s: %s", pause_s, exc
+                )
+                await trio.sleep(pause_s)
+                pause_s = min(pause_s * 2, RESTART_BACKOFF_MAX_S)
+            else:
+                logger.warning("embedded PostgreSQL restarted (pid %s)", embedded.pid)
+                break
+
+
+_BIND_ERRNOS = {errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL}
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The failure to bind an address inside `exc` (itself or in exception groups)."""
+    if isinstance(exc, OSError) and exc.errno in _BIND_ERRNOS:
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _bind_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
+@contextmanager
+def listening(what: str, host: str, port: int, option: str) -> Iterator[None]:
+    """Turn a failure to bind `host:port` inside the block into one ListenError saying
+    which port, for what, and which option chooses another."""
+    try:
+        yield
+    except BaseException as exc:
+        error = _bind_error(exc)
+        if error is None:
+            raise
+        if error.errno == errno.EADDRINUSE:
+            problem = f"port {port} on {host} ({what}) is already in use"
+            advice = f"stop the program using it, or choose another port with {option}"
+        elif error.errno == errno.EACCES:
+            problem = f"not allowed to listen on port {port} on {host} ({what})"
+            advice = f"ports below 1024 need privileges; choose another port with {option}"
+        else:
+            problem = f"cannot listen on {host} ({what}): not an address of this machine"
+            advice = "choose another address with --host"
+        raise ListenError(f"{problem}: {advice}") from None
 
 
 async def _serve_all(
@@ -115,11 +201,15 @@ async def _serve_all(
             config.graceful_timeout = settings.shutdown_timeout_s
             config.accesslog = None
             config.errorlog = logging.getLogger("hypercorn.error")  # through our handler only
-            binds = await nursery.start(
-                partial(
-                    hypercorn_serve, create_app(services), config, shutdown_trigger=shutdown.wait
+            with listening("HTTP API", settings.host, settings.port, "--port"):
+                binds = await nursery.start(
+                    partial(
+                        hypercorn_serve,
+                        create_app(services),
+                        config,
+                        shutdown_trigger=shutdown.wait,
+                    )
                 )
-            )
             api_url = binds[0]
         if settings.serve_gateway:
             port = await nursery.start(_run_gateway, services, shutdown)
@@ -165,7 +255,9 @@ async def _run_gateway(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(committer.run)
         nursery.start_soon(cursors.run)
-        port = await nursery.start(gateway.serve, settings.host, settings.effective_gateway_port)
+        port = settings.effective_gateway_port
+        with listening("WebSocket gateway", settings.host, port, "--gateway-port"):
+            port = await nursery.start(gateway.serve, settings.host, port)
         task_status.started(port)
         await shutdown.wait()
         services.hub.close_all(CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN, "server restarting")

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, le=200)
     postgres_bin_dir: Path | None = None
     postgres_os_user: str | None = None
+    # Run as root with a data folder the PostgreSQL account cannot enter: the cluster's home.
+    postgres_shared_dir: Path = Path("/var/lib/obrol")
 
     access_token_ttl_s: int = Field(15 * 60, ge=10, le=24 * 3600)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)

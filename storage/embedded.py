@@ -10,6 +10,13 @@ start.
 PostgreSQL refuses to run as root. Run as root, obrol runs PostgreSQL as an existing
 unprivileged account (`postgres`, else `nobody`, or `postgres_os_user`) and changes the owner
 of the cluster folder only: never users, never the permissions of folders it did not create.
+When that account cannot reach the data folder (it is private to root: /root is 0700, and
+obrol creates its data folder 0700), a new cluster is kept in `/var/lib/obrol/<hash of the
+data folder's path>` instead, and `<data_dir>/postgres` is a symbolic link to it. The password,
+lock and log files stay in the data folder, readable by the server's own user only.
+
+The cluster logs server events but never statement text, parameter values or DETAIL lines
+(which quote the values of a violated unique key, such as an email address).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import secrets
@@ -33,6 +41,7 @@ import asyncpg
 
 from storage.errors import EmbeddedPostgresError
 from storage.pg_binaries import (
+    Candidate,
     OsAccount,
     PostgresBinaries,
     default_account_for_root,
@@ -48,6 +57,28 @@ PORT = 5432  # only names the Unix socket file; no TCP listener is opened
 SOCKET_PATH_MAX = 100  # sun_path is 104-108 bytes depending on the platform
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+# Where root keeps clusters its PostgreSQL account cannot reach in the data folder.
+SHARED_ROOT = Path("/var/lib/obrol")
+
+# Server settings passed on the command line at every start.
+BASE_SETTINGS = {
+    "listen_addresses": "",
+    "unix_socket_permissions": "0700",
+    "port": str(PORT),
+    "max_connections": "200",
+    # Personal data never reaches the log: no DETAIL/HINT/CONTEXT lines (a unique violation's
+    # DETAIL quotes the key, e.g. an email), no failing statements, no statement or
+    # parameter logging, and no per-statement errors at all (some quote a value in their
+    # message). Server events (start, stop, checkpoints, crashes, FATAL, PANIC) are kept;
+    # obrol reports statement errors itself, without the values.
+    "log_error_verbosity": "terse",
+    "log_min_messages": "log",
+    "log_min_error_statement": "panic",
+    "log_statement": "none",
+    "log_min_duration_statement": "-1",
+    "log_connections": "off",
+    "log_disconnections": "off",
+}
 
 
 def _alive(pid: int) -> bool:
@@ -65,28 +96,64 @@ def _alive(pid: int) -> bool:
 
 
 def create_private_dir(path: Path) -> None:
-    """Create obrol's data folder if missing: private to us, but enterable (never
-    listable) by others when we are root, since PostgreSQL must then run as another user."""
+    """Create obrol's data folder if missing, mode 0700 (the server's own user only).
+
+    An existing folder is left as it is: never loosened, and not tightened either (an older
+    obrol run as root made it 0711 so that its PostgreSQL account could enter it).
+    """
     if not path.exists():
-        path.mkdir(parents=True, mode=0o711 if os.geteuid() == 0 else 0o700)
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)  # whatever the umask
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open (creating) `path` for the server's own user only: mode 0600, also when it
+    already existed with a looser mode. Returns the file descriptor."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def describe_exit(status: int) -> str:
+    """A process's exit status in words ("killed by SIGKILL", "exit status 1")."""
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+        return f"killed by signal {-status}"
+    return f"exit status {status}"
 
 
 class EmbeddedPostgres:
-    """One PostgreSQL cluster in `cluster_dir`, owned by this process while it runs."""
+    """One PostgreSQL cluster at `path`, owned by this process while it runs."""
 
     def __init__(
         self,
-        cluster_dir: Path,
+        path: Path,
         *,
         bin_dir: Path | None = None,
         os_user: str | None = None,
         durable: bool = True,
+        shared_root: Path = SHARED_ROOT,
+        bin_candidates: list[Candidate] | None = None,
     ) -> None:
-        """`durable=False` turns off fsync: for throwaway test clusters only."""
-        self.cluster_dir = cluster_dir.resolve()
+        """`durable=False` turns off fsync: for throwaway test clusters only.
+
+        `shared_root` is where root keeps a cluster its PostgreSQL account cannot reach at
+        `path`; `bin_candidates` replaces the usual search for binaries (tests).
+        """
+        # The name in the data folder (a link when the cluster was kept elsewhere).
+        self.path = Path(os.path.realpath(path.parent)) / path.name
+        self.cluster_dir = self.path  # where the cluster really is; settled by start()
         self._bin_dir = bin_dir
         self._os_user = os_user
         self._durable = durable
+        self._shared_root = shared_root
+        self._bin_candidates = bin_candidates
+        self._account_cache: OsAccount | None = None
         self._lock: IO[bytes] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None
@@ -96,11 +163,29 @@ class EmbeddedPostgres:
 
     @property
     def password_file(self) -> Path:
-        return self.cluster_dir.parent / f"{self.cluster_dir.name}.password"
+        return self.path.parent / f"{self.path.name}.password"
 
     @property
     def log_file(self) -> Path:
-        return self.cluster_dir.parent / f"{self.cluster_dir.name}.log"
+        return self.path.parent / f"{self.path.name}.log"
+
+    @property
+    def relocated(self) -> bool:
+        """True when the cluster is kept outside the data folder (see the module doc)."""
+        return self.cluster_dir != self.path
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while this object runs it."""
+        return None if self._process is None else self._process.pid
+
+    def describe(self) -> str:
+        """Where the cluster is and which PostgreSQL runs it, for the start-up banner."""
+        version = self.binaries.major_version if self.binaries else "?"
+        text = f"embedded PostgreSQL {version} in {self.cluster_dir}"
+        if self.relocated:
+            text += f" (linked from {self.path})"
+        return text
 
     def start(self) -> str:
         """Create (first time) and start the cluster; returns its connection URL.
@@ -108,23 +193,20 @@ class EmbeddedPostgres:
         Blocks for about a second (initdb on first use takes a few). Raises
         EmbeddedPostgresError with the reason and the tail of the server log.
         """
-        create_private_dir(self.cluster_dir.parent)
+        create_private_dir(self.path.parent)
         self._acquire_lock()
         try:
+            self.cluster_dir = self._located()
+            if self.relocated:
+                self._ensure_shared_root()  # even when its link points to nothing now
             account = self._account()
             existing = (self.cluster_dir / "PG_VERSION").is_file()
-            required = int((self.cluster_dir / "PG_VERSION").read_text()) if existing else None
-            self.binaries = find_binaries(
-                explicit=self._bin_dir, account=account, required_major=required
-            )
-            blocked = first_blocking_folder(self.cluster_dir, account)
-            if blocked is not None:
-                raise EmbeddedPostgresError(
-                    f"PostgreSQL runs as user {account.name!r}, which cannot enter {blocked}; "
-                    "choose a data folder it can reach, or give a database URL"
-                )
+            self.binaries = self._choose_binaries(account, existing)
+            self._settle_location(account, existing)
             if not existing:
                 self._initdb(account)
+                if self.relocated and not self.path.is_symlink():
+                    self.path.symlink_to(self.cluster_dir, target_is_directory=True)
             self._stop_orphan()
             self._launch(account)
             self.url = self._connection_url()
@@ -133,12 +215,35 @@ class EmbeddedPostgres:
             self.stop()
             raise
         logger.info(
-            "embedded PostgreSQL %s running in %s (socket %s)",
-            self.binaries.major_version,
-            self.cluster_dir,
+            "%s, running as user %r (pid %d, socket %s, log %s)",
+            self.describe(),
+            account.name,
+            self.pid,
             self._socket_dir,
+            self.log_file,
         )
         return self.url
+
+    def exit_status(self) -> int | None:
+        """The postmaster's exit status if it stopped on its own; None while it runs
+        (and before start() or after stop())."""
+        process = self._process
+        return None if process is None else process.poll()
+
+    def restart(self) -> None:
+        """Start PostgreSQL again after it stopped on its own, on the same socket and
+        password: the connection URL stays valid.
+
+        Raises EmbeddedPostgresError if it does not come up (for instance while processes of
+        the old postmaster still hold its shared memory); the caller tries again later.
+        """
+        if self._lock is None or self.binaries is None:
+            raise EmbeddedPostgresError("the embedded database was not started")
+        if self._process is not None and self._process.poll() is None:
+            self._wait_ready()  # an earlier try still starting (crash recovery can be long)
+            return
+        self._stop_orphan()
+        self._launch(self._account(), socket_dir=self._socket_dir)
 
     def stop(self) -> None:
         """Fast shutdown; escalates to immediate shutdown and kill if it does not exit."""
@@ -163,7 +268,18 @@ class EmbeddedPostgres:
             self._lock.close()  # releases the flock
             self._lock = None
 
+    def _located(self) -> Path:
+        """The cluster folder: `path` itself, or where its link points."""
+        if self.path.is_symlink():
+            return Path(os.path.realpath(self.path))
+        return self.path
+
     def _account(self) -> OsAccount:
+        if self._account_cache is None:
+            self._account_cache = self._find_account()
+        return self._account_cache
+
+    def _find_account(self) -> OsAccount:
         if os.geteuid() != 0:
             return OsAccount.current()
         if (self.cluster_dir / "PG_VERSION").is_file():
@@ -175,9 +291,69 @@ class EmbeddedPostgres:
             return OsAccount.named(self._os_user)
         return default_account_for_root()
 
+    def _choose_binaries(self, account: OsAccount, existing: bool) -> PostgresBinaries:
+        """Binaries `account` can run (of the cluster's major version if it exists)."""
+        required = int((self.cluster_dir / "PG_VERSION").read_text()) if existing else None
+        binaries = find_binaries(
+            explicit=self._bin_dir,
+            account=account,
+            required_major=required,
+            candidates=self._bin_candidates,
+        )
+        logger.info(
+            "PostgreSQL %d binaries in %s: %s",
+            binaries.major_version,
+            binaries.bin_dir,
+            binaries.why,
+        )
+        return binaries
+
+    def _settle_location(self, account: OsAccount, existing: bool) -> None:
+        """Make sure `account` can reach the cluster folder: a new cluster moves to the
+        shared root when it could not (see the module doc); else EmbeddedPostgresError."""
+        blocked = first_blocking_folder(self.cluster_dir, account)
+        movable = not existing and not account.is_self and not os.path.lexists(self.path)
+        if blocked is not None and movable:
+            self.cluster_dir = self._relocate(account, blocked)
+            blocked = first_blocking_folder(self.cluster_dir, account)
+        if blocked is not None:
+            raise EmbeddedPostgresError(
+                f"PostgreSQL runs as user {account.name!r}, which cannot enter {blocked} "
+                f"on the way to the database cluster {self.cluster_dir}; give it access "
+                "to that folder, or give a database URL"
+            )
+
+    def _relocate(self, account: OsAccount, blocked: Path) -> Path:
+        """Choose the folder for a new cluster under the shared root (see the module doc)."""
+        name = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
+        target = self._shared_root / name
+        if (target / "PG_VERSION").is_file():
+            raise EmbeddedPostgresError(
+                f"{target} holds the database cluster of an earlier data folder at "
+                f"{self.path.parent}, but {self.path} no longer points to it. To start "
+                f"afresh, delete it (rm -rf {target}); to keep it, restore the data folder "
+                f"or link it again (ln -s {target} {self.path})"
+            )
+        self._ensure_shared_root()
+        logger.info(
+            "user %r, which runs PostgreSQL, cannot enter %s: the database cluster is kept "
+            "in %s, linked from %s",
+            account.name,
+            blocked,
+            target,
+            self.path,
+        )
+        return target
+
+    def _ensure_shared_root(self) -> None:
+        """Create the shared root if missing: root's, mode 0711 (enter, never list)."""
+        if not self._shared_root.exists():
+            self._shared_root.mkdir(parents=True, mode=0o711)
+            self._shared_root.chmod(0o711)
+
     def _acquire_lock(self) -> None:
-        path = self.cluster_dir.parent / f"{self.cluster_dir.name}.lock"
-        lock = path.open("ab")
+        path = self.path.parent / f"{self.path.name}.lock"
+        lock = os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -224,11 +400,12 @@ class EmbeddedPostgres:
                 text=True,
                 check=False,
                 timeout=300,
+                start_new_session=True,  # a Ctrl-C meant for obrol must not cut it short
                 **self._as_account(account),  # type: ignore[call-overload]
             )
             if result.returncode != 0:
                 raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip()[-2000:]}")
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = open_private(self.password_file, os.O_WRONLY | os.O_TRUNC)
             with os.fdopen(fd, "w") as out:
                 out.write(password)
         except BaseException:
@@ -268,22 +445,17 @@ class EmbeddedPostgres:
         self._temp_socket_dir = True
         return folder
 
-    def _launch(self, account: OsAccount) -> None:
+    def _launch(self, account: OsAccount, socket_dir: Path | None = None) -> None:
         assert self.binaries is not None
-        self._socket_dir = self._choose_socket_dir(account)
-        settings = {
-            "listen_addresses": "",
-            "unix_socket_directories": str(self._socket_dir),
-            "unix_socket_permissions": "0700",
-            "port": str(PORT),
-            "max_connections": "200",
-        }
+        self._socket_dir = socket_dir or self._choose_socket_dir(account)
+        settings = BASE_SETTINGS | {"unix_socket_directories": str(self._socket_dir)}
         if not self._durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         args = [str(self.binaries.postgres), "-D", str(self.cluster_dir)]
         for name, value in settings.items():
             args += ["-c", f"{name}={value}"]
-        with self.log_file.open("ab") as log:
+        # Ours, 0600: PostgreSQL writes to the descriptor it inherits and needs no access.
+        with os.fdopen(open_private(self.log_file, os.O_WRONLY | os.O_APPEND), "ab") as log:
             self._process = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,

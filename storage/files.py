@@ -1,11 +1,13 @@
 """Uploaded files: metadata in PostgreSQL, bytes in a folder, addressed only by id.
 
 A blob is written to a temporary file in the same folder, fsynced and renamed into place,
-so a crash never leaves a half-written blob under a valid id.
+so a crash never leaves a half-written blob under a valid id. Blobs are 0600 and their
+folders 0700: readable by the server's own user only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -37,6 +39,29 @@ class FileRecord:
     created_at: datetime
 
 
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create `folder` and missing parents up to an existing one, each mode 0700."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another upload made it meanwhile
+            path.mkdir(mode=FOLDER_MODE)
+            path.chmod(FOLDER_MODE)  # whatever the umask
+
+
+def _open_private(path: Path) -> int:
+    """Open `path` for writing, empty and mode 0600 (also a leftover from a crash)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
 class BlobStore:
     """Files on disk under `root`, named by their uuid."""
 
@@ -47,18 +72,29 @@ class BlobStore:
         text = str(file_id)
         return self.root / text[:2] / text
 
+    def make_private(self) -> None:
+        """Tighten what an older obrol stored with looser modes (folders 0755, blobs 0644)
+        to 0700 and 0600. Blocking; does nothing (one stat) when `root` is already 0700."""
+        if not self.root.exists() or self.root.stat().st_mode & 0o777 == FOLDER_MODE:
+            return
+        for folder, _subfolders, files in os.walk(self.root):
+            os.chmod(folder, FOLDER_MODE)
+            for name in files:
+                os.chmod(os.path.join(folder, name), FILE_MODE)
+
     async def write(self, file_id: uuid.UUID, chunks: Any, max_bytes: int) -> tuple[int, bytes]:
         """Write the async iterable `chunks`; returns (size, sha256).
 
         Raises BlobTooLargeError past `max_bytes`, leaving nothing behind.
         """
         final = self.path(file_id)
-        await trio.to_thread.run_sync(lambda: final.parent.mkdir(parents=True, exist_ok=True))
+        await trio.to_thread.run_sync(_make_private_dirs, final.parent)
         temp = final.with_name(f".{final.name}.part")
         digest = hashlib.sha256()
         size = 0
         try:
-            async with await trio.open_file(temp, "wb") as out:
+            fd = await trio.to_thread.run_sync(_open_private, temp)
+            async with trio.wrap_file(os.fdopen(fd, "wb")) as out:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:

@@ -96,8 +96,11 @@ def first_blocking_folder(path: Path, account: OsAccount) -> Path | None:
 
 @dataclass(frozen=True, slots=True)
 class PostgresBinaries:
+    """The chosen server binaries, and in words why these (printed at start-up)."""
+
     bin_dir: Path
     major_version: int
+    why: str = ""
 
     @property
     def postgres(self) -> Path:
@@ -108,21 +111,37 @@ class PostgresBinaries:
         return self.bin_dir / "initdb"
 
 
-def candidate_bin_dirs(explicit: Path | None) -> list[Path]:
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A folder that may hold server binaries, and where it came from."""
+
+    bin_dir: Path
+    origin: str  # "set by postgres_bin_dir", "bundled with obrol (pgserver)", ...
+
+
+def bundled_bin_dir() -> Path | None:
+    """Where the pgserver wheel keeps its PostgreSQL binaries, if it is installed."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def candidate_bin_dirs(explicit: Path | None) -> list[Candidate]:
     """Folders that may hold PostgreSQL server binaries, most preferred first."""
     if explicit is not None:
-        return [explicit]
-    found: list[Path] = []
-    spec = importlib.util.find_spec("pgserver")
-    if spec is not None and spec.submodule_search_locations:
-        found.append(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
+        return [Candidate(explicit, "set by postgres_bin_dir")]
+    found: list[Candidate] = []
+    bundled = bundled_bin_dir()
+    if bundled is not None:
+        found.append(Candidate(bundled, "bundled with obrol (pgserver)"))
     pg_config = shutil.which("pg_config")
     if pg_config:
         result = subprocess.run(
             [pg_config, "--bindir"], capture_output=True, text=True, check=False, timeout=10
         )
         if result.returncode == 0 and result.stdout.strip():
-            found.append(Path(result.stdout.strip()))
+            found.append(Candidate(Path(result.stdout.strip()), f"named by {pg_config}"))
 
     def by_version(folder: Path) -> int:
         digits = re.findall(r"\d+", folder.as_posix())
@@ -134,7 +153,8 @@ def candidate_bin_dirs(explicit: Path | None) -> list[Path]:
         "/opt/homebrew/opt/postgresql@*/bin",
         "/usr/local/opt/postgresql@*/bin",
     ):
-        found.extend(sorted(map(Path, glob.glob(pattern)), key=by_version, reverse=True))
+        folders = sorted(map(Path, glob.glob(pattern)), key=by_version, reverse=True)
+        found.extend(Candidate(folder, "system installation") for folder in folders)
     return found
 
 
@@ -155,17 +175,28 @@ def server_major_version(bin_dir: Path) -> int | None:
 
 
 def find_binaries(
-    *, explicit: Path | None, account: OsAccount, required_major: int | None
+    *,
+    explicit: Path | None,
+    account: OsAccount,
+    required_major: int | None,
+    candidates: list[Candidate] | None = None,
 ) -> PostgresBinaries:
-    """Pick the binaries to run; raises EmbeddedPostgresError saying what was tried."""
+    """Pick the binaries to run from `candidates` (default: `candidate_bin_dirs(explicit)`).
+
+    The result's `why` names where they come from and why earlier candidates were passed
+    over. Raises EmbeddedPostgresError saying what was tried.
+    """
     tried: list[str] = []
-    for bin_dir in candidate_bin_dirs(explicit):
+    for candidate in candidates if candidates is not None else candidate_bin_dirs(explicit):
+        bin_dir = candidate.bin_dir
         if not (bin_dir / "postgres").is_file() or not (bin_dir / "initdb").is_file():
             tried.append(f"{bin_dir}: no postgres/initdb there")
             continue
         blocked = first_blocking_folder(bin_dir / "postgres", account)
         if blocked is not None:
-            tried.append(f"{bin_dir}: user {account.name!r} cannot enter {blocked}")
+            tried.append(
+                f"{bin_dir}: user {account.name!r}, which runs PostgreSQL, cannot enter {blocked}"
+            )
             continue
         major = server_major_version(bin_dir)
         if major is None:
@@ -174,7 +205,10 @@ def find_binaries(
         if required_major is not None and major != required_major:
             tried.append(f"{bin_dir}: PostgreSQL {major}, the cluster needs {required_major}")
             continue
-        return PostgresBinaries(bin_dir=bin_dir, major_version=major)
+        why = candidate.origin
+        if tried:
+            why += "; passed over: " + "; ".join(tried)
+        return PostgresBinaries(bin_dir=bin_dir, major_version=major, why=why)
     detail = "; ".join(tried) or "no candidate folders"
     raise EmbeddedPostgresError(
         "no usable PostgreSQL server binaries for the embedded database "
