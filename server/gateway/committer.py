@@ -4,6 +4,9 @@ One commit is in flight per process at a time, so positions are published in the
 they were committed: every connection receives `msg` frames in increasing `pos`. Each
 sender gets its `sent` after the commit; then the `msg`, encoded once, fans out to every
 live connection of every member the commit saw (filtered by the consent scope).
+
+The committer outlives any failure: a batch the database could not take (or that failed for
+any other reason) is answered `unavailable`, never `sent`, and the next batch is tried.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import trio
 from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, encode
 from server.gateway.connection import Connection
 from server.gateway.hub import Hub
+from server.gateway.outages import OutageLog
 from storage.errors import DatabaseUnavailableError
-from storage.messages import MessageStore, NewMessage, Outcome, StoredMessage
+from storage.messages import AppendResult, MessageStore, NewMessage, Outcome, StoredMessage
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class Committer:
         self._hub = hub
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[PendingSend](max_batch * 4)
+        self._outage = OutageLog(logger, "commit")
         self.committed = 0
         self.batches = 0
 
@@ -86,6 +91,8 @@ class Committer:
         await self._send.send(item)
 
     async def run(self) -> None:
+        """Commit batches until cancelled. Nothing else ends it: a batch that fails, for
+        whatever reason, is answered `unavailable` and the next one is tried."""
         while True:
             batch = [await self._receive.receive()]
             while len(batch) < self._max_batch:
@@ -96,45 +103,69 @@ class Committer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[PendingSend]) -> None:
+        """Commit `batch` and answer every send in it once: `sent` (after the commit),
+        `not_member`, or `unavailable` if the commit failed. Retrying an `unavailable` send
+        with the same cid is safe even if the commit did happen (sends are idempotent)."""
         try:
             appended = await self._store.append([p.message for p in batch])
         except DatabaseUnavailableError as exc:
-            logger.warning("commit of %d sends failed: %s", len(batch), exc)
-            for p in batch:
-                p.conn.reply(
-                    err_frame(
-                        ErrorCode.UNAVAILABLE,
-                        "the database is unavailable; retry with the same cid",
-                        p.message.client_id,
-                        "send",
-                    )
-                )
+            self._outage.failed(len(batch), exc)
+            refuse(batch)
             return
+        except Exception:
+            logger.exception("commit of %d sends failed unexpectedly", len(batch))
+            refuse(batch)
+            return
+        self._outage.succeeded()
         self.batches += 1
-        for p, result in zip(batch, appended.results, strict=True):
-            message = result.message
-            if result.outcome is Outcome.NOT_MEMBER or message is None:
-                p.conn.reply(
-                    err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, p.message.client_id, "send")
-                )
-                continue
-            p.conn.reply(
-                encode(
-                    Sent(
-                        cid=message.client_id,
-                        id=message.id.bytes,
-                        conv=message.conversation_id.bytes,
-                        seq=message.seq,
-                        pos=message.pos,
-                        sent_at=unix_ms(message),
+        answered = 0
+        try:
+            for p, result in zip(batch, appended.results, strict=True):
+                stored = acknowledge(p, result)
+                answered += 1
+                if stored is not None:
+                    self.committed += 1
+                    members = appended.members.get(stored.conversation_id, frozenset())
+                    self._hub.fan_out(
+                        recipients(members, stored.sender_id, stored.scope),
+                        stored.pos,
+                        msg_frame(stored, p.body, p.consent),
                     )
-                )
+        except Exception:
+            # A bug. What is committed stays committed: a retry with the cid gets its `sent`.
+            logger.exception("answering a committed batch of %d sends failed", len(batch))
+            refuse(batch[answered:])
+
+
+def refuse(sends: list[PendingSend]) -> None:
+    """Answer each send `unavailable`: the client retries it with the same cid."""
+    for p in sends:
+        p.conn.reply(
+            err_frame(
+                ErrorCode.UNAVAILABLE,
+                "the database is unavailable; retry with the same cid",
+                p.message.client_id,
+                "send",
             )
-            if result.outcome is Outcome.STORED:
-                self.committed += 1
-                members = appended.members.get(message.conversation_id, frozenset())
-                self._hub.fan_out(
-                    recipients(members, message.sender_id, message.scope),
-                    message.pos,
-                    msg_frame(message, p.body, p.consent),
-                )
+        )
+
+
+def acknowledge(p: PendingSend, result: AppendResult) -> StoredMessage | None:
+    """Answer one committed send; returns the message if it is new (to fan out)."""
+    message = result.message
+    if result.outcome is Outcome.NOT_MEMBER or message is None:
+        p.conn.reply(err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, p.message.client_id, "send"))
+        return None
+    p.conn.reply(
+        encode(
+            Sent(
+                cid=message.client_id,
+                id=message.id.bytes,
+                conv=message.conversation_id.bytes,
+                seq=message.seq,
+                pos=message.pos,
+                sent_at=unix_ms(message),
+            )
+        )
+    )
+    return message if result.outcome is Outcome.STORED else None
