@@ -18,6 +18,9 @@ from nacl.signing import SigningKey
 
 from loadtest.client import ConnectionClosedError, GatewayClient
 from protocol import Ack, Err, ErrorCode, Msg, Send, Sent, Synced, TextBody
+from server.app import as_api_error
+from server.errors import ApiErrorCode
+from storage.errors import DatabaseUnavailableError, NotFoundError
 from tests.harness import PASSWORD, Harness, Session, assert_error, b64, start_harness
 from tests.stoppable import stoppable_postgres
 
@@ -45,15 +48,17 @@ class Sender:
     other_errors: list[Err] = field(default_factory=list)
     closed: ConnectionClosedError | None = None
     highest_pos: int = 0
+    received: list[Msg] = field(default_factory=list)  # live `msg` frames, as they came
 
     @property
     def settled(self) -> bool:
         return not self.in_flight and not self.retry_at
 
-    async def run(self, no_new_sends: trio.Event) -> None:
-        """Send until `no_new_sends`, then until every send is acknowledged."""
+    async def run(self, no_new_sends: trio.Event, stop: trio.Event) -> None:
+        """Send until `no_new_sends`, then retry until every send is acknowledged; receive
+        until `stop`."""
         try:
-            while not (no_new_sends.is_set() and self.settled):
+            while not stop.is_set():
                 await self._send_due(new=not no_new_sends.is_set())
                 with trio.move_on_after(PACE_S):
                     for frame in await self.client.receive():
@@ -89,6 +94,7 @@ class Sender:
         elif isinstance(frame, Err):
             self.other_errors.append(frame)
         elif isinstance(frame, Msg) and frame.pos is not None:
+            self.received.append(frame)
             self.highest_pos = max(self.highest_pos, frame.pos)
 
 
@@ -170,11 +176,14 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
             await client.sync(0)
             device_id = uuid.UUID(session.device["id"])
             senders.append(Sender(name, client, conv, device_id, progress))
-        no_new_sends = trio.Event()
+        no_new_sends, stop = trio.Event(), trio.Event()
+
+        def all_acked() -> set[bytes]:
+            return {message_id for s in senders for message_id in s.acked.values()}
 
         async with trio.open_nursery() as traffic:
             for sender in senders:
-                traffic.start_soon(sender.run, no_new_sends)
+                traffic.start_soon(sender.run, no_new_sends, stop)
             await progress.until(lambda: all(len(s.acked) >= 20 for s in senders))
 
             await pg.stop_immediately_async()
@@ -191,7 +200,7 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
                 assert refused.code == 1013, refused
             else:
                 await late.aclose()  # a handshake that needs no database is fine too
-            await trio.sleep(1)  # the outage goes on under traffic
+            await trio.sleep(2)  # the outage goes on under traffic
 
             await pg.start_async()
             await healthy_again(server, 10)  # within seconds of the database being back
@@ -200,6 +209,12 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
             no_new_sends.set()
             # Every device retries until all its sends are acknowledged.
             await progress.until(lambda: all(s.settled or s.closed for s in senders), 30)
+            # Every device, live all along, receives every acknowledged message.
+            with trio.move_on_after(10):
+                await progress.until(
+                    lambda: all(all_acked() <= {m.id for m in s.received} for s in senders)
+                )
+            stop.set()
 
         for sender in senders:
             assert sender.closed is None, f"{sender.name}: {sender.closed}"
@@ -207,6 +222,12 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
             assert sender.unavailable > 0, sender.name
             assert sender.conflicting_acks == [], sender.name
             assert set(sender.acked) == set(sender.sends), sender.name
+            live = [m.id for m in sender.received]
+            missing = all_acked() - set(live)
+            assert not missing, f"{sender.name} never got {len(missing)} acknowledged messages"
+            assert len(live) == len(set(live)), f"{sender.name} got duplicates"
+            positions = [m.pos or 0 for m in sender.received]
+            assert positions == sorted(positions), f"{sender.name}: not in pos order"
             await sender.client.aclose()
 
         # Every acknowledged message is stored exactly once, under the id its ack gave.
@@ -279,3 +300,11 @@ async def test_a_commit_failing_for_any_other_reason_is_answered_and_the_server_
     await client.aclose()
     history = await server.client.get(f"/v1/conversations/{conv}/messages", headers=ann.headers)
     assert sorted(m["client_id"] for m in history.json()["messages"]) == ["a", "b", "c"]
+
+
+def test_an_outage_met_inside_a_nursery_is_still_503() -> None:
+    down = DatabaseUnavailableError("the database is unavailable: refused")
+    grouped = ExceptionGroup("tasks", [ValueError("other"), ExceptionGroup("inner", [down])])
+    assert as_api_error(grouped).code is ApiErrorCode.DATABASE_UNAVAILABLE
+    assert as_api_error(ExceptionGroup("one", [KeyError("x")])).code is ApiErrorCode.INTERNAL
+    assert as_api_error(ExceptionGroup("one", [NotFoundError("gone")])).status == 404
