@@ -118,7 +118,12 @@ class Database:
 
         try:
             pool = await bridge.run(open_pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,  # e.g. no host takes writes
+        ) as exc:
             raise DatabaseUnavailableError(f"cannot open the database: {exc}") from exc
         return cls(bridge, pool, pool_size)
 

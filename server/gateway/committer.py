@@ -172,6 +172,8 @@ class Committer:
     def _fan_out_recovered(self, appended: AppendBatch) -> None:
         """Fan out what failed commits stored after all, before anything newer: members
         who missed it would otherwise ack past its position and never see it."""
+        if not self._unsure:
+            return
         unsure, self._unsure = self._unsure, {}
         if appended.recovered:
             logger.warning(
