@@ -30,8 +30,33 @@ HTTP_CODES = {
 }
 
 
+def _unwrap(exc: Exception) -> Exception:
+    """What an exception group (from a nursery) stands for: a database outage if any task
+    met one, else its only exception. Anything else is returned as it is."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    outages = [e for e in leaves if isinstance(e, DatabaseUnavailableError)]
+    if outages:
+        return outages[0]
+    if len(leaves) == 1 and isinstance(leaves[0], Exception):
+        return leaves[0]
+    return exc
+
+
 def as_api_error(exc: Exception) -> ApiError:
-    """Map any exception to the ApiError a client sees. Unexpected ones are logged."""
+    """Map any exception to the ApiError a client sees. Unexpected ones are logged.
+
+    A database outage of any kind (storage raises DatabaseUnavailableError for all of them)
+    is 503 `database_unavailable`, never 500: the client may retry later."""
+    exc = _unwrap(exc)
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, NotFoundError):
@@ -40,7 +65,7 @@ def as_api_error(exc: Exception) -> ApiError:
         details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
         return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
     if isinstance(exc, DatabaseUnavailableError):
-        logger.error("database unavailable: %s", exc)
+        logger.warning("database unavailable: %s", exc)
         return ApiError(ApiErrorCode.DATABASE_UNAVAILABLE, "the database is unavailable")
     if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:
         code, message = HTTP_CODES.get(exc.code, (ApiErrorCode.INVALID_REQUEST, "bad request"))

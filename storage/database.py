@@ -3,21 +3,40 @@
 `await db.transaction(fn, *args)` runs the coroutine `fn(conn, *args)` inside one
 transaction, as one bridge hop. Repositories (one module per domain) keep their SQL in such
 coroutines and expose trio methods; nothing above `storage/` sees asyncpg or asyncio.
+
+An outage of any kind reaches callers as DatabaseUnavailableError (`storage.faults` decides
+what counts as one). The pool heals by itself: a connection found closed is reopened on its
+next use, so calls succeed again as soon as the database is back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import trio
 
 from storage.bridge import AsyncioBridge
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.faults import as_unavailable, needs_new_connections
 from storage.migrations import apply_migrations
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+# Every wait on the database is bounded; running out of one is an outage
+# (DatabaseUnavailableError), never a hang.
+CONNECT_TIMEOUT_S = 10.0  # opening one connection
+COMMAND_TIMEOUT_S = 60.0  # one statement
+ACQUIRE_TIMEOUT_S = 10.0  # waiting for a free pooled connection
+CLOSE_TIMEOUT_S = 10.0  # waiting for connections in use at shutdown
+PING_TIMEOUT_S = 2.0  # each step of a health check
 
 # Constraint names (see migrations) -> the field a client should fix.
 CONSTRAINT_FIELDS = {
@@ -39,13 +58,40 @@ async def _keep_session(conn: Any) -> None:
     """
 
 
+def _writable_server(url: str) -> dict[str, str]:
+    """Connect only to a server that takes writes, unless the URL (or PGTARGETSESSIONATTRS)
+    says otherwise: after a failover, a URL naming several hosts finds the new primary."""
+    if "target_session_attrs" in parse_qs(urlsplit(url).query):
+        return {}
+    if os.environ.get("PGTARGETSESSIONATTRS"):
+        return {}
+    return {"target_session_attrs": "read-write"}
+
+
+def _closed(conn: Any) -> bool:
+    """True if the pooled connection `conn` (still acquired) is closed."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True  # the pool detached it from the proxy, which it does once it closed
+
+
 class Database:
     """A connection pool; every call is one bridge hop (a transaction, or a single read)."""
 
-    def __init__(self, bridge: AsyncioBridge, pool: Any, pool_size: int) -> None:
+    def __init__(
+        self,
+        bridge: AsyncioBridge,
+        pool: Any,
+        pool_size: int,
+        *,
+        acquire_timeout_s: float = ACQUIRE_TIMEOUT_S,
+    ) -> None:
+        """Wrap an asyncpg pool of `pool_size` connections created on `bridge`'s loop."""
         self._bridge = bridge
         self._pool = pool
         self._limiter = trio.CapacityLimiter(pool_size)
+        self._acquire_timeout_s = acquire_timeout_s
         self.pool_size = pool_size
 
     @classmethod
@@ -57,35 +103,61 @@ class Database:
                 url,
                 min_size=min(2, pool_size),
                 max_size=pool_size,
-                command_timeout=60,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=COMMAND_TIMEOUT_S,
                 reset=_keep_session,
+                **_writable_server(url),
             )
-            async with pool.acquire() as conn:
-                await apply_migrations(conn)
+            try:
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn)
+            except BaseException:
+                pool.terminate()
+                raise
             return pool
 
         try:
             pool = await bridge.run(open_pool)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,  # e.g. no host takes writes
+        ) as exc:
             raise DatabaseUnavailableError(f"cannot open the database: {exc}") from exc
         return cls(bridge, pool, pool_size)
 
     async def close(self) -> None:
-        """Close the pool, waiting for connections in use to be released."""
-        with trio.move_on_after(10) as scope:
+        """Close the pool: wait up to CLOSE_TIMEOUT_S for connections in use to be
+        released, then drop what is left. Never raises (the database may be gone)."""
+
+        async def close_pool() -> None:
+            try:
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                logger.warning("database pool not closed cleanly (%s); dropping it", exc)
+                self._pool.terminate()
+
+        with trio.move_on_after(CLOSE_TIMEOUT_S + 5) as scope:
             scope.shield = True
-            await self._bridge.run(self._pool.close)
+            await self._bridge.run(close_pool)
 
     async def transaction(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)` in one transaction; storage errors for broken rules.
 
         Raises ConflictError (unique rule), NotFoundError (a referenced row is missing),
-        DatabaseUnavailableError (the database is unreachable), or what `fn` raises.
+        DatabaseUnavailableError (any outage: see storage.faults; the transaction may or may
+        not have committed if the connection was lost during COMMIT), or what `fn` raises.
         """
 
         async def run() -> T:
-            async with self._pool.acquire() as conn, conn.transaction():
-                return await fn(conn, *args)
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        return await fn(conn, *args)
+                except Exception as exc:
+                    await self._after_failure(conn, exc)
+                    raise
 
         return await self._call(run)
 
@@ -96,27 +168,67 @@ class Database:
 
         async def run() -> T:
             async with self._pool.acquire() as conn:
-                return await fn(conn, *args)
+                try:
+                    return await fn(conn, *args)
+                except Exception as exc:
+                    await self._after_failure(conn, exc)
+                    raise
 
         return await self._call(run)
 
-    async def _call(self, run: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        async with self._limiter:
-            try:
-                return await self._bridge.run(run)
-            except asyncpg.UniqueViolationError as exc:
-                field = CONSTRAINT_FIELDS.get(exc.constraint_name or "")
-                raise ConflictError(f"{field or 'value'} is already taken", field=field) from exc
-            except asyncpg.ForeignKeyViolationError as exc:
-                field = CONSTRAINT_FIELDS.get(exc.constraint_name or "")
-                raise NotFoundError(f"unknown {field or 'reference'}") from exc
-            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-                raise DatabaseUnavailableError(str(exc)) from exc
+    async def _after_failure(self, conn: Any, exc: Exception) -> None:
+        """On the loop, after work on `conn` failed with `exc`: open new connections after a
+        failover, and report a connection that is closed now as lost (whatever was raised:
+        often asyncpg's "connection is closed" from the rollback). Raises
+        DatabaseUnavailableError in that case."""
+        if needs_new_connections(exc):
+            await self._pool.expire_connections()
+        if _closed(conn):
+            lost = as_unavailable(exc, connection_closed=True)
+            if lost is not None and lost is not exc:
+                raise lost from exc
 
-    async def ping(self) -> None:
-        """Check the database answers; raises DatabaseUnavailableError if not."""
+    async def _call(
+        self, run: Callable[[], Coroutine[Any, Any, T]], *, wait_s: float | None = None
+    ) -> T:
+        """Run `run` on the loop holding a pool slot (waiting at most `wait_s`, by default
+        the acquire timeout); every outage becomes DatabaseUnavailableError (storage.faults
+        decides what is one)."""
+        wait_s = self._acquire_timeout_s if wait_s is None else wait_s
+        acquired = False
+        with trio.move_on_after(wait_s):
+            await self._limiter.acquire()
+            acquired = True
+        if not acquired:
+            raise DatabaseUnavailableError(f"no database connection came free within {wait_s:g} s")
+        try:
+            return await self._bridge.run(run)
+        except DatabaseUnavailableError:
+            raise
+        except asyncpg.UniqueViolationError as exc:
+            field = CONSTRAINT_FIELDS.get(exc.constraint_name or "")
+            raise ConflictError(f"{field or 'value'} is already taken", field=field) from exc
+        except asyncpg.ForeignKeyViolationError as exc:
+            field = CONSTRAINT_FIELDS.get(exc.constraint_name or "")
+            raise NotFoundError(f"unknown {field or 'reference'}") from exc
+        except Exception as exc:
+            unavailable = as_unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+        finally:
+            self._limiter.release()
 
-        async def select_one(conn: Any) -> None:
-            await conn.fetchval("SELECT 1")
+    async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
+        """Check that the database answers; raises DatabaseUnavailableError if not.
 
-        await self.read(select_one)
+        Returns or raises within about three times `timeout_s` whatever the database does:
+        waiting for a pool slot, connecting plus the query, and the clean-up after a timeout
+        (asyncpg cancels the query and waits for that) are each bounded by it.
+        """
+
+        async def select_one() -> None:
+            async with asyncio.timeout(timeout_s), self._pool.acquire(timeout=timeout_s) as conn:
+                await conn.fetchval("SELECT 1")
+
+        await self._call(select_one, wait_s=timeout_s)

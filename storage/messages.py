@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -63,10 +64,14 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True)
 class AppendBatch:
-    """The results, and the members of every conversation written to, at commit time."""
+    """The results, and the members of every conversation written to, at commit time.
+
+    `recovered`: those of the `unsure` sends (see `MessageStore.append`) that had been
+    stored, in pos order; `members` covers their conversations too."""
 
     results: list[AppendResult]
     members: dict[uuid.UUID, frozenset[uuid.UUID]]
+    recovered: list[StoredMessage] = field(default_factory=list)
 
 
 def _stored(row: Any) -> StoredMessage:
@@ -158,7 +163,7 @@ async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
     return stored
 
 
-async def _append(conn: Any, items: list[NewMessage]) -> AppendBatch:
+async def _append(conn: Any, items: list[NewMessage], unsure: list[NewMessage]) -> AppendBatch:
     """Store a batch in one transaction; one result per item, in order, and the members of
     the batch's conversations as of the commit (who the messages fan out to).
 
@@ -166,11 +171,12 @@ async def _append(conn: Any, items: list[NewMessage]) -> AppendBatch:
     item repeating a stored (sender device, client id) returns the stored message:
     neither aborts the rest of the batch. Six statements whatever the batch holds (the
     lock, members, repeats, sequence numbers, positions, the rows), each a round trip.
+    The `unsure` sends are looked up with the repeats.
     """
     # The lock first: membership changes take it too, so the member lists read next stay
     # those of the commit, and serve both the sender check and the fan-out.
     await lock_stream(conn)
-    members: dict[uuid.UUID, set[uuid.UUID]] = {i.conversation_id: set() for i in items}
+    members: dict[uuid.UUID, set[uuid.UUID]] = {i.conversation_id: set() for i in (*items, *unsure)}
     for row in await conn.fetch(
         """SELECT conversation_id, account_id FROM conversation_members
            WHERE conversation_id = ANY($1::uuid[]) AND left_pos IS NULL""",
@@ -183,9 +189,14 @@ async def _append(conn: Any, items: list[NewMessage]) -> AppendBatch:
             f"""SELECT {COLUMNS} FROM messages m
                 JOIN unnest($1::uuid[], $2::text[]) AS want(d, c)
                   ON m.sender_device_id = want.d AND m.client_id = want.c""",
-            [i.sender_device_id for i in items],
-            [i.client_id for i in items],
+            [i.sender_device_id for i in (*items, *unsure)],
+            [i.client_id for i in (*items, *unsure)],
         )
+    }
+    recovered = {
+        existing[key].id: existing[key]
+        for key in ((i.sender_device_id, i.client_id) for i in unsure)
+        if key in existing
     }
     results: list[AppendResult | None] = [None] * len(items)
     fresh: list[int] = []
@@ -211,7 +222,11 @@ async def _append(conn: Any, items: list[NewMessage]) -> AppendBatch:
             assert first is not None and first.message is not None
             results[index] = AppendResult(Outcome.DUPLICATE, first.message)
     done = [r for r in results if r is not None]
-    return AppendBatch(done, {c: frozenset(a) for c, a in members.items()})
+    return AppendBatch(
+        done,
+        {c: frozenset(a) for c, a in members.items()},
+        sorted(recovered.values(), key=lambda m: m.pos),
+    )
 
 
 async def _after(
@@ -304,10 +319,16 @@ class MessageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def append(self, items: list[NewMessage]) -> AppendBatch:
+    async def append(
+        self, items: list[NewMessage], unsure: Sequence[NewMessage] = ()
+    ) -> AppendBatch:
         """Group commit: the whole batch in one transaction and one bridge hop, with the
-        conversations' members as of the commit (who the messages fan out to)."""
-        return await self._db.transaction(_append, items)
+        conversations' members as of the commit (who the messages fan out to).
+
+        `unsure`: sends of earlier commits that failed, which may have been stored all the
+        same (the connection was lost around COMMIT). Those that were come back in
+        `recovered`, so that they can be fanned out before anything newer."""
+        return await self._db.transaction(_append, items, list(unsure))
 
     async def after(
         self, account_id: uuid.UUID, after_pos: int, limit: int

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
 from quart import Blueprint
 
 from server.api.context import ctx
@@ -16,23 +15,20 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("meta", __name__)
 
-HEALTH_DB_TIMEOUT_S = 5.0
+HEALTH_DB_TIMEOUT_S = 2.0  # each step of the check; the answer comes within ~3x this
 
 
 @bp.get("/healthz")
 async def healthz() -> tuple[dict[str, Any], int]:
-    """200 when the database answers within a few seconds, 503 otherwise."""
-    database = "ok"
-    with trio.move_on_after(HEALTH_DB_TIMEOUT_S) as scope:
-        try:
-            await ctx().services.db.ping()
-        except DatabaseUnavailableError as exc:
-            logger.warning("health check: database unavailable: %s", exc)
-            database = "unavailable"
-    if scope.cancelled_caught:
-        database = "timeout"
-    ok = database == "ok"
-    return {"status": "ok" if ok else "degraded", "database": database}, 200 if ok else 503
+    """200 when the database answers, 503 otherwise, within a few seconds either way.
+
+    Nothing is cached: the answer is 200 again as soon as the database is back."""
+    try:
+        await ctx().services.db.ping(HEALTH_DB_TIMEOUT_S)
+    except DatabaseUnavailableError as exc:
+        logger.warning("health check: %s", exc)
+        return {"status": "degraded", "database": "unavailable"}, 503
+    return {"status": "ok", "database": "ok"}, 200
 
 
 @bp.get("/.well-known/obrol/server-key")

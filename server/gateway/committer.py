@@ -4,6 +4,12 @@ One commit is in flight per process at a time, so positions are published in the
 they were committed: every connection receives `msg` frames in increasing `pos`. Each
 sender gets its `sent` after the commit; then the `msg`, encoded once, fans out to every
 live connection of every member the commit saw (filtered by the consent scope).
+
+The committer outlives any failure: a batch the database could not take (or that failed for
+any other reason) is answered `unavailable`, never `sent`, and the next batch is tried. A
+commit can fail after it happened (the connection lost around COMMIT): the next commit that
+works looks those sends up and fans out the ones that were stored, before its own messages,
+so that no member misses them (nor acks past them).
 """
 
 from __future__ import annotations
@@ -17,8 +23,16 @@ import trio
 from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, encode
 from server.gateway.connection import Connection
 from server.gateway.hub import Hub
+from server.gateway.outages import OutageLog
 from storage.errors import DatabaseUnavailableError
-from storage.messages import MessageStore, NewMessage, Outcome, StoredMessage
+from storage.messages import (
+    AppendBatch,
+    AppendResult,
+    MessageStore,
+    NewMessage,
+    Outcome,
+    StoredMessage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +76,9 @@ def recipients(
 
 
 NOT_MEMBER_TEXT = "no such conversation, or you are not a member"
+# Sends of failed commits kept to be looked up (see Committer._refuse). Only commits that
+# reached the database can have stored anything: the first ones of an outage, kept first.
+MAX_UNSURE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +95,10 @@ class Committer:
         self._hub = hub
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[PendingSend](max_batch * 4)
+        self._outage = OutageLog(logger, "commit")
+        # Sends of failed commits, which may have been stored all the same: looked up with
+        # the next commit that works, and fanned out first if they were (see `_commit`).
+        self._unsure: dict[tuple[uuid.UUID, str], PendingSend] = {}
         self.committed = 0
         self.batches = 0
 
@@ -86,6 +107,8 @@ class Committer:
         await self._send.send(item)
 
     async def run(self) -> None:
+        """Commit batches until cancelled. Nothing else ends it: a batch that fails, for
+        whatever reason, is answered `unavailable` and the next one is tried."""
         while True:
             batch = [await self._receive.receive()]
             while len(batch) < self._max_batch:
@@ -96,45 +119,93 @@ class Committer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[PendingSend]) -> None:
+        """Commit `batch` and answer every send in it once: `sent` (after the commit),
+        `not_member`, or `unavailable` if the commit failed. Retrying an `unavailable` send
+        with the same cid is safe even if the commit did happen (sends are idempotent)."""
+        unsure = [p.message for p in self._unsure.values()]
         try:
-            appended = await self._store.append([p.message for p in batch])
+            appended = await self._store.append([p.message for p in batch], unsure)
         except DatabaseUnavailableError as exc:
-            logger.warning("commit of %d sends failed: %s", len(batch), exc)
-            for p in batch:
-                p.conn.reply(
-                    err_frame(
-                        ErrorCode.UNAVAILABLE,
-                        "the database is unavailable; retry with the same cid",
-                        p.message.client_id,
-                        "send",
-                    )
-                )
+            self._outage.failed(len(batch), exc)
+            self._refuse(batch)
             return
+        except Exception:
+            logger.exception("commit of %d sends failed unexpectedly", len(batch))
+            self._refuse(batch)
+            return
+        self._outage.succeeded()
         self.batches += 1
-        for p, result in zip(batch, appended.results, strict=True):
-            message = result.message
-            if result.outcome is Outcome.NOT_MEMBER or message is None:
-                p.conn.reply(
-                    err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, p.message.client_id, "send")
-                )
-                continue
-            p.conn.reply(
-                encode(
-                    Sent(
-                        cid=message.client_id,
-                        id=message.id.bytes,
-                        conv=message.conversation_id.bytes,
-                        seq=message.seq,
-                        pos=message.pos,
-                        sent_at=unix_ms(message),
+        answered = 0
+        try:
+            self._fan_out_recovered(appended)
+            for p, result in zip(batch, appended.results, strict=True):
+                stored = acknowledge(p, result)
+                answered += 1
+                if stored is not None:
+                    self.committed += 1
+                    members = appended.members.get(stored.conversation_id, frozenset())
+                    self._hub.fan_out(
+                        recipients(members, stored.sender_id, stored.scope),
+                        stored.pos,
+                        msg_frame(stored, p.body, p.consent),
                     )
+        except Exception:
+            # A bug. What is committed stays committed: a retry with the cid gets its `sent`.
+            logger.exception("answering a committed batch of %d sends failed", len(batch))
+            self._refuse(batch[answered:])
+
+    def _refuse(self, sends: list[PendingSend]) -> None:
+        """Answer each send `unavailable` (the client retries it with the same cid), and
+        remember it as unsure: a commit that failed may have happened all the same."""
+        for p in sends:
+            p.conn.reply(
+                err_frame(
+                    ErrorCode.UNAVAILABLE,
+                    "the database is unavailable; retry with the same cid",
+                    p.message.client_id,
+                    "send",
                 )
             )
-            if result.outcome is Outcome.STORED:
-                self.committed += 1
-                members = appended.members.get(message.conversation_id, frozenset())
-                self._hub.fan_out(
-                    recipients(members, message.sender_id, message.scope),
-                    message.pos,
-                    msg_frame(message, p.body, p.consent),
-                )
+            if len(self._unsure) < MAX_UNSURE:
+                self._unsure.setdefault((p.message.sender_device_id, p.message.client_id), p)
+
+    def _fan_out_recovered(self, appended: AppendBatch) -> None:
+        """Fan out what failed commits stored after all, before anything newer: members
+        who missed it would otherwise ack past its position and never see it."""
+        if not self._unsure:
+            return
+        unsure, self._unsure = self._unsure, {}
+        if appended.recovered:
+            logger.warning(
+                "%d sends answered unavailable had been stored all the same; fanned out now",
+                len(appended.recovered),
+            )
+        for message in appended.recovered:
+            p = unsure[(message.sender_device_id, message.client_id)]
+            members = appended.members.get(message.conversation_id, frozenset())
+            self._hub.fan_out(
+                recipients(members, message.sender_id, message.scope),
+                message.pos,
+                msg_frame(message, p.body, p.consent),
+            )
+
+
+def acknowledge(p: PendingSend, result: AppendResult) -> StoredMessage | None:
+    """Answer one committed send; returns the message if it is new (to fan out)."""
+    message = result.message
+    if result.outcome is Outcome.NOT_MEMBER or message is None:
+        p.conn.reply(err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, p.message.client_id, "send"))
+        return None
+    p.conn.reply(
+        encode(
+            Sent(
+                cid=message.client_id,
+                id=message.id.bytes,
+                conv=message.conversation_id.bytes,
+                seq=message.seq,
+                pos=message.pos,
+                sent_at=unix_ms(message),
+            )
+        )
+    )
+    return message if result.outcome is Outcome.STORED else None

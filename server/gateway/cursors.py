@@ -1,19 +1,28 @@
-"""Device cursors (`ack`ed positions), receipts and last-seen times, saved once a second."""
+"""Device cursors (`ack`ed positions), receipts and last-seen times, saved once a second.
+
+The saver outlives any failure: what an outage kept from the database is written once it
+is back.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sized
 from datetime import datetime
+from typing import TypeVar
 
 import trio
 
+from server.gateway.outages import OutageLog
 from storage.devices import DeviceStore
 from storage.errors import DatabaseUnavailableError
 from storage.messages import MessageStore
 from storage.receipts import ReceiptRecord, ReceiptStore
 
 logger = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Sized)
 
 
 class CursorSaver:
@@ -33,6 +42,7 @@ class CursorSaver:
         self._dirty: dict[uuid.UUID, int] = {}
         self._receipts: list[ReceiptRecord] = []
         self._seen: dict[uuid.UUID, datetime] = {}
+        self._outage = OutageLog(logger, "saving cursors and receipts")
 
     def note_seen(self, device_id: uuid.UUID, when: datetime) -> None:
         """The device connected (or was active) at `when`: its `last_seen_at`."""
@@ -46,21 +56,45 @@ class CursorSaver:
             self._dirty[device_id] = pos
 
     async def save(self) -> None:
+        """Write what was noted since the last save, each kind in its own transaction.
+
+        Never raises (but Cancelled). During an outage everything not written is kept for
+        the next save. A kind that fails for another reason (a bug, or a row the database
+        rejects) is logged with its traceback and dropped, so it cannot block later saves.
+        """
         dirty, self._dirty = self._dirty, {}
         receipts, self._receipts = self._receipts, []
         seen, self._seen = self._seen, {}
+        if not (dirty or receipts or seen):
+            return
         try:
-            if dirty:
-                await self._store.advance_cursors(dirty)
-            await self._receipt_store.add(receipts)
-            if seen:
-                await self._devices.mark_seen(seen)
+            await self._write("cursors", self._store.advance_cursors, dirty)
+            dirty = {}
+            await self._write("receipts", self._receipt_store.add, receipts)
+            receipts = []
+            await self._write("last-seen times", self._devices.mark_seen, seen)
+            seen = {}
         except DatabaseUnavailableError as exc:
-            logger.warning("cursors and receipts not saved (will retry): %s", exc)
+            self._outage.failed(len(dirty) + len(receipts) + len(seen), exc)
             for device_id, pos in dirty.items():
                 self.note(device_id, pos)
             self._receipts = receipts + self._receipts
             self._seen = seen | self._seen
+            return
+        self._outage.succeeded()
+
+    @staticmethod
+    async def _write(what: str, write: Callable[[S], Awaitable[None]], items: S) -> None:
+        """`await write(items)` unless empty. Raises DatabaseUnavailableError; any other
+        failure is logged (with traceback) and the items are given up."""
+        if not items:
+            return
+        try:
+            await write(items)
+        except DatabaseUnavailableError:
+            raise
+        except Exception:
+            logger.exception("%d %s could not be saved and are dropped", len(items), what)
 
     async def run(self) -> None:
         """Save every interval; on cancellation, save once more (shielded, bounded)."""

@@ -87,6 +87,23 @@ async def test_group_commit_assigns_seq_and_pos_in_order(world: World) -> None:
     assert again[0].outcome is Outcome.DUPLICATE and again[0].message == stored[0]
 
 
+async def test_sends_of_failed_commits_that_were_stored_are_recovered(world: World) -> None:
+    # A commit whose answer was lost (the connection dropped around COMMIT) may have stored
+    # its sends: the next commit looks them up, and returns those it finds, in pos order.
+    ann, bob = world.people["ann"][0], world.people["bob"][0]
+    group = await world.conversations.create_group(world.org_id, ann, "g", [bob])
+    direct, _ = await world.conversations.open_direct(world.org_id, ann, bob)
+    stored_after_all = [text(world, "bob", direct.id, "d1"), text(world, "ann", group.id, "g1")]
+    first = await world.messages.append(stored_after_all)
+    never_stored = text(world, "ann", group.id, "lost")
+    unsure = [*reversed(stored_after_all), never_stored]
+    appended = await world.messages.append([text(world, "cat", group.id, "c1")], unsure)
+    assert appended.recovered == [r.message for r in first.results]
+    assert [r.outcome for r in appended.results] == [Outcome.NOT_MEMBER]
+    assert appended.members[direct.id] == frozenset({ann, bob})
+    assert (await world.messages.append([], [])).recovered == []
+
+
 async def test_non_members_are_refused_without_failing_the_batch(world: World) -> None:
     ann, bob = world.people["ann"][0], world.people["bob"][0]
     group = await world.conversations.create_group(world.org_id, ann, "g", [bob])
