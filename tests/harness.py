@@ -21,6 +21,7 @@ from server.runner import Running, serve
 from server.settings import Settings, load_settings
 
 PASSWORD = "Sunny-Harbour-42"
+INITIAL_PASSWORD = "Given-By-Admin-17"  # what add_member sets; changed at first login
 
 
 class FakeClock:
@@ -143,8 +144,14 @@ class Harness:
             body["account"], body["device"], body["access_token"], body["refresh_token"], key
         )
 
-    async def add_member(self, admin: Session, account_name: str, **fields: Any) -> Session:
-        """Add a member through the admin API and log them in."""
+    async def add_member(
+        self, admin: Session, account_name: str, *, change_password: bool = True, **fields: Any
+    ) -> Session:
+        """Add a member through the admin API and log them in.
+
+        With `change_password` (the default) the member then replaces the initial password
+        with PASSWORD, as the server requires before anything else; without it the session
+        is still restricted (and the password is INITIAL_PASSWORD)."""
         email = f"{account_name}@members.example"
         response = await self.client.post(
             f"/v1/orgs/{admin.org_id}/members",
@@ -153,12 +160,21 @@ class Harness:
                 "account_name": account_name,
                 "work_email": email,
                 "display_name": account_name.title(),
-                "initial_password": PASSWORD,
+                "initial_password": INITIAL_PASSWORD,
                 **fields,
             },
         )
         assert response.status_code == 201, response.text
-        return await self.login(email)
+        session = await self.login(email, INITIAL_PASSWORD)
+        if change_password:
+            response = await self.client.post(
+                "/v1/me/password",
+                headers=session.headers,
+                json={"current_password": INITIAL_PASSWORD, "new_password": PASSWORD},
+            )
+            assert response.status_code == 204, response.text
+            session.account["password_change_required"] = False
+        return session
 
     async def department(self, admin: Session, name: str, parent: str | None = None) -> str:
         response = await self.client.post(
