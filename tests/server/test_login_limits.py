@@ -25,9 +25,10 @@ def login_body(email: str, password: str) -> dict[str, Any]:
     }
 
 
-async def all_at_once(
-    calls: list[tuple[httpx.AsyncClient, str, dict[str, Any], dict[str, str]]],
-) -> Counter[int]:
+Call = tuple[httpx.AsyncClient, str, dict[str, Any], dict[str, str]]
+
+
+async def all_at_once(calls: list[Call]) -> Counter[int]:
     """POST every (client, path, body, headers) concurrently, released together; the
     status codes seen."""
     statuses: Counter[int] = Counter()
@@ -67,9 +68,8 @@ async def test_concurrent_wrong_logins_on_two_servers_check_only_the_limit(
         await one.create_org("Acme", "olivia")
         email = "olivia@acme.example"
         limit = one.settings.login_failures_per_account
-        calls = [
-            (server.client, "/v1/login", login_body(email, WRONG), {})
-            for server in [one, two] * 15
+        calls: list[Call] = [
+            (server.client, "/v1/login", login_body(email, WRONG), {}) for server in [one, two] * 15
         ]
         assert await all_at_once(calls) == {401: limit, 429: 30 - limit}
         limited = await one.client.post("/v1/login", json=login_body(email, PASSWORD))
@@ -104,7 +104,7 @@ async def test_the_per_address_limit_is_exact_under_concurrency(
         nursery, database_url, tmp_path, login_failures_per_ip=4, login_failures_per_account=100
     ) as server:
         await server.create_org("Acme", "olivia")
-        calls = [
+        calls: list[Call] = [
             (server.client, "/v1/login", login_body(f"guess{i}@acme.example", WRONG), {})
             for i in range(20)
         ]
@@ -124,7 +124,9 @@ async def test_the_current_password_check_is_limited_like_a_login(server: Harnes
     maria = await server.add_member(owner, "maria", change_password=False)
     limit = server.settings.login_failures_per_account
     change = {"current_password": WRONG, "new_password": "Brand-New-Pass-7"}
-    calls = [(server.client, "/v1/me/password", change, maria.headers) for _ in range(30)]
+    calls: list[Call] = [
+        (server.client, "/v1/me/password", change, maria.headers) for _ in range(30)
+    ]
     assert await all_at_once(calls) == {401: limit, 429: 30 - limit}
     # The guesses count against the account's logins too (one budget per password)...
     response = await server.client.post(
