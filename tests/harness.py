@@ -107,7 +107,8 @@ class Harness:
         return uuid.UUID(response.json()["id"])
 
     async def create_org(self, name: str = "Acme", owner: str = "olivia") -> Session:
-        """A new org; returns its owner, logged in on a fresh device."""
+        """A new org through open sign-up (on in the harness); returns its owner, logged in
+        on a fresh device."""
         email = f"{owner}@{name.lower()}.example"
         response = await self.client.post(
             "/v1/orgs",
@@ -121,7 +122,7 @@ class Harness:
                 },
             },
         )
-        assert response.status_code == 201, response.text
+        assert response.status_code == 202, response.text
         return await self.login(email)
 
     async def login(self, email: str, password: str = PASSWORD) -> Session:
@@ -198,7 +199,7 @@ async def start_harness(
         password_hash_strength="minimal",
         db_pool_size=4,
         gc_tuning=False,  # the server shares the test process: leave its GC alone
-        **overrides,
+        **{"allow_org_signup": True, **overrides},  # create_org signs up over HTTP
     )
     clock = FakeClock()
     shutdown = trio.Event()
