@@ -141,6 +141,7 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
             settings.data_dir / "postgres",
             bin_dir=settings.postgres_bin_dir,
             os_user=settings.postgres_os_user,
+            shared_root=settings.postgres_shared_dir,  # as server.runner.serve does
         )
         url = await trio.to_thread.run_sync(embedded.start)
     bridge = AsyncioBridge()
