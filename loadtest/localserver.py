@@ -5,7 +5,8 @@ a Ctrl-C at the terminal reaches only the tester, which then stops the server it
 (SIGINT, then SIGKILL if it hangs). Its output (the banner with its addresses, then its log)
 goes to `server.log` in the report folder.
 Fast password hashing (`OBROL_PASSWORD_HASH_STRENGTH=minimal`) keeps provisioning quick; the
-load itself does not hash passwords.
+load itself does not hash passwords. Open sign-up is on (`OBROL_ALLOW_ORG_SIGNUP=true`): the
+provisioning creates its organization with `POST /v1/orgs`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ async def local_server(data_dir: Path | None, log_path: Path) -> AsyncIterator[L
     env.setdefault("OBROL_PASSWORD_HASH_STRENGTH", "minimal")
     if temporary is not None:  # as root the cluster may live apart: keep it in here too
         env["OBROL_POSTGRES_SHARED_DIR"] = str(temporary / "clusters")
+    env["OBROL_ALLOW_ORG_SIGNUP"] = "true"  # provisioning signs its org up over the API
     command = [
         sys.executable,
         "-m",

@@ -1,8 +1,9 @@
 """Users, devices and conversations on the server, through its REST API, cached for reuse.
 
-A fresh provisioning creates an organization (`POST /v1/orgs`), adds each user
-(`POST /v1/orgs/{org}/members`), logs each user in once from its first device (which
-enrolls that device's key) and enrolls its other devices with `POST /v1/devices` (no
+A fresh provisioning creates an organization (`POST /v1/orgs`: the server must have open
+sign-up, `allow_org_signup`), adds each user (`POST /v1/orgs/{org}/members`), logs each
+user in once from its first device (which enrolls that device's key), replaces the initial
+password as the server requires, and enrolls its other devices with `POST /v1/devices` (no
 password hashing), then creates the conversations (by their first member) and uploads one
 small file into each for `file` messages. Requests run concurrently.
 
@@ -35,6 +36,11 @@ from protocol.errors import ObrolError
 
 CONCURRENCY = 16
 REQUEST_TIMEOUT_S = 60.0
+SIGNUP_CLOSED_HINT = (
+    "the server does not take new organizations: provisioning signs one up over the API, "
+    "so start the server with open sign-up (allow_org_signup = true in its config file, or "
+    "OBROL_ALLOW_ORG_SIGNUP=true), at least while the load test provisions"
+)
 
 
 class ProvisionError(ObrolError):
@@ -205,7 +211,7 @@ class Provisioner:
                 entry.reset()
         tag = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
         email, password = f"lt{tag}owner@loadtest.example", new_password()
-        await self.api.call(
+        answer = await self.api.call(
             "creating the load-test organization",
             "POST",
             "/v1/orgs",
@@ -218,7 +224,13 @@ class Provisioner:
                     "password": password,
                 },
             },
+            expect=(201, 202, 403),
         )
+        refusal = (answer or {}).get("error")
+        if refusal is not None:
+            if refusal.get("code") == "signup_closed":
+                raise ProvisionError(SIGNUP_CLOSED_HINT)
+            raise ProvisionError(f"creating the load-test organization: HTTP 403: {refusal}")
         key = SigningKey.generate()
         body = await self._login("the owner", email, password, key)
         entry.tag = tag
@@ -283,6 +295,17 @@ class Provisioner:
         )
         key = SigningKey.generate()
         body = await self._login(f"user {user}", email, password, key)
+        # A member added with an initial password must replace it before anything else.
+        changed = new_password()
+        await self.api.call(
+            "changing a user's initial password",
+            "POST",
+            "/v1/me/password",
+            token=body["access_token"],
+            json={"current_password": password, "new_password": changed},
+            expect=(204,),
+        )
+        password = changed
         entry.users[user] = {
             "id": body["account"]["id"],
             "email": email,

@@ -32,6 +32,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     DEVICE_REVOKED = "device_revoked"
     ACCOUNT_DEACTIVATED = "account_deactivated"
+    PASSWORD_CHANGE_REQUIRED = "password_change_required"
+    SIGNED_OUT = "signed_out"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     # Encrypted channel.
     DECRYPT_FAILED = "decrypt_failed"
@@ -75,7 +77,9 @@ class CloseCode(enum.IntEnum):
     RATE_LIMITED = 4008
     RESYNC_REQUIRED = 4009
     IDLE_TIMEOUT = 4010
+    PASSWORD_CHANGE_REQUIRED = 4011
     ACCOUNT_DEACTIVATED = 4012
+    SIGNED_OUT = 4013
 
 
 CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
@@ -93,6 +97,8 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.UNKNOWN_DEVICE: CloseCode.UNKNOWN_DEVICE,
         ErrorCode.DEVICE_REVOKED: CloseCode.DEVICE_REVOKED,
         ErrorCode.ACCOUNT_DEACTIVATED: CloseCode.ACCOUNT_DEACTIVATED,
+        ErrorCode.PASSWORD_CHANGE_REQUIRED: CloseCode.PASSWORD_CHANGE_REQUIRED,
+        ErrorCode.SIGNED_OUT: CloseCode.SIGNED_OUT,
         ErrorCode.HANDSHAKE_TIMEOUT: CloseCode.HANDSHAKE_TIMEOUT,
         ErrorCode.DECRYPT_FAILED: CloseCode.DECRYPT_FAILED,
         ErrorCode.CHANNEL_CLOSED: CloseCode.DECRYPT_FAILED,

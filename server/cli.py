@@ -12,6 +12,7 @@ import trio
 
 from protocol.errors import ObrolError
 from server.logs import configure_logging
+from server.org_command import add_org_commands, run_org_command
 from server.runner import Running, serve
 from server.settings import load_settings
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is started in the data folder",
     )
     run.add_argument("--config", type=Path, help="TOML settings file")
+    add_org_commands(commands)
     commands.add_parser(
         "loadtest",
         help="simulate devices against a server (see `obrol loadtest --help`)",
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             trio.run(_serve_until_signalled, args)
+        elif args.command == "org":
+            return run_org_command(args)
     except (ObrolError, BaseExceptionGroup) as exc:
         errors = _obrol_errors(exc)
         if not errors:

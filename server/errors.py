@@ -23,6 +23,7 @@ class ApiErrorCode(StrEnum):
     BAD_CREDENTIALS = "bad_credentials"
     ACCOUNT_DEACTIVATED = "account_deactivated"
     WEAK_PASSWORD = "weak_password"
+    PASSWORD_CHANGE_REQUIRED = "password_change_required"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -44,6 +45,7 @@ STATUS = {
     ApiErrorCode.BAD_CREDENTIALS: 401,
     ApiErrorCode.ACCOUNT_DEACTIVATED: 403,
     ApiErrorCode.WEAK_PASSWORD: 422,
+    ApiErrorCode.PASSWORD_CHANGE_REQUIRED: 403,
     ApiErrorCode.FORBIDDEN: 403,
     ApiErrorCode.NOT_FOUND: 404,
     ApiErrorCode.METHOD_NOT_ALLOWED: 405,

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     password_hash_strength: Literal["minimal", "interactive", "moderate", "sensitive"] = (
         "interactive"
     )
-    allow_org_signup: bool = True
+    allow_org_signup: bool = False  # first org: `obrol org create`
 
     handshake_timeout_s: float = Field(10.0, gt=0)
     idle_timeout_s: float = Field(90.0, gt=0)

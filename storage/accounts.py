@@ -9,6 +9,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.logins import settle_login
 
 COLUMNS = """id, org_id, account_name, work_email, display_name, phone, department_id,
     position, role, admin_department_id, status, password_change_required,
@@ -158,16 +159,36 @@ async def _update(
     return _account(row)
 
 
-async def _set_password(
-    conn: Any, account_id: uuid.UUID, password_hash: bytes, change_required: bool
-) -> None:
+async def _change_password(
+    conn: Any,
+    account_id: uuid.UUID,
+    keep_device_id: uuid.UUID,
+    password_hash: bytes,
+    record_id: int,
+    now: datetime,
+) -> list[uuid.UUID]:
     await conn.execute(
-        """UPDATE accounts SET password_hash = $2, password_change_required = $3,
+        """UPDATE accounts SET password_hash = $2, password_change_required = false,
                updated_at = now() WHERE id = $1""",
         account_id,
         password_hash,
-        change_required,
     )
+    await conn.execute(
+        """UPDATE auth_tokens SET revoked_at = $3
+           WHERE account_id = $1 AND device_id <> $2 AND revoked_at IS NULL""",
+        account_id,
+        keep_device_id,
+        now,
+    )
+    rows = await conn.fetch(
+        """UPDATE devices SET signed_out_at = coalesce(signed_out_at, $3)
+           WHERE account_id = $1 AND id <> $2 AND revoked_at IS NULL RETURNING id""",
+        account_id,
+        keep_device_id,
+        now,
+    )
+    await settle_login(conn, record_id, "password_changed", account_id, keep_device_id)
+    return [r["id"] for r in rows]
 
 
 async def _deactivate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
@@ -219,10 +240,22 @@ class AccountStore:
         """Change fields named in UPDATABLE. ConflictError / NotFoundError as for `add`."""
         return await self._db.transaction(_update, org_id, account_id, changes)
 
-    async def set_password(
-        self, account_id: uuid.UUID, password_hash: bytes, *, change_required: bool
-    ) -> None:
-        await self._db.transaction(_set_password, account_id, password_hash, change_required)
+    async def change_password(
+        self,
+        account_id: uuid.UUID,
+        keep_device_id: uuid.UUID,
+        password_hash: bytes,
+        record_id: int,
+        now: datetime,
+    ) -> list[uuid.UUID]:
+        """Set a new password (no change required any more) and end every session of the
+        account but `keep_device_id`'s: the other devices' tokens are revoked and they are
+        signed out of the gateway until they log in again. Settles the login record
+        `record_id` (the current-password check) in the same transaction. Returns the
+        devices signed out."""
+        return await self._db.transaction(
+            _change_password, account_id, keep_device_id, password_hash, record_id, now
+        )
 
     async def deactivate(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
         """Deactivate the member and revoke every token of theirs, in one transaction."""

@@ -34,6 +34,8 @@ class Credentials:
     org_id: uuid.UUID
     public_key: bytes
     may_connect: bool  # not revoked, and its account is active
+    password_change_required: bool  # the account must change its initial password first
+    signed_out: bool  # its session was ended elsewhere: it must log in again
 
 
 def _device(row: Any) -> Device:
@@ -84,7 +86,8 @@ async def _list(conn: Any, account_id: uuid.UUID) -> list[Device]:
 async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
     row = await conn.fetchrow(
         """SELECT d.account_id, a.org_id, d.public_key,
-                  d.revoked_at IS NULL AND a.status = 'active' AS may_connect
+                  d.revoked_at IS NULL AND a.status = 'active' AS may_connect,
+                  a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out
            FROM devices d JOIN accounts a ON a.id = d.account_id
            WHERE d.id = $1""",
         device_id,
@@ -92,7 +95,13 @@ async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
     if row is None:
         raise NotFoundError("no such device")
     return Credentials(
-        device_id, row["account_id"], row["org_id"], bytes(row["public_key"]), row["may_connect"]
+        device_id,
+        row["account_id"],
+        row["org_id"],
+        bytes(row["public_key"]),
+        row["may_connect"],
+        row["password_change_required"],
+        row["signed_out"],
     )
 
 

@@ -1,4 +1,13 @@
-"""Login records: every attempt, successful or not (kept 3 months by the retention sweeper)."""
+"""Login records: every attempt, successful or not (kept 3 months by the retention sweeper).
+
+Password checks are rate limited here, atomically: `reserve` counts the failures in the
+window and, if under the limits, records the attempt as `pending` (which counts as a failure
+until `settle` gives it its outcome), all while holding transaction-level advisory locks on
+the login name and the client address. So however many attempts arrive at once, in however
+many server processes sharing the database, no more than the limit are ever checked.
+Refused attempts are recorded as `rate_limited` and never count: steady probing cannot keep
+an account locked past the window.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,15 @@ from datetime import datetime
 from typing import Any
 
 from storage.database import Database
+
+PENDING = "pending"
+RATE_LIMITED = "rate_limited"
+# Outcomes that are not failed guesses; every other outcome (pending included) counts.
+NOT_COUNTED = ("success", RATE_LIMITED, "password_changed")
+
+# Advisory lock namespaces (the first key of pg_advisory_xact_lock(int, int)).
+_NAME_LOCK = 0x0B_4C_4E  # per lower(login name)
+_IP_LOCK = 0x0B_4C_49  # per client address
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +39,21 @@ class LoginAttempt:
     device_id: uuid.UUID | None = None
 
 
-async def record_login(conn: Any, attempt: LoginAttempt) -> None:
-    """Append one login record (on an open transaction)."""
-    await conn.execute(
+@dataclass(frozen=True, slots=True)
+class AttemptLimits:
+    """At most `per_name` failures for one login name and `per_ip` from one address since
+    `since`."""
+
+    since: datetime
+    per_name: int
+    per_ip: int
+
+
+async def record_login(conn: Any, attempt: LoginAttempt) -> int:
+    """Append one login record (on an open transaction); returns its id."""
+    record_id: int = await conn.fetchval(
         """INSERT INTO login_records (at, login_name, account_id, device_id, ip, user_agent,
-               outcome) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+               outcome) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
         attempt.at,
         attempt.login_name,
         attempt.account_id,
@@ -34,20 +62,62 @@ async def record_login(conn: Any, attempt: LoginAttempt) -> None:
         attempt.user_agent,
         attempt.outcome,
     )
+    return record_id
 
 
-async def _failures_since(conn: Any, login_name: str, ip: str, since: datetime) -> tuple[int, int]:
+async def settle_login(
+    conn: Any,
+    record_id: int,
+    outcome: str,
+    account_id: uuid.UUID | None = None,
+    device_id: uuid.UUID | None = None,
+) -> None:
+    """Give a reserved (pending) record its outcome (on an open transaction)."""
+    await conn.execute(
+        """UPDATE login_records SET outcome = $2, account_id = coalesce($3, account_id),
+               device_id = coalesce($4, device_id) WHERE id = $1""",
+        record_id,
+        outcome,
+        account_id,
+        device_id,
+    )
+
+
+async def _reserve(conn: Any, attempt: LoginAttempt, limits: AttemptLimits) -> int | None:
+    # Name first, then address, always: two attempts never wait on each other crosswise.
+    # The locks are separate statements before the count: under READ COMMITTED a statement
+    # sees what was committed when it started, so the count must start after the wait.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(lower($2)))", _NAME_LOCK, attempt.login_name
+    )
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _IP_LOCK, attempt.ip)
     row = await conn.fetchrow(
         """SELECT
              (SELECT count(*) FROM login_records WHERE lower(login_name) = lower($1)
-                AND at >= $3 AND outcome <> 'success') AS by_name,
+                AND at >= $3 AND outcome <> ALL($4::text[])) AS by_name,
              (SELECT count(*) FROM login_records WHERE ip = $2
-                AND at >= $3 AND outcome <> 'success') AS by_ip""",
-        login_name,
-        ip,
-        since,
+                AND at >= $3 AND outcome <> ALL($4::text[])) AS by_ip""",
+        attempt.login_name,
+        attempt.ip,
+        limits.since,
+        list(NOT_COUNTED),
     )
-    return int(row["by_name"]), int(row["by_ip"])
+    if row["by_name"] >= limits.per_name or row["by_ip"] >= limits.per_ip:
+        await record_login(conn, _with_outcome(attempt, RATE_LIMITED))
+        return None
+    return await record_login(conn, _with_outcome(attempt, PENDING))
+
+
+def _with_outcome(attempt: LoginAttempt, outcome: str) -> LoginAttempt:
+    return LoginAttempt(
+        attempt.at,
+        attempt.login_name,
+        attempt.ip,
+        attempt.user_agent,
+        outcome,
+        attempt.account_id,
+        attempt.device_id,
+    )
 
 
 async def _for_account(conn: Any, account_id: uuid.UUID, limit: int) -> list[LoginAttempt]:
@@ -64,12 +134,23 @@ class LoginRecordStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def record(self, attempt: LoginAttempt) -> None:
-        await self._db.transaction(record_login, attempt)
+    async def reserve(self, attempt: LoginAttempt, limits: AttemptLimits) -> int | None:
+        """Admit one password check, atomically with every concurrent one.
 
-    async def failures_since(self, login_name: str, ip: str, since: datetime) -> tuple[int, int]:
-        """Failed attempts since `since`: (for this login name, from this ip)."""
-        return await self._db.transaction(_failures_since, login_name, ip, since)
+        Under the limits: records `attempt` as pending and returns the record's id (give it
+        its outcome with `settle`). Over them: records it as rate_limited and returns None.
+        """
+        return await self._db.transaction(_reserve, attempt, limits)
+
+    async def settle(
+        self,
+        record_id: int,
+        outcome: str,
+        account_id: uuid.UUID | None = None,
+        device_id: uuid.UUID | None = None,
+    ) -> None:
+        """The outcome of a reserved attempt."""
+        await self._db.transaction(settle_login, record_id, outcome, account_id, device_id)
 
     async def for_account(self, account_id: uuid.UUID, limit: int = 100) -> list[LoginAttempt]:
         """The account's most recent login records, newest first."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.devices import Device, enroll_device
-from storage.logins import LoginAttempt, record_login
+from storage.logins import settle_login
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class TokenCheck:
     device_id: uuid.UUID | None = None
     role: str | None = None
     admin_department_id: uuid.UUID | None = None
+    password_change_required: bool = False
 
 
 async def issue_tokens(
@@ -76,7 +77,7 @@ async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tupl
     row = await conn.fetchrow(
         """SELECT t.family, t.expires_at, t.revoked_at, t.device_id, t.account_id,
                   d.revoked_at AS device_revoked_at, a.org_id, a.role, a.admin_department_id,
-                  a.status
+                  a.status, a.password_change_required
            FROM auth_tokens t JOIN devices d ON d.id = t.device_id
                 JOIN accounts a ON a.id = t.account_id
            WHERE t.token_hash = $1 AND t.kind = $2""",
@@ -102,6 +103,7 @@ async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tupl
         row["device_id"],
         row["role"],
         row["admin_department_id"],
+        row["password_change_required"],
     )
     return check, row
 
@@ -146,23 +148,15 @@ async def _open_session(
     platform: str,
     public_key: bytes,
     hashes: TokenHashes,
-    attempt: LoginAttempt,
+    record_id: int,
+    now: datetime,
 ) -> Device:
     device = await enroll_device(conn, account_id, device_name, platform, public_key)
-    await _revoke_device_tokens(conn, device.id, attempt.at)  # one live session per device
-    await issue_tokens(conn, account_id, device.id, uuid.uuid4(), hashes, attempt.at)
-    await record_login(
-        conn,
-        LoginAttempt(
-            attempt.at,
-            attempt.login_name,
-            attempt.ip,
-            attempt.user_agent,
-            attempt.outcome,
-            account_id,
-            device.id,
-        ),
-    )
+    await _revoke_device_tokens(conn, device.id, now)  # one live session per device
+    await issue_tokens(conn, account_id, device.id, uuid.uuid4(), hashes, now)
+    # Logging in again is how a device signed out from elsewhere gets back on the gateway.
+    await conn.execute("UPDATE devices SET signed_out_at = NULL WHERE id = $1", device.id)
+    await settle_login(conn, record_id, "success", account_id, device.id)
     return device
 
 
@@ -177,12 +171,14 @@ class TokenStore:
         platform: str,
         public_key: bytes,
         hashes: TokenHashes,
-        attempt: LoginAttempt,
+        record_id: int,
+        now: datetime,
     ) -> Device:
         """After a good password: enroll (or reuse) the device, replace its tokens with a
-        new pair and write the login record, in one transaction."""
+        new pair, let it on the gateway again and settle the login record `record_id` as a
+        success, in one transaction. ConflictError for a key this account may not use."""
         return await self._db.transaction(
-            _open_session, account_id, device_name, platform, public_key, hashes, attempt
+            _open_session, account_id, device_name, platform, public_key, hashes, record_id, now
         )
 
     async def issue(

@@ -21,6 +21,7 @@ from server.runner import Running, serve
 from server.settings import Settings, load_settings
 
 PASSWORD = "Sunny-Harbour-42"
+INITIAL_PASSWORD = "Given-By-Admin-17"  # what add_member sets; changed at first login
 
 
 class FakeClock:
@@ -106,7 +107,8 @@ class Harness:
         return uuid.UUID(response.json()["id"])
 
     async def create_org(self, name: str = "Acme", owner: str = "olivia") -> Session:
-        """A new org; returns its owner, logged in on a fresh device."""
+        """A new org through open sign-up (on in the harness); returns its owner, logged in
+        on a fresh device."""
         email = f"{owner}@{name.lower()}.example"
         response = await self.client.post(
             "/v1/orgs",
@@ -120,7 +122,7 @@ class Harness:
                 },
             },
         )
-        assert response.status_code == 201, response.text
+        assert response.status_code == 202, response.text
         return await self.login(email)
 
     async def login(self, email: str, password: str = PASSWORD) -> Session:
@@ -143,8 +145,14 @@ class Harness:
             body["account"], body["device"], body["access_token"], body["refresh_token"], key
         )
 
-    async def add_member(self, admin: Session, account_name: str, **fields: Any) -> Session:
-        """Add a member through the admin API and log them in."""
+    async def add_member(
+        self, admin: Session, account_name: str, *, change_password: bool = True, **fields: Any
+    ) -> Session:
+        """Add a member through the admin API and log them in.
+
+        With `change_password` (the default) the member then replaces the initial password
+        with PASSWORD, as the server requires before anything else; without it the session
+        is still restricted (and the password is INITIAL_PASSWORD)."""
         email = f"{account_name}@members.example"
         response = await self.client.post(
             f"/v1/orgs/{admin.org_id}/members",
@@ -153,12 +161,21 @@ class Harness:
                 "account_name": account_name,
                 "work_email": email,
                 "display_name": account_name.title(),
-                "initial_password": PASSWORD,
+                "initial_password": INITIAL_PASSWORD,
                 **fields,
             },
         )
         assert response.status_code == 201, response.text
-        return await self.login(email)
+        session = await self.login(email, INITIAL_PASSWORD)
+        if change_password:
+            response = await self.client.post(
+                "/v1/me/password",
+                headers=session.headers,
+                json={"current_password": INITIAL_PASSWORD, "new_password": PASSWORD},
+            )
+            assert response.status_code == 204, response.text
+            session.account["password_change_required"] = False
+        return session
 
     async def department(self, admin: Session, name: str, parent: str | None = None) -> str:
         response = await self.client.post(
@@ -182,7 +199,7 @@ async def start_harness(
         password_hash_strength="minimal",
         db_pool_size=4,
         gc_tuning=False,  # the server shares the test process: leave its GC alone
-        **overrides,
+        **{"allow_org_signup": True, **overrides},  # create_org signs up over HTTP
     )
     clock = FakeClock()
     shutdown = trio.Event()

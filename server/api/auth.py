@@ -48,5 +48,5 @@ async def refresh() -> tuple[dict[str, Any], int]:
 
 @bp.post("/logout")
 async def logout() -> tuple[str, int]:
-    await ctx().sessions.logout(await actor())
+    await ctx().sessions.logout(await actor(before_password_change=True))
     return "", 204

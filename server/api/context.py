@@ -102,9 +102,16 @@ async def body(model: type[M]) -> M:
         ) from None
 
 
-async def actor() -> Actor:
-    """The authenticated caller; unauthenticated / token_expired / token_revoked otherwise."""
-    return await ctx().sessions.authenticate(request.headers.get("Authorization"))
+async def actor(*, before_password_change: bool = False) -> Actor:
+    """The authenticated caller; unauthenticated / token_expired / token_revoked otherwise.
+
+    A caller who must still change their initial password is refused with
+    password_change_required, except where `before_password_change` (the few views they may
+    use: reading their profile, changing the password, logging out).
+    """
+    return await ctx().sessions.authenticate(
+        request.headers.get("Authorization"), before_password_change=before_password_change
+    )
 
 
 def client_ip() -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from quart import Blueprint
 
-from server.api.context import actor, body, ctx, invalid
+from server.api.context import actor, body, client_ip, ctx, invalid, user_agent
 from server.api.models import DeviceIn, PasswordChangeIn, ProfilePatch
 from server.api.present import account_json, device_json, login_json
 from server.handlers.profile import ADMIN_CONTROLLED_FIELDS
@@ -22,7 +22,7 @@ def profile_json(account: Any) -> dict[str, Any]:
 
 @bp.get("/me")
 async def me() -> dict[str, Any]:
-    return profile_json(await ctx().profile.me(await actor()))
+    return profile_json(await ctx().profile.me(await actor(before_password_change=True)))
 
 
 @bp.patch("/me")
@@ -38,9 +38,11 @@ async def correct_me() -> dict[str, Any]:
 
 @bp.post("/me/password")
 async def change_password() -> tuple[str, int]:
-    who = await actor()
+    who = await actor(before_password_change=True)
     req = await body(PasswordChangeIn)
-    await ctx().profile.change_password(who, req.current_password, req.new_password)
+    await ctx().profile.change_password(
+        who, req.current_password, req.new_password, ip=client_ip(), user_agent=user_agent()
+    )
     return "", 204
 
 

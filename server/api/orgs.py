@@ -22,11 +22,16 @@ CURSOR_MAX_CHARS = 1024
 
 
 @bp.post("")
-async def create_org() -> tuple[dict[str, Any], int]:
+async def sign_up() -> tuple[dict[str, Any], int]:
+    """Open sign-up: 202 whether or not the org was made (a taken email is not told)."""
+    ctx().orgs.require_signup_open()  # closed is closed, whatever the body says
     req = await body(CreateOrgIn)
     owner = req.owner.model_dump(exclude={"password"})
-    org, account = await ctx().orgs.create_org(req.name, owner, req.owner.password)
-    return {"org": org_json(org), "owner": account_json(account)}, 201
+    await ctx().orgs.sign_up(req.name, owner, req.owner.password)
+    return {
+        "status": "accepted",
+        "message": "if this work email can be used, the organization was created: log in with it",
+    }, 202
 
 
 @bp.get("/<uuid:org_id>")

@@ -39,6 +39,7 @@ from protocol import (
 )
 from server.gateway.connection import Connection, Flusher, State
 from server.gateway.session import GatewayContext, Session
+from server.handlers.access import gateway_refusal
 from storage.errors import DatabaseUnavailableError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -220,8 +221,9 @@ class Gateway:
         except DatabaseUnavailableError:
             conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
             raise _Closed from None
-        if not device.may_connect:
-            conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked")
+        refusal = gateway_refusal(device)  # revoked, password change pending, signed out
+        if refusal is not None:
+            conn.close(*refusal)
             raise _Closed
         conn.send_plain(hs.server_hello())
         try:

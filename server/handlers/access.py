@@ -8,9 +8,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from protocol import CloseCode, ErrorCode
 from server.errors import ApiError, ApiErrorCode, forbidden
 from server.services import Services
 from storage.accounts import Account
+from storage.devices import Credentials
 
 ROLES = ("owner", "admin", "department_admin", "member")
 ADMIN_ROLES = frozenset({"owner", "admin"})
@@ -29,6 +31,22 @@ class Actor:
     @property
     def is_admin(self) -> bool:
         return self.role in ADMIN_ROLES
+
+
+def gateway_refusal(device: Credentials) -> tuple[CloseCode, ErrorCode, str] | None:
+    """Why the gateway must refuse this device's handshake (close code, error, message),
+    or None when it may connect."""
+    if not device.may_connect:
+        return CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked"
+    if device.password_change_required:
+        return (
+            CloseCode.PASSWORD_CHANGE_REQUIRED,
+            ErrorCode.PASSWORD_CHANGE_REQUIRED,
+            "change the initial password first",
+        )
+    if device.signed_out:
+        return CloseCode.SIGNED_OUT, ErrorCode.SIGNED_OUT, "signed out: log in again"
+    return None
 
 
 def require_org(actor: Actor, org_id: uuid.UUID) -> None:

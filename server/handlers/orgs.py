@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,13 @@ from server.handlers.access import (
     require_org,
     require_role_grant,
 )
-from server.passwords import password_problems
+from server.passwords import PasswordHasher, password_problems
 from server.services import Services
 from storage.accounts import Account, NewAccount
-from storage.orgs import Department, Org
+from storage.errors import ConflictError
+from storage.orgs import Department, Org, OrgStore
+
+logger = logging.getLogger(__name__)
 
 DIRECTORY_PAGE_MAX = 200
 
@@ -46,21 +50,47 @@ def check_password(password: str, account_name: str, work_email: str) -> None:
         )
 
 
+async def create_org(
+    orgs: OrgStore, passwords: PasswordHasher, name: str, owner: dict[str, Any], password: str
+) -> tuple[Org, Account]:
+    """Create an organization with its first owner, whatever `allow_org_signup` says (the
+    operator's `obrol org create` calls this directly). Raises ApiError weak_password;
+    ConflictError if the work email is taken."""
+    check_password(password, owner["account_name"], owner["work_email"])
+    new = NewAccount(**owner, role="owner", password_hash=await passwords.hash(password))
+    return await orgs.create(name, new)
+
+
 class OrgHandler:
     def __init__(self, services: Services) -> None:
         self._s = services
 
+    def require_signup_open(self) -> None:
+        """Raise ApiError signup_closed unless `allow_org_signup`."""
+        if not self._s.settings.allow_org_signup:
+            raise ApiError(ApiErrorCode.SIGNUP_CLOSED, "this server does not take new orgs")
+
+    async def sign_up(self, name: str, owner: dict[str, Any], password: str) -> None:
+        """Open sign-up (only if `allow_org_signup`): create an organization and its owner.
+
+        The outcome is deliberately not told: a work email already registered (in any org)
+        answers exactly like a success, so sign-up cannot be used to find out who has an
+        account here. Only problems of the request itself are reported. Raises ApiError:
+        signup_closed, weak_password.
+        """
+        self.require_signup_open()
+        try:
+            org, account = await self.create_org(name, owner, password)
+        except ConflictError:
+            logger.info("org sign-up not done: the work email is already registered")
+            return
+        logger.info("org %s signed up, owner account=%s", org.id, account.id)
+
     async def create_org(
         self, name: str, owner: dict[str, Any], password: str
     ) -> tuple[Org, Account]:
-        """Create an organization with its first owner (open sign-up, if enabled)."""
-        if not self._s.settings.allow_org_signup:
-            raise ApiError(ApiErrorCode.SIGNUP_CLOSED, "this server does not take new orgs")
-        check_password(password, owner["account_name"], owner["work_email"])
-        new = NewAccount(
-            **owner, role="owner", password_hash=await self._s.passwords.hash(password)
-        )
-        return await self._s.orgs.create(name, new)
+        """`create_org` on this server's stores (what sign-up does once it is allowed)."""
+        return await create_org(self._s.orgs, self._s.passwords, name, owner, password)
 
     async def get_org(self, actor: Actor, org_id: uuid.UUID) -> Org:
         require_org(actor, org_id)

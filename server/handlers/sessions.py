@@ -14,7 +14,7 @@ from server.services import Services
 from storage.accounts import Account
 from storage.devices import Device
 from storage.errors import ConflictError
-from storage.logins import LoginAttempt
+from storage.logins import PENDING, AttemptLimits, LoginAttempt
 from storage.tokens import TokenHashes, TokenStatus
 
 logger = logging.getLogger(__name__)
@@ -78,52 +78,33 @@ class SessionHandler:
     ) -> LoginResult:
         """Check the password and open a session bound to `device` (enrolled if new).
 
-        Every attempt is written to the login records. Raises ApiError: rate_limited,
-        bad_credentials, account_deactivated, conflict (a key this account may not use).
+        Every attempt is written to the login records; the rate limit is applied before
+        the password is checked (see `admit_password_check`). Raises ApiError:
+        rate_limited, bad_credentials, account_deactivated; ConflictError for a key this
+        account may not use.
         """
         s = self._s
         now = s.clock()
-
-        def attempt(outcome: str, account: Account | None = None) -> LoginAttempt:
-            return LoginAttempt(
-                now, email, ip, user_agent, outcome, account.id if account else None
-            )
-
-        window = timedelta(seconds=s.settings.login_failure_window_s)
-        by_name, by_ip = await s.logins.failures_since(email, ip, now - window)
-        if by_name >= s.settings.login_failures_per_account or (
-            by_ip >= s.settings.login_failures_per_ip
-        ):
-            await s.logins.record(attempt("rate_limited"))
-            raise ApiError(
-                ApiErrorCode.RATE_LIMITED,
-                "too many failed logins; try again later",
-                headers={"Retry-After": str(s.settings.login_failure_window_s)},
-            )
+        record = await admit_password_check(s, LoginAttempt(now, email, ip, user_agent, PENDING))
         found = await s.accounts.find_for_login(email)
         if found is None:
             await s.passwords.verify(await self._dummy(), password)  # same time as a miss
-            await s.logins.record(attempt("unknown_account"))
+            await s.logins.settle(record, "unknown_account")
             raise ApiError(ApiErrorCode.BAD_CREDENTIALS, "wrong email or password")
         account, stored = found
         if not await s.passwords.verify(stored, password):
-            await s.logins.record(attempt("bad_password", account))
+            await s.logins.settle(record, "bad_password", account.id)
             raise ApiError(ApiErrorCode.BAD_CREDENTIALS, "wrong email or password")
         if account.status != "active":
-            await s.logins.record(attempt("deactivated", account))
+            await s.logins.settle(record, "deactivated", account.id)
             raise ApiError(ApiErrorCode.ACCOUNT_DEACTIVATED, "this account is deactivated")
         pair, hashes = _new_pair(s)
         try:
             enrolled = await s.tokens.open_session(
-                account.id,
-                device.name,
-                device.platform,
-                device.public_key,
-                hashes,
-                attempt("success", account),
+                account.id, device.name, device.platform, device.public_key, hashes, record, now
             )
         except ConflictError:
-            await s.logins.record(attempt("device_refused", account))
+            await s.logins.settle(record, "device_refused", account.id)
             raise
         logger.info("login account=%s device=%s", account.id, enrolled.id)
         return LoginResult(account, enrolled, pair)
@@ -133,14 +114,27 @@ class SessionHandler:
             self._dummy_hash = await self._s.passwords.hash(secrets.token_urlsafe(16))
         return self._dummy_hash
 
-    async def authenticate(self, authorization: str | None) -> Actor:
-        """The actor behind an `Authorization: Bearer <access token>` header."""
+    async def authenticate(
+        self, authorization: str | None, *, before_password_change: bool = False
+    ) -> Actor:
+        """The actor behind an `Authorization: Bearer <access token>` header.
+
+        An account that must still change its initial password gets password_change_required
+        unless `before_password_change` (reading one's profile, changing the password,
+        logging out). Raises ApiError: unauthenticated, token_expired, token_revoked,
+        password_change_required.
+        """
         if not authorization or not authorization.startswith("Bearer "):
             raise ApiError(ApiErrorCode.UNAUTHENTICATED, "send 'Authorization: Bearer <token>'")
         token = authorization.removeprefix("Bearer ").strip()
         check = await self._s.tokens.authenticate(token_hash(token), self._s.clock())
         _raise_unless_valid(check.status)
         assert check.account_id and check.org_id and check.device_id and check.role
+        if check.password_change_required and not before_password_change:
+            raise ApiError(
+                ApiErrorCode.PASSWORD_CHANGE_REQUIRED,
+                "change your initial password first (POST /v1/me/password)",
+            )
         return Actor(
             check.account_id,
             check.org_id,
@@ -159,6 +153,31 @@ class SessionHandler:
     async def logout(self, actor: Actor) -> None:
         """End this device's session: every token bound to it stops working."""
         await self._s.tokens.revoke_device(actor.device_id, self._s.clock())
+
+
+async def admit_password_check(services: Services, attempt: LoginAttempt) -> int:
+    """Let one password check go ahead under the login rate limits, or refuse it.
+
+    Counted before the check and atomically with every concurrent attempt (in any server
+    process), so no more than the limit are ever checked; `attempt` is recorded as pending
+    and its record id returned (settle it with the outcome). Raises ApiError rate_limited
+    (recorded, but never counted as a failure) over the limit.
+    """
+    settings = services.settings
+    window_s = settings.login_failure_window_s
+    limits = AttemptLimits(
+        since=attempt.at - timedelta(seconds=window_s),
+        per_name=settings.login_failures_per_account,
+        per_ip=settings.login_failures_per_ip,
+    )
+    record = await services.logins.reserve(attempt, limits)
+    if record is None:
+        raise ApiError(
+            ApiErrorCode.RATE_LIMITED,
+            "too many failed attempts; try again later",
+            headers={"Retry-After": str(window_s)},
+        )
+    return record
 
 
 def _raise_unless_valid(status: TokenStatus) -> None:
