@@ -33,7 +33,8 @@ class Credentials:
     account_id: uuid.UUID
     org_id: uuid.UUID
     public_key: bytes
-    may_connect: bool  # not revoked, and its account is active
+    revoked: bool  # the device was revoked (it must wipe itself)
+    account_active: bool  # its account is active (not deactivated)
     password_change_required: bool  # the account must change its initial password first
     signed_out: bool  # its session was ended elsewhere: it must log in again
 
@@ -86,7 +87,7 @@ async def _list(conn: Any, account_id: uuid.UUID) -> list[Device]:
 async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
     row = await conn.fetchrow(
         """SELECT d.account_id, a.org_id, d.public_key,
-                  d.revoked_at IS NULL AND a.status = 'active' AS may_connect,
+                  d.revoked_at IS NOT NULL AS revoked, a.status = 'active' AS account_active,
                   a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out
            FROM devices d JOIN accounts a ON a.id = d.account_id
            WHERE d.id = $1""",
@@ -99,7 +100,8 @@ async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
         row["account_id"],
         row["org_id"],
         bytes(row["public_key"]),
-        row["may_connect"],
+        row["revoked"],
+        row["account_active"],
         row["password_change_required"],
         row["signed_out"],
     )

@@ -51,12 +51,18 @@ class Hub:
                 handed += len(conns)
         return handed
 
-    def disconnect_device(self, device_id: uuid.UUID) -> None:
-        """Close the live connections of a revoked device."""
+    def disconnect_device(self, device_id: uuid.UUID, *, signed_out: bool = False) -> None:
+        """Close the live connections of a device: revoked (4005, the device wipes itself),
+        or `signed_out` (4013: its session was ended elsewhere, e.g. by a password change;
+        it logs in again)."""
+        if signed_out:
+            code, error, message = CloseCode.SIGNED_OUT, ErrorCode.SIGNED_OUT, "signed out"
+        else:
+            code, error, message = CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "revoked"
         for conns in list(self._by_account.values()):
             for conn in list(conns):
                 if conn.device_id == device_id:
-                    conn.close(CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked")
+                    conn.close(code, error, message)
 
     def disconnect_account(self, account_id: uuid.UUID) -> None:
         """Close every live connection of a deactivated account."""

@@ -36,8 +36,10 @@ class Actor:
 def gateway_refusal(device: Credentials) -> tuple[CloseCode, ErrorCode, str] | None:
     """Why the gateway must refuse this device's handshake (close code, error, message),
     or None when it may connect."""
-    if not device.may_connect:
+    if device.revoked:
         return CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked"
+    if not device.account_active:
+        return CloseCode.ACCOUNT_DEACTIVATED, ErrorCode.ACCOUNT_DEACTIVATED, "account deactivated"
     if device.password_change_required:
         return (
             CloseCode.PASSWORD_CHANGE_REQUIRED,

@@ -74,7 +74,7 @@ class ProfileHandler:
             account.id, actor.device_id, await s.passwords.hash(new), record, now
         )
         for device_id in signed_out:
-            s.hub.disconnect_device(device_id)
+            s.hub.disconnect_device(device_id, signed_out=True)
         logger.info(
             "password changed account=%s device=%s; %d other devices signed out",
             account.id,

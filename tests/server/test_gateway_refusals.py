@@ -297,7 +297,10 @@ async def test_deactivating_a_member_closes_their_connections(server: Harness) -
     )
     with pytest.raises(ConnectionClosedError) as info:
         await server.connect(bob)
-    assert info.value.code == CloseCode.DEVICE_REVOKED
+    assert (info.value.code, info.value.reason) == (
+        CloseCode.ACCOUNT_DEACTIVATED,
+        "account_deactivated",
+    )
 
 
 async def test_a_receipt_for_a_message_you_cannot_see_is_refused(server: Harness) -> None:

@@ -133,7 +133,7 @@ async def test_changing_the_password_ends_every_other_session(server: Harness) -
         )
         assert_error(refresh, 401, "token_revoked")
         closed = await closed_with(live)
-        assert closed.code == CloseCode.DEVICE_REVOKED  # what the hub closes with today
+        assert (closed.code, closed.reason) == (CloseCode.SIGNED_OUT, "signed_out")
         with pytest.raises(ConnectionClosedError) as info:
             await server.connect(session)
         assert (info.value.code, info.value.reason) == (CloseCode.SIGNED_OUT, "signed_out")
