@@ -21,12 +21,9 @@ from then on (state CLOSED) nothing is sealed or queued again, whatever any task
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import os
 import uuid
-from collections.abc import Iterator
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -34,7 +31,6 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection
 
 from protocol import (
-    SERVER_TO_CLIENT_LIMITS,
     CloseCode,
     Err,
     ErrorCode,
@@ -42,86 +38,12 @@ from protocol import (
     SecureChannel,
     encode,
 )
+from server.gateway.flusher import Flusher, batches
+from server.gateway.states import NEXT, GatewayStats, State, StateError
 
 logger = logging.getLogger(__name__)
 
 RESYNC_FRAME = encode(Resync())
-
-
-class State(enum.Enum):
-    HANDSHAKE = "handshake"
-    WAITING_SYNC = "waiting_sync"  # established; nothing but sent/err/pong before `sync`
-    SYNCING = "syncing"  # catch-up running; live frames are parked
-    LIVE = "live"
-    RESYNC = "resync"  # overflowed; live delivery stopped until the next `sync`
-    CLOSED = "closed"  # FINAL sealed (or the peer gone): nothing is sealed or queued again
-
-
-_NEXT: dict[State, frozenset[State]] = {
-    State.HANDSHAKE: frozenset({State.WAITING_SYNC, State.CLOSED}),
-    # Replies alone can overflow a connection before its first `sync`.
-    State.WAITING_SYNC: frozenset({State.SYNCING, State.RESYNC, State.CLOSED}),
-    # A failed catch-up (database unavailable) goes back to waiting for `sync`.
-    State.SYNCING: frozenset(
-        {State.SYNCING, State.LIVE, State.RESYNC, State.WAITING_SYNC, State.CLOSED}
-    ),
-    State.LIVE: frozenset({State.SYNCING, State.RESYNC, State.CLOSED}),
-    State.RESYNC: frozenset({State.SYNCING, State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
-"""Every state change a connection may make; CLOSED is final."""
-
-
-class StateError(Exception):
-    """A state change `_NEXT` does not allow: a bug, which ends the connection."""
-
-
-@dataclasses.dataclass
-class GatewayStats:
-    """Counters of the gateway process (shared by its connections)."""
-
-    connection_failures: int = 0
-    """Connections ended by an unexpected error (`internal`) in any of their tasks."""
-
-
-class Flusher:
-    """The one task per process that seals and writes every dirty connection."""
-
-    def __init__(self) -> None:
-        self._dirty: dict[Connection, None] = {}
-        self._wake = trio.Event()
-
-    def mark(self, conn: Connection) -> None:
-        self._dirty[conn] = None
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            dirty, self._dirty = self._dirty, {}
-            now = trio.current_time()
-            for conn in dirty:
-                conn.flush(now)  # contains its own failures: one connection never stops this
-            await trio.lowlevel.checkpoint()
-
-
-def _batches(frames: list[bytes]) -> Iterator[list[bytes]]:
-    """Split frames into batches within the server -> client limits."""
-    limit_bytes, limit_frames = (
-        SERVER_TO_CLIENT_LIMITS.max_bytes,
-        SERVER_TO_CLIENT_LIMITS.max_values,
-    )
-    batch: list[bytes] = []
-    size = 0
-    for frame in frames:
-        if batch and (size + len(frame) > limit_bytes or len(batch) >= limit_frames):
-            yield batch
-            batch, size = [], 0
-        batch.append(frame)
-        size += len(frame)
-    if batch:
-        yield batch
 
 
 class Connection:
@@ -186,12 +108,12 @@ class Connection:
         return self.ws.state is ConnectionState.LOCAL_CLOSING
 
     def _enter(self, state: State) -> bool:
-        """Move to `state`; False (and nothing changes) once CLOSED. A move `_NEXT` does not
+        """Move to `state`; False (and nothing changes) once CLOSED. A move `NEXT` does not
         allow from any other state is a bug (`StateError`)."""
         current = self.state
         if current is State.CLOSED:
             return False
-        if state not in _NEXT[current]:
+        if state not in NEXT[current]:
             raise StateError(f"{current.value} -> {state.value}")
         self.state = state
         return True
@@ -341,9 +263,9 @@ class Connection:
         self._replies.clear()
         if final_frame is not None:
             frames.append(final_frame)
-        batches = list(_batches(frames))
-        for i, batch in enumerate(batches):
-            final = final_frame is not None and i == len(batches) - 1
+        split = list(batches(frames))
+        for i, batch in enumerate(split):
+            final = final_frame is not None and i == len(split) - 1
             sealed = self.channel.seal(b"".join(batch), now, final=final)
             self._out += self.ws.send(BytesMessage(data=sealed))
 

@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Iterable
 
 from protocol import CloseCode, ErrorCode
-from server.gateway.connection import Connection, GatewayStats, State
+from server.gateway.connection import Connection
+from server.gateway.states import GatewayStats, State
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,10 @@ from protocol import (
     decode_client_batch_lenient,
     encode,
 )
-from server.gateway.connection import Connection, Flusher, State
+from server.gateway.connection import Connection
+from server.gateway.flusher import Flusher
 from server.gateway.session import GatewayContext, Session
+from server.gateway.states import State
 from server.handlers.access import gateway_refusal
 from storage.errors import DatabaseUnavailableError, NotFoundError
 

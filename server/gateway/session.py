@@ -36,9 +36,10 @@ from server.gateway.committer import (
     msg_frame,
     recipients,
 )
-from server.gateway.connection import Connection, State
+from server.gateway.connection import Connection
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
+from server.gateway.states import State
 from server.services import Services
 from storage.errors import DatabaseUnavailableError, NotFoundError
 from storage.messages import NewMessage, StoredMessage

@@ -9,7 +9,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
 from protocol import CloseCode, Err, ErrorCode, Pong, SecureChannel, decode_server_batch, encode
-from server.gateway.connection import Connection, Flusher, GatewayStats, State
+from server.gateway.connection import Connection
+from server.gateway.flusher import Flusher
+from server.gateway.states import NEXT, GatewayStats, State
 from tests.protocol.helpers import established
 
 PONG = encode(Pong())
@@ -210,8 +212,6 @@ async def test_replies_overflowing_before_the_first_sync_ask_for_a_resync() -> N
 
 
 def test_every_state_change_the_connection_makes_is_in_the_table() -> None:
-    from server.gateway.connection import _NEXT
-
-    assert set(_NEXT) == set(State)
-    assert _NEXT[State.CLOSED] == frozenset()
-    assert all(State.CLOSED in targets for s, targets in _NEXT.items() if s is not State.CLOSED)
+    assert set(NEXT) == set(State)
+    assert NEXT[State.CLOSED] == frozenset()
+    assert all(State.CLOSED in targets for s, targets in NEXT.items() if s is not State.CLOSED)
