@@ -125,8 +125,12 @@ class Harness:
         assert response.status_code == 202, response.text
         return await self.login(email)
 
-    async def login(self, email: str, password: str = PASSWORD) -> Session:
-        key = SigningKey.generate()
+    async def login(
+        self, email: str, password: str = PASSWORD, key: SigningKey | None = None
+    ) -> Session:
+        """Log in from a device: a new one, or the one holding `key` (enrolled at its first
+        login)."""
+        key = key or SigningKey.generate()
         response = await self.client.post(
             "/v1/login",
             json={

@@ -9,40 +9,10 @@ from nacl.signing import SigningKey
 
 from loadtest.client import ConnectionClosedError, GatewayClient
 from protocol import CloseCode, Send, Sent, Synced, TextBody
-from tests.harness import INITIAL_PASSWORD, PASSWORD, Harness, Session, assert_error, b64
+from tests.harness import INITIAL_PASSWORD, PASSWORD, Harness, assert_error, b64
+from tests.server.test_gateway_refusals import closed_with
 
 NEW_PASSWORD = "Brand-New-Pass-7"
-
-
-async def login_with_key(server: Harness, email: str, password: str, key: SigningKey) -> Session:
-    """Log in from the device holding `key` (enrolled at its first login)."""
-    response = await server.client.post(
-        "/v1/login",
-        json={
-            "email": email,
-            "password": password,
-            "device": {
-                "name": "phone",
-                "platform": "ios",
-                "public_key": b64(bytes(key.verify_key)),
-            },
-        },
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    return Session(
-        body["account"], body["device"], body["access_token"], body["refresh_token"], key
-    )
-
-
-async def closed_with(client: GatewayClient) -> ConnectionClosedError:
-    try:
-        with trio.fail_after(10), pytest.raises(ConnectionClosedError) as info:
-            while True:
-                await client.receive()
-    finally:
-        await client.aclose()
-    return info.value
 
 
 async def synced(client: GatewayClient) -> None:
@@ -109,7 +79,7 @@ async def test_changing_the_password_ends_every_other_session(server: Harness) -
     email = "olivia@acme.example"
     laptop = owner  # the device that changes the password
     phone_key = SigningKey.generate()
-    phone = await login_with_key(server, email, PASSWORD, phone_key)
+    phone = await server.login(email, PASSWORD, phone_key)
     tablet = await server.login(email)
     conv = await server.group(owner, title="Notes")
     laptop_live = await server.connect(laptop)
@@ -160,7 +130,7 @@ async def test_changing_the_password_ends_every_other_session(server: Harness) -
         },
     )
     assert_error(response, 401, "bad_credentials")
-    again = await login_with_key(server, email, NEW_PASSWORD, phone_key)
+    again = await server.login(email, NEW_PASSWORD, phone_key)
     assert again.device["id"] == phone.device["id"]  # the same device, not a new enrolment
     phone = again
     async with await server.connect(phone) as client:
