@@ -26,6 +26,7 @@ from server.api.models import CreateOrgIn
 from server.errors import ApiError
 from server.handlers.orgs import create_org
 from server.passwords import PasswordHasher
+from server.runner import embedded_postgres
 from server.settings import Settings, load_settings
 from storage.bridge import AsyncioBridge
 from storage.database import Database
@@ -137,12 +138,7 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
     if settings.database_url is not None:
         url = settings.database_url.get_secret_value()
     else:
-        embedded = EmbeddedPostgres(
-            settings.data_dir / "postgres",
-            bin_dir=settings.postgres_bin_dir,
-            os_user=settings.postgres_os_user,
-            shared_root=settings.postgres_shared_dir,  # as server.runner.serve does
-        )
+        embedded = embedded_postgres(settings)
         url = await trio.to_thread.run_sync(embedded.start)
     bridge = AsyncioBridge()
     bridge.start()

@@ -58,6 +58,17 @@ class Running:
     database: str
 
 
+def embedded_postgres(settings: Settings) -> EmbeddedPostgres:
+    """The embedded cluster of `settings.data_dir` (not started), for every command that
+    uses it."""
+    return EmbeddedPostgres(
+        settings.data_dir / "postgres",
+        bin_dir=settings.postgres_bin_dir,
+        os_user=settings.postgres_os_user,
+        shared_root=settings.postgres_shared_dir,
+    )
+
+
 def describe_url(url: str) -> str:
     """A database URL without its password, for printing."""
     parts = urlsplit(url)
@@ -87,12 +98,7 @@ async def serve(
         url = settings.database_url.get_secret_value()
         database = describe_url(url)
     else:
-        embedded = EmbeddedPostgres(
-            settings.data_dir / "postgres",
-            bin_dir=settings.postgres_bin_dir,
-            os_user=settings.postgres_os_user,
-            shared_root=settings.postgres_shared_dir,
-        )
+        embedded = embedded_postgres(settings)
         url = await trio.to_thread.run_sync(embedded.start)
         database = embedded.describe()
     bridge = AsyncioBridge()
