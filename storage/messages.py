@@ -235,23 +235,26 @@ async def _after(
     """The rows after `after_pos`, and where to continue: the last row's pos, or with no
     rows `after_pos` clamped to the highest committed pos (a cursor past the end of the
     stream - from another server, or made up - would otherwise hide every live message
-    below it). Positions commit in order, so anything still uncommitted lies above; the
-    second statement (empty case only) may see a commit the first missed, and then the
-    clamp leaves `after_pos` as it is, which is still exact."""
+    below it). One statement, so one snapshot: positions commit in order, so whatever it
+    does not see lies above both the rows and the clamp."""
     rows = await conn.fetch(
-        f"""SELECT {COLUMNS} FROM messages m
-            JOIN conversation_members cm
-              ON cm.conversation_id = m.conversation_id AND cm.account_id = $1
-            WHERE m.pos > $2 AND {VISIBLE}
-            ORDER BY m.pos LIMIT $3""",
+        f"""SELECT e.stream_end, m.*
+            FROM (SELECT coalesce(max(pos), 0) AS stream_end FROM messages) e
+            LEFT JOIN LATERAL (
+                SELECT {COLUMNS} FROM messages m
+                JOIN conversation_members cm
+                  ON cm.conversation_id = m.conversation_id AND cm.account_id = $1
+                WHERE m.pos > $2 AND {VISIBLE}
+                ORDER BY m.pos LIMIT $3
+            ) m ON true
+            ORDER BY m.pos""",
         account_id,
         after_pos,
         limit,
     )
-    if rows:
-        return [_stored(r) for r in rows], int(rows[-1]["pos"])
-    end = await conn.fetchval("SELECT coalesce(max(pos), 0) FROM messages")
-    return [], min(after_pos, int(end))
+    if rows[0]["id"] is None:
+        return [], min(after_pos, int(rows[0]["stream_end"]))
+    return [_stored(r) for r in rows], int(rows[-1]["pos"])
 
 
 async def _visible_to(

@@ -85,6 +85,7 @@ class Connection:
         # Live messages at or below this pos already came with the catch-up: a message
         # committed while the catch-up read the store can be fanned out after `go_live`.
         self._live_after = 0
+        self._sync = 0  # the number of the current catch-up (`start_sync`)
         self.resync_deadline: float | None = None
         self.closed = trio.Event()
         self.close_reason: str | None = None
@@ -138,12 +139,17 @@ class Connection:
         except Exception as exc:
             self.fail(exc)
 
-    def catch_up(self, frame: bytes) -> None:
-        """A stored message sent by catch-up, which does its own flow control
+    def syncing(self, sync: int) -> bool:
+        """Is the catch-up started as `sync` (what `start_sync` returned) still the current
+        one? Not after an overflow, a close, or a newer `sync`."""
+        return self.state is State.SYNCING and sync == self._sync
+
+    def catch_up(self, sync: int, frame: bytes) -> None:
+        """A stored message sent by the catch-up `sync`, which does its own flow control
         (`wait_written`), so it does not count towards overflow."""
         try:
-            if self.state is not State.SYNCING:
-                return  # overflowed or closed meanwhile: the client syncs again
+            if not self.syncing(sync):
+                return  # overflowed, closed or superseded meanwhile: nothing more of it
             self._pending.append(frame)
             self._pending_bytes += len(frame)
             self._flusher.mark(self)
@@ -177,42 +183,48 @@ class Connection:
         except Exception as exc:
             self.fail(exc)
 
-    def start_sync(self) -> bool:
-        """A `sync` arrived: catch-up starts (False once the connection is closed)."""
+    def start_sync(self) -> int | None:
+        """A `sync` arrived: a catch-up starts. Returns its number, which the catch-up
+        passes back (an older catch-up, whose task may still finish a step, is then
+        ignored), or None once the connection is closed."""
         try:
             if not self._enter(State.SYNCING):
-                return False
+                return None
             self.resync_deadline = None
             self.parked = []
             self._parked_bytes = 0
-            return True
+            self._sync += 1
+            return self._sync
         except Exception as exc:
             self.fail(exc)
-            return False
+            return None
 
-    def go_live(self, caught_up_to: int, synced_frame: bytes) -> None:
-        """End catch-up at `caught_up_to`: send `synced`, then what was parked after it.
+    def go_live(self, sync: int, caught_up_to: int, synced_frame: bytes) -> None:
+        """End the catch-up `sync` at `caught_up_to`: send `synced`, then what was parked
+        after it.
 
-        Does nothing unless the connection is still SYNCING: a catch-up that finishes after
-        an overflow or a close must not revive it."""
+        Does nothing unless that catch-up is still the current one: one that finishes
+        after an overflow, a close or a newer `sync` must not revive or skip anything."""
         try:
-            if self.state is not State.SYNCING:
+            if not self.syncing(sync):
                 return
             parked, self.parked, self._parked_bytes = self.parked, [], 0
             self._enter(State.LIVE)
             self._live_after = caught_up_to
             self.reply(synced_frame)
             for pos, frame in parked:
+                if self.state is not State.LIVE:
+                    break  # overflowed: `resync` is the last word until the next `sync`
                 if pos is None or pos > caught_up_to:
                     self._push(frame)
         except Exception as exc:
             self.fail(exc)
 
-    def sync_failed(self, err: bytes) -> None:
-        """The catch-up could not read the store: tell the device (`err`) and wait for its
-        next `sync`."""
+    def sync_failed(self, sync: int, err: bytes) -> None:
+        """The catch-up `sync` could not read the store: tell the device (`err`) and wait
+        for its next `sync`."""
         try:
-            if self.state is State.SYNCING and self._enter(State.WAITING_SYNC):
+            if self.syncing(sync) and self._enter(State.WAITING_SYNC):
                 self.parked = []
                 self._parked_bytes = 0
                 self.reply(err)

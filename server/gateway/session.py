@@ -39,7 +39,6 @@ from server.gateway.committer import (
 from server.gateway.connection import Connection
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
-from server.gateway.states import State
 from server.services import Services
 from storage.errors import DatabaseUnavailableError, NotFoundError
 from storage.messages import NewMessage, StoredMessage
@@ -213,14 +212,19 @@ class Session:
     def _start_catch_up(self, after: int) -> None:
         if self._catch_up is not None:
             self._catch_up.cancel()
-        if not self.conn.start_sync():
+        sync = self.conn.start_sync()
+        if sync is None:
             return
         scope = trio.CancelScope()
         self._catch_up = scope
-        self._nursery.start_soon(self._run_catch_up, after, scope)
+        self._nursery.start_soon(self._run_catch_up, sync, after, scope)
 
-    async def _run_catch_up(self, after: int, scope: trio.CancelScope) -> None:
-        """Everything stored after `after`, in pos order, then `synced`, then live traffic."""
+    async def _run_catch_up(self, sync: int, after: int, scope: trio.CancelScope) -> None:
+        """Everything stored after `after`, in pos order, then `synced`, then live traffic.
+
+        Every step is checked against `sync`, the number of this catch-up: a newer `sync`
+        cancels this task, but a store read that already finished can still return, and what
+        it read must then go nowhere."""
         conn = self.conn
         high_water = int(conn.max_outbound_bytes * CATCH_UP_HIGH_WATER_SHARE)
         with scope:
@@ -233,26 +237,27 @@ class Session:
                 except DatabaseUnavailableError as exc:
                     logger.warning("connection %s: catch-up failed: %s", conn.id, exc)
                     conn.sync_failed(
+                        sync,
                         err_frame(
                             ErrorCode.UNAVAILABLE,
                             "the database is unavailable; sync again later",
                             None,
                             "sync",
-                        )
+                        ),
                     )
                     return
                 for message in rows:
                     try:
-                        conn.catch_up(stored_msg_frame(message))
+                        conn.catch_up(sync, stored_msg_frame(message))
                     except RemoteProtocolError:
                         logger.error("stored message %s is unreadable; skipped", message.id)
                     if conn.buffered_bytes > high_water:
                         await conn.wait_written(high_water // 4)
-                    if conn.state is not State.SYNCING:
-                        return  # overflowed or closed meanwhile; the client syncs again
+                    if not conn.syncing(sync):
+                        return  # overflowed, closed or superseded meanwhile
                 if not limited:
                     break
-            conn.go_live(pos, encode(Synced(pos=pos)))
+            conn.go_live(sync, pos, encode(Synced(pos=pos)))
 
     # -- receipts and typing -------------------------------------------------------------
 

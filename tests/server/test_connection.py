@@ -9,7 +9,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
 from protocol import CloseCode, Err, ErrorCode, Pong, SecureChannel, decode_server_batch, encode
-from server.gateway.connection import Connection
+from server.gateway.connection import RESYNC_FRAME, Connection
 from server.gateway.flusher import Flusher
 from server.gateway.states import NEXT, GatewayStats, State
 from tests.protocol.helpers import established
@@ -91,11 +91,12 @@ async def test_live_fan_out_of_a_message_the_catch_up_already_sent_is_dropped() 
     # and from the committer's fan-out after `go_live`. Only the catch-up copy goes out.
     conn, peer = make_connection()
     with conn.sock, peer:
-        conn.start_sync()
+        sync = conn.start_sync()
+        assert sync is not None
         conn.deliver(7, b"parked-old")  # parked during catch-up, at or below the end
         conn.deliver(12, b"parked-new")
-        conn.catch_up(b"stored-7")
-        conn.go_live(10, b"synced")
+        conn.catch_up(sync, b"stored-7")
+        conn.go_live(sync, 10, b"synced")
         assert conn.state is State.LIVE
 
         conn.deliver(9, b"late-fan-out-of-9")
@@ -109,10 +110,12 @@ async def test_live_fan_out_of_a_message_the_catch_up_already_sent_is_dropped() 
 async def test_a_new_sync_starts_from_its_own_catch_up_end() -> None:
     conn, peer = make_connection()
     with conn.sock, peer:
-        conn.start_sync()
-        conn.go_live(10, b"synced-10")
-        conn.start_sync()
-        conn.go_live(4, b"synced-4")  # the client synced again from an older cursor
+        first = conn.start_sync()
+        assert first is not None
+        conn.go_live(first, 10, b"synced-10")
+        second = conn.start_sync()
+        assert second is not None
+        conn.go_live(second, 4, b"synced-4")  # the client synced again from an older cursor
         conn.deliver(5, b"live-5")
         assert conn._pending == [b"synced-10", b"synced-4", b"live-5"]
 
@@ -122,13 +125,14 @@ async def test_a_catch_up_ending_after_the_close_does_not_revive_the_connection(
     # sealed `synced` after the FINAL and the error ended the process.
     conn, peer = make_established()
     with conn.sock, peer.sock:
-        assert conn.start_sync()
+        sync = conn.start_sync()
+        assert sync is not None
         conn.close(CloseCode.TOO_LARGE, ErrorCode.FRAME_TOO_LARGE, "too big")
-        conn.catch_up(PONG)
-        conn.go_live(42, PONG)
+        conn.catch_up(sync, PONG)
+        conn.go_live(sync, 42, PONG)
         conn.reply(PONG)
         conn.deliver(None, PONG)
-        assert not conn.start_sync()
+        assert conn.start_sync() is None
         conn.flush(trio.current_time())
         assert conn.state is State.CLOSED
         await peer.read_until_close()
@@ -154,9 +158,8 @@ async def test_the_flusher_survives_a_connection_that_fails() -> None:
     with bad.sock, bad_peer.sock, good.sock, good_peer.sock:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flusher.run)
-            assert bad.start_sync() and good.start_sync()
-            bad.go_live(0, PONG)
-            good.go_live(0, PONG)
+            bad.go_live(bad.start_sync() or 0, 0, PONG)
+            good.go_live(good.start_sync() or 0, 0, PONG)
             await good_peer.read_batches(1)
             # The flusher is still there for the good connection.
             good.reply(PONG)
@@ -170,9 +173,10 @@ async def test_the_flusher_survives_a_connection_that_fails() -> None:
 async def test_a_close_with_more_pending_than_one_batch_splits_it() -> None:
     conn, peer = make_established()
     with conn.sock, peer.sock:
-        assert conn.start_sync()
+        sync = conn.start_sync()
+        assert sync is not None
         for _ in range(20_000):  # more frames than two server batches hold
-            conn.catch_up(PONG)
+            conn.catch_up(sync, PONG)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer.read_until_close)
@@ -215,3 +219,39 @@ def test_every_state_change_the_connection_makes_is_in_the_table() -> None:
     assert set(NEXT) == set(State)
     assert NEXT[State.CLOSED] == frozenset()
     assert all(State.CLOSED in targets for s, targets in NEXT.items() if s is not State.CLOSED)
+
+
+async def test_an_older_catch_up_that_finishes_late_goes_nowhere() -> None:
+    # A second `sync` cancels the first catch-up's task, but a store read that already
+    # finished still returns: what it read must not reach the device, nor its `synced`
+    # end the second catch-up early (skipping what lies between the two cursors).
+    conn, peer = make_connection()
+    with conn.sock, peer:
+        old = conn.start_sync()
+        new = conn.start_sync()
+        assert old is not None and new is not None and old != new
+        conn.catch_up(old, b"old-row")
+        conn.go_live(old, 50, b"old-synced")
+        conn.sync_failed(old, b"old-err")
+        assert conn.state is State.SYNCING and conn._pending == []
+        conn.catch_up(new, b"new-row")
+        conn.go_live(new, 20, b"new-synced")
+        assert conn.state in {State.LIVE}
+        assert conn._pending == [b"new-row", b"new-synced"]
+
+
+async def test_an_overflow_while_going_live_stops_there() -> None:
+    conn, peer = make_connection()
+    with conn.sock, peer:
+        conn.max_outbound_bytes = 64 * 1024
+        sync = conn.start_sync()
+        assert sync is not None
+        for pos in range(1, 64):
+            conn.deliver(pos, b"p" * 1024)
+        conn.deliver(64, b"p" * 1020)
+        conn.deliver(None, b"tiny")  # parked: exactly at the limit, not over it
+        conn.go_live(sync, 0, b"s" * 100)
+        # `synced` plus the parked frames overflow on the way out: the device is told to
+        # resync, and nothing live follows the `resync`.
+        assert conn.state in {State.RESYNC}
+        assert conn._pending[-1] == RESYNC_FRAME
