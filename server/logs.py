@@ -18,6 +18,21 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs every failed reconnect during a database outage with a full
+    traceback; what it means fits on one line (the outage itself is logged by us)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            first = (str(exc).splitlines() or [""])[0]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {first})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, request id, exception."""
 
@@ -49,3 +64,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # hypercorn's access log duplicates ours; its error log stays.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())

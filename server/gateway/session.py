@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -39,6 +39,7 @@ from server.gateway.committer import (
 from server.gateway.connection import Connection
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
+from server.gateway.outages import OutageLog
 from server.services import Services
 from storage.errors import DatabaseUnavailableError, NotFoundError
 from storage.messages import NewMessage, StoredMessage
@@ -61,6 +62,9 @@ class GatewayContext:
     committer: Committer
     cursors: CursorSaver
     catch_up_page: int = 500
+    reads: OutageLog = field(default_factory=lambda: OutageLog(logger, "gateway reads"))
+    """Throttled log of the sessions' store reads failing (a line per refusal would flood
+    the log during an outage)."""
 
 
 def stored_msg_frame(message: StoredMessage) -> bytes:
@@ -88,9 +92,7 @@ class Session:
         try:
             await self._handle(frame)
         except DatabaseUnavailableError as exc:
-            logger.warning(
-                "connection %s: %s refused, database unavailable: %s", self.conn.id, frame.TYPE, exc
-            )
+            self.gw.reads.failed(1, exc)
             self.conn.reply(
                 err_frame(
                     ErrorCode.UNAVAILABLE,
@@ -159,6 +161,7 @@ class Session:
             conversation = await self.gw.services.conversations.get(conversation_id)
         except NotFoundError:
             return None
+        self.gw.reads.succeeded()
         members = frozenset(conversation.member_ids)
         return members if self.account_id in members else None
 
@@ -235,7 +238,7 @@ class Session:
                         self.account_id, pos, self.gw.catch_up_page
                     )
                 except DatabaseUnavailableError as exc:
-                    logger.warning("connection %s: catch-up failed: %s", conn.id, exc)
+                    self.gw.reads.failed(1, exc)
                     conn.sync_failed(
                         sync,
                         err_frame(
@@ -246,6 +249,7 @@ class Session:
                         ),
                     )
                     return
+                self.gw.reads.succeeded()
                 for message in rows:
                     try:
                         conn.catch_up(sync, stored_msg_frame(message))

@@ -30,3 +30,29 @@ def test_invalid_settings_name_the_field(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_asyncpg_pool_tracebacks_become_one_line() -> None:
+    # During a database outage asyncpg's pool logs each failed reconnect with a traceback.
+    import logging
+    import sys
+
+    from server.logs import _OneLine
+
+    try:
+        raise ConnectionRefusedError("connection refused\nsecond line")
+    except ConnectionRefusedError:
+        record = logging.LogRecord(
+            "asyncpg.pool",
+            logging.WARNING,
+            "x",
+            1,
+            "Failed to restore %s",
+            ("floor",),
+            sys.exc_info(),
+        )
+    assert _OneLine().filter(record)
+    assert record.exc_info is None
+    assert record.getMessage() == (
+        "Failed to restore floor (ConnectionRefusedError: connection refused)"
+    )
