@@ -98,7 +98,11 @@ class Committer:
         self._outage = OutageLog(logger, "commit")
         # Sends of failed commits, which may have been stored all the same: looked up with
         # the next commit that works, and fanned out first if they were (see `_commit`).
-        self._unsure: dict[tuple[uuid.UUID, str], PendingSend] = {}
+        # With each, the highest position published before its commit failed: if stored, its
+        # own position is above that; one at or below was stored (and fanned out) before -
+        # a resend of a committed cid that happened to fail - and must not go out again.
+        self._unsure: dict[tuple[uuid.UUID, str], tuple[PendingSend, int]] = {}
+        self._published = 0  # the highest position fanned out so far
         self.committed = 0
         self.batches = 0
 
@@ -122,7 +126,7 @@ class Committer:
         """Commit `batch` and answer every send in it once: `sent` (after the commit),
         `not_member`, or `unavailable` if the commit failed. Retrying an `unavailable` send
         with the same cid is safe even if the commit did happen (sends are idempotent)."""
-        unsure = [p.message for p in self._unsure.values()]
+        unsure = [p.message for p, _ in self._unsure.values()]
         try:
             appended = await self._store.append([p.message for p in batch], unsure)
         except DatabaseUnavailableError as exc:
@@ -143,6 +147,7 @@ class Committer:
                 answered += 1
                 if stored is not None:
                     self.committed += 1
+                    self._published = max(self._published, stored.pos)
                     members = appended.members.get(stored.conversation_id, frozenset())
                     self._hub.fan_out(
                         recipients(members, stored.sender_id, stored.scope),
@@ -167,7 +172,8 @@ class Committer:
                 )
             )
             if len(self._unsure) < MAX_UNSURE:
-                self._unsure.setdefault((p.message.sender_device_id, p.message.client_id), p)
+                key = (p.message.sender_device_id, p.message.client_id)
+                self._unsure.setdefault(key, (p, self._published))
 
     def _fan_out_recovered(self, appended: AppendBatch) -> None:
         """Fan out what failed commits stored after all, before anything newer: members
@@ -175,13 +181,18 @@ class Committer:
         if not self._unsure:
             return
         unsure, self._unsure = self._unsure, {}
-        if appended.recovered:
+        recovered = []
+        for message in appended.recovered:
+            p, published_before = unsure[(message.sender_device_id, message.client_id)]
+            if message.pos > published_before:
+                recovered.append((message, p))
+        if recovered:
             logger.warning(
                 "%d sends answered unavailable had been stored all the same; fanned out now",
-                len(appended.recovered),
+                len(recovered),
             )
-        for message in appended.recovered:
-            p = unsure[(message.sender_device_id, message.client_id)]
+        for message, p in recovered:
+            self._published = max(self._published, message.pos)
             members = appended.members.get(message.conversation_id, frozenset())
             self._hub.fan_out(
                 recipients(members, message.sender_id, message.scope),

@@ -308,3 +308,39 @@ def test_an_outage_met_inside_a_nursery_is_still_503() -> None:
     assert as_api_error(grouped).code is ApiErrorCode.DATABASE_UNAVAILABLE
     assert as_api_error(ExceptionGroup("one", [KeyError("x")])).code is ApiErrorCode.INTERNAL
     assert as_api_error(ExceptionGroup("one", [NotFoundError("gone")])).status == 404
+
+
+async def test_a_resent_committed_cid_refused_once_is_not_fanned_out_again(
+    server: Harness, database_url: str
+) -> None:
+    # "a" is committed and delivered; resent with "b" in a commit that fails, it is looked
+    # up with the next commit that works - where it must not count as recovered (it would
+    # reach the other members a second time, below positions they already have).
+    ann = await server.create_org()
+    bob = await server.add_member(ann, "bob")
+    conv = await server.group(ann, bob)
+    watcher = await server.connect(bob)
+    await watcher.sync(0)
+    client = await server.connect(ann)
+    await client.sync(0)
+
+    def send(cid: str) -> Send:
+        return Send(cid=cid, conv=conv.bytes, body=TextBody(text=cid))
+
+    await client.send(send("a"))
+    assert isinstance((await answers(client, {"a"}))["a"], Sent)
+    await admin_sql(
+        database_url, "ALTER TABLE messages ADD CONSTRAINT no_more CHECK (false) NOT VALID"
+    )
+    await client.send(send("a"), send("b"))
+    assert isinstance((await answers(client, {"b"}))["b"], Err)
+    await admin_sql(database_url, "ALTER TABLE messages DROP CONSTRAINT no_more")
+    await client.send(send("b"), send("c"))
+    await answers(client, {"b", "c"})
+    seen: list[str] = []
+    with trio.fail_after(10):
+        while "c" not in seen:
+            seen += [f.cid for f in await watcher.receive() if isinstance(f, Msg)]
+    assert seen == ["a", "b", "c"]
+    for c in (client, watcher):
+        await c.aclose()
