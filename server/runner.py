@@ -150,6 +150,10 @@ async def supervise_embedded(
                 )
                 await trio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RESTART_BACKOFF_MAX_S)
+            except Exception:  # a bug in the restart: the supervisor keeps trying all the same
+                logger.exception("embedded PostgreSQL did not restart; next try in %.0f s", pause_s)
+                await trio.sleep(pause_s)
+                pause_s = min(pause_s * 2, RESTART_BACKOFF_MAX_S)
             else:
                 logger.warning("embedded PostgreSQL restarted (pid %s)", embedded.pid)
                 break

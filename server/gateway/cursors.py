@@ -76,12 +76,24 @@ class CursorSaver:
             seen = {}
         except DatabaseUnavailableError as exc:
             self._outage.failed(len(dirty) + len(receipts) + len(seen), exc)
-            for device_id, pos in dirty.items():
-                self.note(device_id, pos)
-            self._receipts = receipts + self._receipts
-            self._seen = seen | self._seen
+            self._keep(dirty, receipts, seen)
             return
+        except BaseException:  # cancelled mid-write (shutting down): the final save retries
+            self._keep(dirty, receipts, seen)
+            raise
         self._outage.succeeded()
+
+    def _keep(
+        self,
+        dirty: dict[uuid.UUID, int],
+        receipts: list[ReceiptRecord],
+        seen: dict[uuid.UUID, datetime],
+    ) -> None:
+        """Put back what was not written, for the next save."""
+        for device_id, pos in dirty.items():
+            self.note(device_id, pos)
+        self._receipts = receipts + self._receipts
+        self._seen = seen | self._seen
 
     @staticmethod
     async def _write(what: str, write: Callable[[S], Awaitable[None]], items: S) -> None:
