@@ -26,7 +26,7 @@ from protocol import Err, Msg, Ping, ProtocolError, Resync, Send, Sent, Sync, Sy
 
 logger = logging.getLogger(__name__)
 
-PERMANENT_CLOSE_CODES = frozenset({4002, 4003, 4004, 4005})
+PERMANENT_CLOSE_CODES = frozenset({4002, 4003, 4004, 4005, 4011, 4012, 4013})
 """PROTOCOL.md §7.2: do not reconnect after these without the user's attention."""
 CONNECT_TIMEOUT_S = 30.0
 CONNECT_ATTEMPTS = 6
@@ -166,7 +166,12 @@ class SimDevice:
             ended_by = await self._serve(client)
             if self._dropped_at is None and ended_by is not None:
                 self.obs.disconnects += 1
-                self.obs.counts.errors[f"disconnected:{ended_by}"] += 1
+                self.obs.counts.errors[f"disconnected:{describe(ended_by)}"] += 1
+                if is_permanent(ended_by):
+                    # Refused after the handshake (revoked, deactivated, signed out, ...).
+                    self.failed = describe(ended_by)
+                    self._abandon_pending()
+                    return
                 await trio.sleep(self._backoff(1))
 
     async def _connect(self) -> GatewayClient:
@@ -199,9 +204,9 @@ class SimDevice:
         delay: float = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (failures - 1))
         return delay * (0.5 + self._rng.random() / 2)
 
-    async def _serve(self, client: GatewayClient) -> str | None:
+    async def _serve(self, client: GatewayClient) -> BaseException | None:
         """Run the connection until it ends; what ended it (None: we did)."""
-        ended: list[str] = []
+        ended: list[BaseException] = []
 
         async def guarded(
             work: Callable[[GatewayClient], Awaitable[None]], scope: trio.CancelScope
@@ -209,7 +214,7 @@ class SimDevice:
             try:
                 await work(client)
             except CONNECTION_ERRORS as exc:
-                ended.append(describe(exc))
+                ended.append(exc)
                 scope.cancel()
 
         try:

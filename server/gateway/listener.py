@@ -42,6 +42,7 @@ from server.gateway.flusher import Flusher
 from server.gateway.session import GatewayContext, Session
 from server.gateway.states import State
 from server.handlers.access import gateway_refusal
+from storage.devices import Credentials
 from storage.errors import DatabaseUnavailableError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -179,10 +180,15 @@ class Gateway:
         if deadline.cancelled_caught:
             conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
             raise _Closed
-        conn.account_id, conn.org_id, conn.device_id, channel = handshake
+        device, channel = handshake
         conn.established(channel)
-        self.gw.hub.attach(conn)
-        self.gw.cursors.note_seen(conn.device_id, self.gw.services.clock())
+        # Refused only now that the device proved its key (a FINAL `err`, then the close):
+        # whoever knows a device id learns nothing of its account this way.
+        refusal = gateway_refusal(device)  # revoked, deactivated, password change, signed out
+        if refusal is not None:
+            conn.close(*refusal)
+            raise _Closed
+        self.gw.cursors.note_seen(device.device_id, self.gw.services.clock())
         logger.info("connection %s: device %s established", conn.id, conn.device_id)
         session = Session(conn, self.gw, nursery)
         while True:
@@ -204,10 +210,12 @@ class Gateway:
                 conn.close_normally()
                 raise _Closed
 
-    async def _handshake(
-        self, conn: Connection
-    ) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, SecureChannel]:
-        """Upgrade to WebSocket and run the secure handshake; returns who is connected."""
+    async def _handshake(self, conn: Connection) -> tuple[Credentials, SecureChannel]:
+        """Upgrade to WebSocket and run the secure handshake; returns who is connected.
+
+        The connection joins the hub as soon as the device is known, before it proves its
+        key: a revocation, deactivation or password change while the handshake runs then
+        closes it like any live one (the hub delivers nothing to it until it is synced)."""
         await self._upgrade(conn)
         hs = ServerHandshake(identity_secret_key=self._identity_secret)
         try:
@@ -223,10 +231,12 @@ class Gateway:
         except DatabaseUnavailableError:
             conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
             raise _Closed from None
-        refusal = gateway_refusal(device)  # revoked, password change pending, signed out
-        if refusal is not None:
-            conn.close(*refusal)
-            raise _Closed
+        conn.account_id, conn.org_id, conn.device_id = (
+            device.account_id,
+            device.org_id,
+            device.device_id,
+        )
+        self.gw.hub.attach(conn)
         conn.send_plain(hs.server_hello())
         try:
             channel = hs.receive_client_auth(
@@ -234,7 +244,7 @@ class Gateway:
             )
         except RemoteProtocolError as error:
             self._refuse(conn, error)
-        return device.account_id, device.org_id, device.device_id, channel
+        return device, channel
 
     async def _upgrade(self, conn: Connection) -> None:
         while True:

@@ -53,6 +53,12 @@ async def closed_with(client: GatewayClient) -> ConnectionClosedError:
     return info.value
 
 
+async def refused(server: Harness, session: Session) -> ConnectionClosedError:
+    """How the server refuses this device: after the device proved its key, with a FINAL
+    `err` and a close (an unauthenticated peer learns nothing of the account)."""
+    return await closed_with(await server.connect(session))
+
+
 async def history(server: Harness, session: Session, conv: uuid.UUID) -> list[str]:
     response = await server.client.get(
         f"/v1/conversations/{conv}/messages", headers=session.headers
@@ -184,9 +190,8 @@ async def test_unknown_revoked_and_impostor_devices_are_refused(server: Harness)
     await server.client.delete(f"/v1/devices/{phone.device['id']}", headers=ann.headers)
     closed = await closed_with(live)
     assert (closed.code, closed.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
-    with pytest.raises(ConnectionClosedError) as info:
-        await server.connect(phone)
-    assert (info.value.code, info.value.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+    closed = await refused(server, phone)
+    assert (closed.code, closed.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
     await bystander_still_served(server, ann, conv, bystander)
 
 
@@ -295,12 +300,8 @@ async def test_deactivating_a_member_closes_their_connections(server: Harness) -
         CloseCode.ACCOUNT_DEACTIVATED,
         "account_deactivated",
     )
-    with pytest.raises(ConnectionClosedError) as info:
-        await server.connect(bob)
-    assert (info.value.code, info.value.reason) == (
-        CloseCode.ACCOUNT_DEACTIVATED,
-        "account_deactivated",
-    )
+    closed = await refused(server, bob)
+    assert (closed.code, closed.reason) == (CloseCode.ACCOUNT_DEACTIVATED, "account_deactivated")
 
 
 async def test_a_receipt_for_a_message_you_cannot_see_is_refused(server: Harness) -> None:
@@ -352,3 +353,46 @@ async def test_a_receipt_for_a_message_you_cannot_see_is_refused(server: Harness
     assert not any(isinstance(f, ReceiptNotice) for f in got)
     for client in (bob_live, carl_client, ann_live):
         await client.aclose()
+
+
+async def test_a_revocation_during_the_handshake_closes_it(server: Harness) -> None:
+    # The device is known (ServerHello sent) but has not proved its key yet when it is
+    # revoked: the connection is closed at once, not let in with an ended session.
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
+
+    from protocol import ClientHandshake
+
+    ann = await server.create_org()
+    phone = await server.login("olivia@acme.example")
+    identity = phone.identity(server.server_key)
+    host, port = server.gateway_url.removeprefix("ws://").split("/")[0].split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    ws = WSConnection(ConnectionType.CLIENT)
+    events: list[object] = []
+
+    async def next_event(kind: type) -> object:
+        with trio.fail_after(10):
+            while not any(isinstance(e, kind) for e in events):
+                data = await stream.receive_some(65536)
+                assert data, "dropped without a close frame"
+                ws.receive_data(data)
+                events.extend(ws.events())
+        found = next(e for e in events if isinstance(e, kind))
+        events.remove(found)
+        return found
+
+    await stream.send_all(ws.send(Request(host=f"{host}:{port}", target="/v1/ws")))
+    await next_event(AcceptConnection)
+    handshake = ClientHandshake(
+        server_public_key=identity.server_key,
+        device_id=identity.device_id.bytes,
+        device_secret_key=identity.secret_key,
+    )
+    await stream.send_all(ws.send(BytesMessage(data=handshake.client_hello())))
+    await next_event(BytesMessage)  # the ServerHello: the device is known, not yet proven
+    await server.client.delete(f"/v1/devices/{phone.device['id']}", headers=ann.headers)
+    closed = await next_event(CloseConnection)
+    assert isinstance(closed, CloseConnection)
+    assert (closed.code, closed.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
+    await stream.aclose()

@@ -262,7 +262,7 @@ async def answers(client: GatewayClient, cids: set[str]) -> dict[str, object]:
     """The answer (`sent` or `err`) to each of `cids`."""
     found: dict[str, object] = {}
     with trio.fail_after(20):
-        while set(found) < cids:
+        while not cids <= set(found):
             for frame in await client.receive():
                 if isinstance(frame, Sent):
                     found[frame.cid] = frame
