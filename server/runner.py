@@ -25,6 +25,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from protocol import GATEWAY_PATH, CloseCode, ErrorCode
 from protocol.errors import ObrolError
 from server.app import create_app
+from server.gateway.budget import FrameLimits
 from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
 from server.gateway.listener import Gateway, GatewaySettings
@@ -260,6 +261,7 @@ async def _run_gateway(
             max_outbound_bytes=settings.max_outbound_bytes,
             resync_timeout_s=settings.resync_timeout_s,
             close_grace_s=settings.close_grace_s,
+            frame_limits=FrameLimits(settings.gateway_frames_per_s, settings.gateway_frame_burst),
         ),
     )
     async with trio.open_nursery() as nursery:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # How long a closing connection may take to write its last bytes and answer our close
     # frame before the socket is cut.
     close_grace_s: float = Field(2.0, gt=0)
+    # Frames one gateway connection may send: this many a second on average, bursts up to
+    # `gateway_frame_burst` (PROTOCOL.md §8); over it batches are refused, then it is closed.
+    gateway_frames_per_s: float = Field(200.0, gt=0)
+    gateway_frame_burst: int = Field(1000, ge=256)
     commit_batch_max: int = Field(1000, ge=1, le=10_000)
     # Freeze start-up objects out of the cyclic GC and collect generation 0 less often:
     # under fan-out load the default thresholds spend a large share of CPU in the GC.

@@ -28,15 +28,19 @@ from wsproto.utilities import RemoteProtocolError as WsprotoRemoteError
 from protocol import (
     CLIENT_TO_SERVER_LIMITS,
     GATEWAY_PATH,
+    ClientFrame,
     CloseCode,
     Err,
     ErrorCode,
     RemoteProtocolError,
     SecureChannel,
+    Send,
     ServerHandshake,
     decode_client_batch_lenient,
     encode,
 )
+from server.gateway.budget import DEFAULT_FRAME_LIMITS, FrameBudget, FrameLimits
+from server.gateway.committer import err_frame
 from server.gateway.connection import Connection
 from server.gateway.flusher import Flusher
 from server.gateway.session import GatewayContext, Session
@@ -66,6 +70,7 @@ class GatewaySettings:
     max_outbound_bytes: int
     resync_timeout_s: float
     close_grace_s: float = 2.0
+    frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS
 
 
 class Gateway:
@@ -191,6 +196,7 @@ class Gateway:
         self.gw.cursors.note_seen(device.device_id, self.gw.services.clock())
         logger.info("connection %s: device %s established", conn.id, conn.device_id)
         session = Session(conn, self.gw, nursery)
+        budget = FrameBudget(self.settings.frame_limits, trio.current_time())
         while True:
             data = await self._next_message(conn, self.settings.idle_timeout_s)
             try:
@@ -198,6 +204,9 @@ class Gateway:
                 frames = decode_client_batch_lenient(plaintext)
             except RemoteProtocolError as error:
                 self._refuse(conn, error)
+            if not budget.take(len(frames), trio.current_time()):
+                self._rate_limit(conn, frames, budget)
+                continue
             for frame in frames:
                 if isinstance(frame, RemoteProtocolError):
                     conn.reply(encode(Err.from_error(frame)))
@@ -305,6 +314,24 @@ class Gateway:
                     conn.answer_peer_close(event)
                     raise _Closed
             await self._receive(conn, timeout_s)
+
+    def _rate_limit(
+        self, conn: Connection, frames: list[ClientFrame | RemoteProtocolError], budget: FrameBudget
+    ) -> None:
+        """Refuse a batch over the connection's frame budget (PROTOCOL.md §8)."""
+        if budget.exhausted:
+            logger.info("connection %s: closed for flooding", conn.id)
+            conn.close(CloseCode.RATE_LIMITED, ErrorCode.RATE_LIMITED, "too many frames")
+            raise _Closed
+        text = "too many frames; retry later"
+        for frame in frames:
+            if isinstance(frame, Send):
+                conn.reply(
+                    err_frame(
+                        ErrorCode.RATE_LIMITED, text + " with the same cid", frame.cid, "send"
+                    )
+                )
+        conn.reply(err_frame(ErrorCode.RATE_LIMITED, text, None, None))
 
     def _refuse(self, conn: Connection, error: RemoteProtocolError) -> NoReturn:
         logger.info("connection %s refused: %s", conn.id, error)

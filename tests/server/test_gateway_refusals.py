@@ -396,3 +396,35 @@ async def test_a_revocation_during_the_handshake_closes_it(server: Harness) -> N
     assert isinstance(closed, CloseConnection)
     assert (closed.code, closed.reason) == (CloseCode.DEVICE_REVOKED, "device_revoked")
     await stream.aclose()
+
+
+async def test_a_flooding_connection_is_refused_then_closed(
+    nursery: trio.Nursery, database_url: str, tmp_path: Path
+) -> None:
+    async with start_harness(
+        nursery, database_url, tmp_path, gateway_frames_per_s=1.0, gateway_frame_burst=256
+    ) as server:
+        ann, _, conv, bystander = await setup(server)
+        client = await server.connect(ann)
+        await client.sync(0)
+        await frames_until(client, Synced)
+        sends = [Send(cid=f"f{i}", conv=conv.bytes, body=TextBody(text="x")) for i in range(200)]
+        await client.send(*sends)  # within the burst: served
+        await frames_until(client, Sent)
+        # Over the budget: the batch is refused, each send with its cid (retry later).
+        await client.send(*sends[:100])
+        errors = [f for f in await frames_until(client, Err) if isinstance(f, Err)]
+        while len(errors) < 101:
+            errors += [f for f in await client.receive() if isinstance(f, Err)]
+        assert {e.code for e in errors} == {ErrorCode.RATE_LIMITED}
+        assert {e.ref for e in errors} == {*(f"f{i}" for i in range(100)), None}
+        # Going on regardless ends the connection, with the documented close.
+        await client.send(*sends[:100])
+        await client.send(*sends[:100])
+        closed = await closed_with(client)
+        assert (closed.code, closed.reason) == (CloseCode.RATE_LIMITED, "rate_limited")
+        stored = await server.client.get(
+            f"/v1/conversations/{conv}/messages?limit=200", headers=ann.headers
+        )
+        assert len(stored.json()["messages"]) == 200  # each stored once, none refused twice
+        await bystander_still_served(server, ann, conv, bystander)
