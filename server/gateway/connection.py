@@ -38,7 +38,7 @@ from protocol import (
     SecureChannel,
     encode,
 )
-from server.gateway.flusher import Flusher, batches
+from server.gateway.flusher import MAX_BATCH_BYTES, MAX_BATCH_FRAMES, Flusher, batches
 from server.gateway.states import NEXT, GatewayStats, State, StateError
 
 logger = logging.getLogger(__name__)
@@ -270,15 +270,21 @@ class Connection:
     def _seal_pending(self, now: float, final_frame: bytes | None = None) -> None:
         """Seal every pending frame, in batches within the client's limits; with
         `final_frame`, it ends the last batch, which is sealed FINAL."""
-        assert self.channel is not None
-        frames, self._pending, self._pending_bytes = self._pending, [], 0
+        channel = self.channel
+        assert channel is not None
+        frames, size = self._pending, self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
         self._replies.clear()
+        if final_frame is None and size <= MAX_BATCH_BYTES and len(frames) <= MAX_BATCH_FRAMES:
+            # The hot path (a flush): one batch, no splitting.
+            self._out += self.ws.send(BytesMessage(data=channel.seal(b"".join(frames), now)))
+            return
         if final_frame is not None:
             frames.append(final_frame)
         split = list(batches(frames))
         for i, batch in enumerate(split):
             final = final_frame is not None and i == len(split) - 1
-            sealed = self.channel.seal(b"".join(batch), now, final=final)
+            sealed = channel.seal(b"".join(batch), now, final=final)
             self._out += self.ws.send(BytesMessage(data=sealed))
 
     def _write_now(self) -> None:

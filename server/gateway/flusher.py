@@ -36,16 +36,16 @@ class Flusher:
             await trio.lowlevel.checkpoint()
 
 
+MAX_BATCH_BYTES = SERVER_TO_CLIENT_LIMITS.max_bytes
+MAX_BATCH_FRAMES = SERVER_TO_CLIENT_LIMITS.max_values
+
+
 def batches(frames: list[bytes]) -> Iterator[list[bytes]]:
     """Split frames into batches within the server -> client limits."""
-    limit_bytes, limit_frames = (
-        SERVER_TO_CLIENT_LIMITS.max_bytes,
-        SERVER_TO_CLIENT_LIMITS.max_values,
-    )
     batch: list[bytes] = []
     size = 0
     for frame in frames:
-        if batch and (size + len(frame) > limit_bytes or len(batch) >= limit_frames):
+        if batch and (size + len(frame) > MAX_BATCH_BYTES or len(batch) >= MAX_BATCH_FRAMES):
             yield batch
             batch, size = [], 0
         batch.append(frame)
