@@ -141,6 +141,15 @@ async def _revoke_device_tokens(conn: Any, device_id: uuid.UUID, now: datetime) 
     )
 
 
+async def _sign_out(conn: Any, device_id: uuid.UUID, now: datetime) -> None:
+    await _revoke_device_tokens(conn, device_id, now)
+    await conn.execute(
+        "UPDATE devices SET signed_out_at = coalesce(signed_out_at, $2) WHERE id = $1",
+        device_id,
+        now,
+    )
+
+
 async def _open_session(
     conn: Any,
     account_id: uuid.UUID,
@@ -195,3 +204,8 @@ class TokenStore:
 
     async def revoke_device(self, device_id: uuid.UUID, now: datetime) -> None:
         await self._db.transaction(_revoke_device_tokens, device_id, now)
+
+    async def sign_out(self, device_id: uuid.UUID, now: datetime) -> None:
+        """End the device's session (logout): its tokens are revoked and the gateway
+        refuses it (signed out) until it logs in again. One transaction."""
+        await self._db.transaction(_sign_out, device_id, now)

@@ -151,8 +151,10 @@ class SessionHandler:
         return pair
 
     async def logout(self, actor: Actor) -> None:
-        """End this device's session: every token bound to it stops working."""
-        await self._s.tokens.revoke_device(actor.device_id, self._s.clock())
+        """End this device's session: every token bound to it stops working, and its
+        gateway connections close (4013 signed out) and stay refused until it logs in."""
+        await self._s.tokens.sign_out(actor.device_id, self._s.clock())
+        self._s.hub.disconnect_device(actor.device_id, signed_out=True)
 
 
 async def admit_password_check(services: Services, attempt: LoginAttempt) -> int:

@@ -98,7 +98,13 @@ async def test_expired_token_is_refused_and_refresh_rotates(server: Harness) -> 
 
 
 async def test_logout_ends_the_device_session(server: Harness) -> None:
+    # Tokens stop working, the device's live connection is closed and the gateway refuses
+    # it until it logs in again.
+    from protocol import CloseCode
+    from tests.server.test_gateway_refusals import closed_with, refused
+
     session = await server.create_org()
+    live = await server.connect(session)
     response = await server.client.post("/v1/logout", headers=session.headers)
     assert response.status_code == 204
     assert_error(await server.client.get("/v1/me", headers=session.headers), 401, "token_revoked")
@@ -106,6 +112,13 @@ async def test_logout_ends_the_device_session(server: Harness) -> None:
         "/v1/tokens/refresh", json={"refresh_token": session.refresh_token}
     )
     assert_error(response, 401, "token_revoked")
+    closed = await closed_with(live)
+    assert (closed.code, closed.reason) == (CloseCode.SIGNED_OUT, "signed_out")
+    assert (await refused(server, session)).code == CloseCode.SIGNED_OUT
+    again = await server.login(session.account["work_email"], PASSWORD, session.key)
+    async with await server.connect(again) as client:
+        await client.sync(0)
+        assert await client.receive()  # `synced`: back in
 
 
 async def test_missing_or_unknown_tokens(server: Harness) -> None:
