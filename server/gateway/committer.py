@@ -147,13 +147,7 @@ class Committer:
                 answered += 1
                 if stored is not None:
                     self.committed += 1
-                    self._published = max(self._published, stored.pos)
-                    members = appended.members.get(stored.conversation_id, frozenset())
-                    self._hub.fan_out(
-                        recipients(members, stored.sender_id, stored.scope),
-                        stored.pos,
-                        msg_frame(stored, p.body, p.consent),
-                    )
+                    self._publish(stored, p, appended)
         except Exception:
             # A bug. What is committed stays committed: a retry with the cid gets its `sent`.
             logger.exception("answering a committed batch of %d sends failed", len(batch))
@@ -192,13 +186,17 @@ class Committer:
                 len(recovered),
             )
         for message, p in recovered:
-            self._published = max(self._published, message.pos)
-            members = appended.members.get(message.conversation_id, frozenset())
-            self._hub.fan_out(
-                recipients(members, message.sender_id, message.scope),
-                message.pos,
-                msg_frame(message, p.body, p.consent),
-            )
+            self._publish(message, p, appended)
+
+    def _publish(self, message: StoredMessage, p: PendingSend, appended: AppendBatch) -> None:
+        """Fan a stored message out (encoded once) to the members its scope allows."""
+        self._published = max(self._published, message.pos)
+        members = appended.members.get(message.conversation_id, frozenset())
+        self._hub.fan_out(
+            recipients(members, message.sender_id, message.scope),
+            message.pos,
+            msg_frame(message, p.body, p.consent),
+        )
 
 
 def acknowledge(p: PendingSend, result: AppendResult) -> StoredMessage | None:

@@ -59,6 +59,16 @@ async def refused(server: Harness, session: Session) -> ConnectionClosedError:
     return await closed_with(await server.connect(session))
 
 
+def for_one(cid: str, conv: uuid.UUID, who: Session) -> Send:
+    """A location share scoped to one member."""
+    return Send(
+        cid=cid,
+        conv=conv.bytes,
+        body=LocationBody(lat=-6.2, lon=106.8, acc=10.0),
+        consent=Consent(purpose="location_share", scope=(who.account_uuid.bytes,), retention=3600),
+    )
+
+
 async def history(server: Harness, session: Session, conv: uuid.UUID) -> list[str]:
     response = await server.client.get(
         f"/v1/conversations/{conv}/messages", headers=session.headers
@@ -261,14 +271,7 @@ async def test_consent_scope_limits_who_receives_live_and_in_catch_up(server: Ha
     sender = await server.connect(ann)
     await sender.sync(0)
     await sender.send(
-        Send(
-            cid="for-bob",
-            conv=conv.bytes,
-            body=LocationBody(lat=-6.2, lon=106.8, acc=10.0),
-            consent=Consent(
-                purpose="location_share", scope=(bob.account_uuid.bytes,), retention=3600
-            ),
-        ),
+        for_one("for-bob", conv, bob),
         Send(cid="for-all", conv=conv.bytes, body=TextBody(text="hello all")),
     )
     got: list[ServerFrame] = []
@@ -315,14 +318,7 @@ async def test_a_receipt_for_a_message_you_cannot_see_is_refused(server: Harness
     async with await server.connect(ann) as sender:
         await sender.sync(0)
         await sender.send(
-            Send(
-                cid="for-bob",
-                conv=conv.bytes,
-                body=LocationBody(lat=-6.2, lon=106.8, acc=10.0),
-                consent=Consent(
-                    purpose="location_share", scope=(bob.account_uuid.bytes,), retention=3600
-                ),
-            ),
+            for_one("for-bob", conv, bob),
             Send(cid="elsewhere", conv=other.bytes, body=TextBody(text="mine")),
         )
         frames = await frames_until(sender, Sent)
