@@ -141,3 +141,11 @@ def test_bad_options_and_an_unreachable_server_say_what_is_wrong(
     err = capsys.readouterr().err
     assert "cannot reach the obrol API at http://127.0.0.1:9" in err
     assert "Traceback" not in err
+
+
+def test_the_hand_run_fuzzer_runs_against_a_server_of_its_own() -> None:
+    # `python -m loadtest.fuzz_cli`, shortened: provisions over REST, fuzzes, checks normal
+    # traffic after each round and that the server process survived with a clean log.
+    from loadtest.fuzz_cli import main
+
+    assert main(["--connections", "40", "--round", "20", "--concurrency", "4", "--seed", "5"]) == 0
