@@ -18,20 +18,23 @@ class Hub:
 
     def __init__(self) -> None:
         self._by_account: dict[uuid.UUID, set[Connection]] = {}
+        self._by_device: dict[uuid.UUID, set[Connection]] = {}
         self.stats = GatewayStats()
 
     def attach(self, conn: Connection) -> None:
-        assert conn.account_id is not None
+        assert conn.account_id is not None and conn.device_id is not None
         self._by_account.setdefault(conn.account_id, set()).add(conn)
+        self._by_device.setdefault(conn.device_id, set()).add(conn)
 
     def detach(self, conn: Connection) -> None:
-        if conn.account_id is None:
-            return
-        conns = self._by_account.get(conn.account_id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self._by_account[conn.account_id]
+        for index, key in ((self._by_account, conn.account_id), (self._by_device, conn.device_id)):
+            if key is None:
+                continue
+            conns = index.get(key)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del index[key]
 
     def connection_count(self) -> int:
         return sum(len(c) for c in self._by_account.values())
@@ -60,10 +63,8 @@ class Hub:
             code, error, message = CloseCode.SIGNED_OUT, ErrorCode.SIGNED_OUT, "signed out"
         else:
             code, error, message = CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "revoked"
-        for conns in list(self._by_account.values()):
-            for conn in list(conns):
-                if conn.device_id == device_id:
-                    conn.close(code, error, message)
+        for conn in list(self._by_device.get(device_id, ())):
+            conn.close(code, error, message)
 
     def disconnect_account(self, account_id: uuid.UUID) -> None:
         """Close every live connection of a deactivated account."""
