@@ -183,3 +183,21 @@ async def test_catch_up_from_past_the_end_continues_from_the_end(world: World) -
     assert await world.messages.after(ann, 2**53 - 1, 10) == ([], first.pos, False)
     rows, next_pos, _ = await world.messages.after(ann, 0, 10)
     assert [r.pos for r in rows] == [first.pos] and next_pos == first.pos
+
+
+async def test_a_cursor_save_cancelled_mid_write_keeps_what_it_held(world: World) -> None:
+    # At shutdown the saver's periodic save can be cancelled inside its write; what it had
+    # taken must be there for the final save, not dropped.
+    from server.gateway.cursors import CursorSaver
+    from storage.devices import DeviceStore
+    from storage.receipts import ReceiptStore
+
+    device = world.people["ann"][1]
+    saver = CursorSaver(world.messages, ReceiptStore(world.db), DeviceStore(world.db))
+    saver.note(device, 5)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await saver.save()
+    assert scope.cancelled_caught
+    await saver.save()
+    assert await world.messages.cursor(device) == 5
