@@ -28,7 +28,7 @@ from loadtest.client import DeviceIdentity, connect
 from loadtest.fuzz import FuzzReport, FuzzTarget, run_fuzz
 from loadtest.localserver import local_server
 from loadtest.provision import b64url, new_password, unb64url
-from protocol import Msg, Send, TextBody
+from protocol import Msg, Send, Synced, TextBody
 
 
 async def _login(api: httpx.AsyncClient, email: str, password: str) -> tuple[str, DeviceIdentity]:
@@ -90,7 +90,11 @@ async def still_served(target: FuzzTarget, observer: DeviceIdentity, round_no: i
     cid = f"alive-{round_no}"
     with trio.move_on_after(20):
         async with await connect(target.gateway_url, observer) as watcher:
+            # From the end of the stream; `synced` first, or the message could be taken
+            # for one before that end.
             await watcher.sync(2**53 - 1)
+            while not any(isinstance(f, Synced) for f in await watcher.receive()):
+                pass
             async with await connect(target.gateway_url, target.device) as sender:
                 await sender.send(Send(cid=cid, conv=target.conv, body=TextBody(text="ok")))
                 while True:
@@ -136,7 +140,6 @@ async def amain(args: argparse.Namespace) -> int:
     else:
         folder = Path(tempfile.mkdtemp(prefix="obrol-fuzz-"))
         log_path = folder / "server.log"
-        os.environ["OBROL_ALLOW_ORG_SIGNUP"] = "true"
         async with local_server(None, log_path) as server:
             report, healthy = await fuzz(args, server.api_url, server.gateway_url)
             survived = _running(server.pid)
