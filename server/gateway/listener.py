@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import NoReturn
@@ -71,6 +72,8 @@ class GatewaySettings:
     resync_timeout_s: float
     close_grace_s: float = 2.0
     frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS
+    tls: ssl.SSLContext | None = None
+    """Serve `wss://` with this context (server/tls.py), or plain `ws://` without."""
 
 
 class Gateway:

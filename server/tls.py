@@ -1,0 +1,117 @@
+"""TLS for both listeners: one server context built from the certificate and key files,
+re-read on SIGHUP without dropping connections.
+
+Both listeners share one `ssl.SSLContext`. A reload first builds a fresh context from the
+files (so a missing, unreadable, unparsable or mismatched pair fails there, with the live
+context untouched), then loads the same files into the live context: OpenSSL applies a new
+chain to handshakes that start afterwards, and connections already up keep theirs.
+
+TLS 1.2 minimum (1.3 preferred by OpenSSL's own negotiation), forward-secret AEAD suites
+only for 1.2, ALPN as given by the listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from protocol.errors import ObrolError
+
+logger = logging.getLogger(__name__)
+
+# TLS 1.2 suites with forward secrecy and AEAD (Mozilla's "intermediate" list); TLS 1.3
+# suites are all of that kind and are not set through this string.
+CIPHERS_TLS12 = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+
+
+class TlsConfigError(ObrolError):
+    """The certificate or key cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    subject: str
+    not_after: datetime
+
+    def describe(self) -> str:
+        return f"{self.subject}, valid until {self.not_after:%Y-%m-%d %H:%M} UTC"
+
+
+def certificate_info(cert_file: Path) -> CertificateInfo:
+    """The subject and expiry of the first certificate in `cert_file` (PEM)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except OSError as exc:
+        raise TlsConfigError(
+            f"cannot read the TLS certificate {cert_file}: {exc.strerror}"
+        ) from None
+    except ValueError:
+        raise TlsConfigError(f"{cert_file} is not a PEM certificate") from None
+    return CertificateInfo(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+
+
+def _load_chain(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    except FileNotFoundError as exc:
+        raise TlsConfigError(f"TLS file not found: {exc.filename}") from None
+    except PermissionError as exc:
+        raise TlsConfigError(f"cannot read TLS file {exc.filename}: permission denied") from None
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).lower().replace("_", " ")
+        if "key values mismatch" in reason:
+            why = "the key does not belong to the certificate"
+        else:
+            why = f"not a usable certificate and key ({reason})"
+        raise TlsConfigError(f"TLS certificate {cert_file} / key {key_file}: {why}") from None
+
+
+def server_context(cert_file: Path, key_file: Path, alpn: list[str]) -> ssl.SSLContext:
+    """A server context for the pair; raises TlsConfigError (one line) if unusable."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS_TLS12)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_alpn_protocols(alpn)
+    _load_chain(context, cert_file, key_file)
+    return context
+
+
+class ServerTls:
+    """The live contexts of both listeners and their reload."""
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.api = server_context(cert_file, key_file, ["h2", "http/1.1"])
+        self.gateway = server_context(cert_file, key_file, ["http/1.1"])
+        self.info = certificate_info(cert_file)
+
+    def reload(self) -> bool:
+        """Re-read the files (SIGHUP). On any problem the live contexts stay as they were
+        and a line is logged; returns whether the new pair is in use."""
+        try:
+            server_context(self.cert_file, self.key_file, ["http/1.1"])  # validate first
+            info = certificate_info(self.cert_file)
+            for context in (self.api, self.gateway):
+                _load_chain(context, self.cert_file, self.key_file)
+        except TlsConfigError as exc:
+            logger.error("TLS reload refused, the previous certificate stays in use: %s", exc)
+            return False
+        self.info = info
+        logger.info("TLS certificate reloaded: %s", info.describe())
+        return True
