@@ -40,6 +40,7 @@ from protocol import (
 )
 from server.gateway.flusher import MAX_BATCH_BYTES, MAX_BATCH_FRAMES, Flusher, batches
 from server.gateway.states import NEXT, GatewayStats, State, StateError
+from server.gateway.tls import TlsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class Connection:
         self.closed = trio.Event()
         self.close_reason: str | None = None
         self.peer_closed = False
+        self.tls: TlsEndpoint | None = None
+        """TLS on this socket (`wss://`), or None (`ws://`)."""
         """True once the peer's WebSocket close frame arrived (and was answered)."""
 
     def __repr__(self) -> str:
@@ -254,7 +257,7 @@ class Connection:
 
     def send_raw(self, data: bytes) -> None:
         """Bytes wsproto produced (upgrade response, pong, close reply), written as they are."""
-        self._out += data
+        self._queue(data)
         self._write_now()
 
     def flush(self, now: float) -> None:
@@ -277,7 +280,7 @@ class Connection:
         self._replies.clear()
         if final_frame is None and size <= MAX_BATCH_BYTES and len(frames) <= MAX_BATCH_FRAMES:
             # The hot path (a flush): one batch, no splitting.
-            self._out += self.ws.send(BytesMessage(data=channel.seal(b"".join(frames), now)))
+            self._queue(self.ws.send(BytesMessage(data=channel.seal(b"".join(frames), now))))
             return
         if final_frame is not None:
             frames.append(final_frame)
@@ -285,7 +288,41 @@ class Connection:
         for i, batch in enumerate(split):
             final = final_frame is not None and i == len(split) - 1
             sealed = channel.seal(b"".join(batch), now, final=final)
-            self._out += self.ws.send(BytesMessage(data=sealed))
+            self._queue(self.ws.send(BytesMessage(data=sealed)))
+
+    def _queue(self, data: bytes) -> None:
+        """Queue WebSocket bytes for the socket (through TLS when it is on)."""
+        tls = self.tls
+        if tls is None:
+            self._out += data
+        else:
+            tls.send(data)
+            self._out += tls.outgoing()
+
+    # -- TLS -----------------------------------------------------------------------------
+
+    def tls_handshake(self, data: bytes) -> bool:
+        """Advance the TLS handshake with `data` from the socket; True once done. Raises
+        ssl.SSLError for a peer that cannot or will not speak acceptable TLS."""
+        assert self.tls is not None
+        done = self.tls.handshake(data)
+        self._flush_tls()
+        return done
+
+    def tls_receive(self, data: bytes) -> bytes:
+        """What the socket gave, decrypted (empty if it held no application data). Raises
+        ssl.SSLError for a broken or forged record."""
+        assert self.tls is not None
+        plaintext = self.tls.receive(data)
+        self._flush_tls()
+        return plaintext
+
+    def _flush_tls(self) -> None:
+        assert self.tls is not None
+        pending = self.tls.outgoing()  # handshake messages, session tickets, alerts
+        if pending:
+            self._out += pending
+            self._write_now()
 
     def _write_now(self) -> None:
         if self._writer_busy or not self._out:
@@ -381,14 +418,14 @@ class Connection:
         self.closed.set()
         if self.ws.state is ConnectionState.OPEN:
             reason = error.value if error is not None else ""
-            self._out += self.ws.send(CloseConnection(code=int(code), reason=reason))
+            self._queue(self.ws.send(CloseConnection(code=int(code), reason=reason)))
         self._write_now()
 
     def answer_peer_close(self, event: CloseConnection) -> None:
         """The peer's WebSocket close frame: answer it at once; the session is over."""
         self.peer_closed = True
         if self.ws.state is ConnectionState.REMOTE_CLOSING:
-            self._out += self.ws.send(event.response())
+            self._queue(self.ws.send(event.response()))
         self.lost()
         self._write_now()
 

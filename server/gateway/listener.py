@@ -46,6 +46,7 @@ from server.gateway.connection import Connection
 from server.gateway.flusher import Flusher
 from server.gateway.session import GatewayContext, Session
 from server.gateway.states import State
+from server.gateway.tls import TlsEndpoint
 from server.handlers.access import gateway_refusal
 from storage.devices import Credentials
 from storage.errors import DatabaseUnavailableError, NotFoundError
@@ -168,10 +169,14 @@ class Gateway:
                 data = await conn.sock.recv(RECV_BYTES)
                 if not data:
                     break
+                if conn.tls is not None:
+                    data = conn.tls_receive(data)
+                    if not data:
+                        continue
                 conn.ws.receive_data(data)
                 if any(isinstance(event, CloseConnection) for event in conn.ws.events()):
                     break
-        except (OSError, WsprotoRemoteError):
+        except (OSError, ssl.SSLError, WsprotoRemoteError):
             pass
         done.cancel()
 
@@ -223,11 +228,13 @@ class Gateway:
                 raise _Closed
 
     async def _handshake(self, conn: Connection) -> tuple[Credentials, SecureChannel]:
-        """Upgrade to WebSocket and run the secure handshake; returns who is connected.
+        """TLS if on, upgrade to WebSocket, run the secure handshake; returns who is connected.
 
         The connection joins the hub as soon as the device is known, before it proves its
         key: a revocation, deactivation or password change while the handshake runs then
         closes it like any live one (the hub delivers nothing to it until it is synced)."""
+        if self.settings.tls is not None:
+            await self._tls_handshake(conn, self.settings.tls)
         await self._upgrade(conn)
         hs = ServerHandshake(identity_secret_key=self._identity_secret)
         try:
@@ -282,11 +289,48 @@ class Gateway:
         if not data:
             conn.lost()
             raise _Closed
+        if conn.tls is not None:
+            data = self._decrypt(conn, data)
+            if not data:
+                return  # TLS records without application data (yet)
         try:
             conn.ws.receive_data(data)
         except WsprotoRemoteError:
             conn.lost()
             raise _Closed from None
+
+    def _decrypt(self, conn: Connection, data: bytes) -> bytes:
+        """The application bytes in what the socket gave (TLS); a broken record ends the
+        connection (no close frame can be trusted to arrive)."""
+        try:
+            return conn.tls_receive(data)
+        except ssl.SSLError as exc:
+            logger.info("connection %s: TLS error: %s", conn.id, exc.reason or exc)
+            conn.lost()
+            raise _Closed from None
+
+    async def _tls_handshake(self, conn: Connection, context: ssl.SSLContext) -> None:
+        """The TLS handshake, before the WebSocket upgrade and under the same deadline. A
+        client that cannot or will not speak acceptable TLS (an old version, garbage, plain
+        HTTP) is cut off with a log line."""
+        conn.tls = TlsEndpoint(context)
+        data = b""
+        while True:
+            try:
+                if conn.tls_handshake(data):
+                    return
+            except ssl.SSLError as exc:
+                logger.info("connection %s: TLS handshake failed: %s", conn.id, exc.reason or exc)
+                conn.lost()
+                raise _Closed from None
+            await conn.wait_written()
+            try:
+                data = await conn.sock.recv(RECV_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                conn.lost()
+                raise _Closed
 
     async def _next_message(
         self, conn: Connection, timeout_s: float | None, limit: int = MAX_CLIENT_MESSAGE_BYTES
