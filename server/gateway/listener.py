@@ -318,6 +318,14 @@ class Gateway:
         while True:
             try:
                 if conn.tls_handshake(data):
+                    # The upgrade request may have come in the same read as the handshake's end.
+                    early = conn.tls_receive(b"")
+                    if early:
+                        try:
+                            conn.ws.receive_data(early)
+                        except WsprotoRemoteError:
+                            conn.lost()
+                            raise _Closed from None
                     return
             except ssl.SSLError as exc:
                 logger.info("connection %s: TLS handshake failed: %s", conn.id, exc.reason or exc)

@@ -42,12 +42,11 @@ class TlsEndpoint:
         return True
 
     def receive(self, data: bytes) -> bytes:
-        """Feed what the socket gave (b"" at its end); return the application bytes it
-        completes (possibly none)."""
+        """Feed what the socket gave (b"": nothing new - e.g. to collect application bytes
+        that arrived together with the end of the handshake); return the application bytes
+        available (possibly none)."""
         if data:
             self._incoming.write(data)
-        else:
-            self._incoming.write_eof()
         chunks: list[bytes] = []
         while True:
             try:

@@ -94,3 +94,19 @@ def test_what_is_not_a_client_hello_is_refused(ca: trustme.CA, garbage: bytes) -
     server = TlsEndpoint(server_context(ca))
     with pytest.raises(ssl.SSLError):
         server.handshake(garbage)
+
+
+def test_application_data_that_came_with_the_handshake_is_not_left_behind(
+    ca: trustme.CA,
+) -> None:
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client = Client(client_context)
+    server = TlsEndpoint(server_context(ca))
+    client.step()
+    assert not server.handshake(client.outgoing.read())
+    client.incoming.write(server.outgoing())
+    assert client.step()
+    client.obj.write(b"GET /v1/ws HTTP/1.1\r\n")  # in the same flight as the client's Finished
+    assert server.handshake(client.outgoing.read())
+    assert server.receive(b"") == b"GET /v1/ws HTTP/1.1\r\n"
