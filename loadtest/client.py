@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import socket
 import ssl
 import uuid
@@ -266,6 +267,12 @@ async def _open_stream(host: str, port: int, receive_buffer_bytes: int | None) -
     return trio.SocketStream(sock)
 
 
+@functools.cache
+def _system_trust() -> ssl.SSLContext:
+    """The default client context, made once (loading the trust store takes a while)."""
+    return client_ssl_context()
+
+
 def _tls_error(exc: BaseException, host: str, reason: str) -> ConnectError | None:
     """The ConnectError for a TLS failure (`exc` or the error a BrokenResourceError wraps),
     with `reason` unless the certificate was refused; None if it is no TLS failure."""
@@ -291,7 +298,7 @@ async def tls_handshake(
     """
     tls = trio.SSLStream(
         stream,
-        ssl_context or client_ssl_context(),
+        ssl_context or _system_trust(),
         server_hostname=host,
         https_compatible=True,
     )
@@ -377,8 +384,8 @@ async def connect_over(
     ConnectError (TlsVerificationError for a refused certificate); the other errors are
     those of `connect`.
     """
-    host, _ = _host_port(url)
     parts = urlsplit(url)
+    host = parts.hostname or ""
     ws = WSConnection(ConnectionType.CLIENT)
     client = GatewayClient(stream, ws)
     try:
