@@ -41,6 +41,8 @@ examples:
       one 500-member group, 20 messages/s at a fixed rate
   obrol loadtest --url http://127.0.0.1:8400 --devices 5000 --workers 2 --storm 20
       a running server; 20% of the devices drop and reconnect at once mid-run
+  obrol loadtest --url https://chat.example:8400 --ca-file ca.pem
+      a server with TLS (https:// API, wss:// gateway on port 8401), its CA trusted
 
 exit status: 0 passed, 1 loss check failed, 2 bad options, 3 server unusable,
 4 tester bug, 130 interrupted (the report is still written)
@@ -56,9 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     target = parser.add_argument_group("target")
-    target.add_argument("--url", help="HTTP API of a running server (default: start our own)")
     target.add_argument(
-        "--gateway-url", help="its gateway, ws://host:port/v1/ws (default: API port + 1)"
+        "--url",
+        help="HTTP API of a running server, http:// or https:// (default: start our own)",
+    )
+    target.add_argument(
+        "--gateway-url",
+        help="its gateway, ws:// or wss://host:port/v1/ws (default: API port + 1, "
+        "wss:// when --url is https://)",
+    )
+    target.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="CA.pem",
+        help="trust the server's TLS certificate if this CA (PEM) issued it "
+        "(default: the system's trust store); certificates and host names are always verified",
     )
     target.add_argument(
         "--data-dir",
@@ -175,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         report_dir=args.report,
         url=args.url,
         gateway_url=args.gateway_url,
+        ca_file=args.ca_file,
         cache_path=args.cache,
         fresh=args.fresh,
         data_dir=args.data_dir,

@@ -12,16 +12,32 @@ the I/O glue around it.
 
 `DeviceState` keeps what a real device keeps between connections: its cursor, the ids it
 has seen (to drop duplicates) and its outbox (to resend with the same cids).
+
+TLS: a `wss://host:port/v1/ws` URL runs a TLS handshake (`trio.SSLStream`) before the
+WebSocket upgrade. The server's certificate and host name are verified by default against
+the system's trust store; pass `ssl_context=client_ssl_context(ca_file)` to trust a CA of
+your own (a private or development CA). A certificate that fails verification raises
+`TlsVerificationError` (a `ConnectError` with reason `tls_verify_failed`) naming the host
+and OpenSSL's reason; it is not worth retrying until someone fixes the certificate or the
+trust. The secure channel's pinned server key is checked on top of TLS, exactly as over
+plain `ws://`.
+
+    context = client_ssl_context(Path("ca.pem"))
+    async with await connect("wss://chat.example:8401/v1/ws", identity, ssl_context=context):
+        ...
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import socket
+import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
@@ -69,14 +85,44 @@ class ConnectionClosedError(ObrolError):
 
 class ConnectError(ObrolError):
     """Connecting failed below the obrol protocol: nothing listened, the connection was
-    refused, reset or dropped, the socket connected to itself, or the peer did not speak
-    HTTP/WebSocket. Nothing was said by an obrol server, so it is always worth retrying
-    later. `reason` is a short code for counting (`connection_refused`, `self_connect`,
-    `bad_upgrade`, ...); `__cause__` is the error underneath, if any."""
+    refused, reset or dropped, the socket connected to itself, the TLS handshake failed, or
+    the peer did not speak HTTP/WebSocket. Nothing was said by an obrol server, so it is
+    worth retrying later - except `TlsVerificationError`. `reason` is a short code for
+    counting (`connection_refused`, `self_connect`, `tls_handshake_failed`, `bad_upgrade`,
+    ...); `__cause__` is the error underneath, if any."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"could not connect ({reason}){': ' + detail if detail else ''}")
         self.reason = reason
+
+
+class TlsVerificationError(ConnectError):
+    """The server's TLS certificate was refused: not issued by a trusted CA, expired, or not
+    for the host name connected to. Retrying will not help until the certificate or the
+    trust (`client_ssl_context(ca_file)`) changes. `host` is the name that was verified;
+    `verify_message` is OpenSSL's reason (e.g. "unable to get local issuer certificate")."""
+
+    def __init__(self, host: str, verify_message: str) -> None:
+        super().__init__(
+            "tls_verify_failed",
+            f"the TLS certificate of {host} is not trusted "
+            f"(certificate verify failed: {verify_message})",
+        )
+        self.host = host
+        self.verify_message = verify_message
+
+
+def client_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """A client TLS context that verifies the certificate and the host name: against the
+    certificates in `ca_file` (PEM) if given, else against the system's trust store.
+
+    Raises:
+        OSError: `ca_file` cannot be read.
+        ssl.SSLError: `ca_file` holds no PEM certificate.
+    """
+    context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +138,7 @@ class DeviceIdentity:
 class GatewayClient:
     """One connection. Not safe for several tasks sending at once."""
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection) -> None:
         self._stream = stream
         self._ws = ws
         self._channel: SecureChannel | None = None
@@ -125,7 +171,7 @@ class GatewayClient:
         if not data:
             self._closed = (1006, "connection dropped")
             return
-        self._ws.receive_data(data)
+        self._ws.receive_data(bytes(data))  # bytes already: no copy
         await self._take(list(self._ws.events()))
 
     async def _take(self, events: Sequence[object]) -> None:
@@ -221,6 +267,54 @@ async def _open_stream(host: str, port: int, receive_buffer_bytes: int | None) -
     return trio.SocketStream(sock)
 
 
+@functools.cache
+def _system_trust() -> ssl.SSLContext:
+    """The default client context, made once (loading the trust store takes a while)."""
+    return client_ssl_context()
+
+
+def _tls_error(exc: BaseException, host: str, reason: str) -> ConnectError | None:
+    """The ConnectError for a TLS failure (`exc` or the error a BrokenResourceError wraps),
+    with `reason` unless the certificate was refused; None if it is no TLS failure."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return TlsVerificationError(host, cause.verify_message or cause.reason or str(cause))
+    if isinstance(cause, ssl.SSLError):
+        return ConnectError(reason, f"{host}: {cause}")
+    return None
+
+
+async def tls_handshake(
+    stream: trio.SocketStream, host: str, ssl_context: ssl.SSLContext | None = None
+) -> trio.SSLStream[trio.SocketStream]:
+    """Run a TLS handshake as a client over `stream`, verifying the certificate for `host`.
+
+    `ssl_context` defaults to the system's trust store. The stream is not closed on failure.
+
+    Raises:
+        TlsVerificationError: the certificate is not trusted or not for `host`.
+        ConnectError: the handshake failed otherwise (`tls_handshake_failed`: the peer does
+            not speak TLS, or no common version or cipher; or the connection broke).
+    """
+    tls = trio.SSLStream(
+        stream,
+        ssl_context or _system_trust(),
+        server_hostname=host,
+        https_compatible=True,
+    )
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        mapped = _tls_error(exc, host, "tls_handshake_failed")
+        if mapped is None:
+            cause = exc.__cause__
+            mapped = ConnectError(
+                _os_reason(cause) if isinstance(cause, OSError) else "dropped_during_tls"
+            )
+        raise mapped from exc
+    return tls
+
+
 def _check_not_connected_to_itself(stream: trio.SocketStream) -> None:
     """Raise ConnectError("self_connect") if the TCP connection is to itself.
 
@@ -236,50 +330,74 @@ def _check_not_connected_to_itself(stream: trio.SocketStream) -> None:
         raise ConnectError("self_connect", f"source and destination are both {local!r}")
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    """The host and port of a ws:// or wss:// URL; raises ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or parts.hostname is None or parts.port is None:
+        raise ValueError(f"expected ws://host:port/path or wss://host:port/path, got {url!r}")
+    return parts.hostname, parts.port
+
+
 async def connect(
-    url: str, identity: DeviceIdentity, *, receive_buffer_bytes: int | None = None
+    url: str,
+    identity: DeviceIdentity,
+    *,
+    receive_buffer_bytes: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> GatewayClient:
-    """Open a WebSocket to `url` (ws://host:port/v1/ws) and run the secure handshake.
+    """Open a WebSocket to `url` (ws:// or wss://host:port/v1/ws) and run the secure
+    handshake. For wss://, TLS comes first, verified with `ssl_context` (default: the
+    system's trust store; see `client_ssl_context`); it is ignored for ws://.
 
     Raises:
-        ValueError: `url` is not a ws://host:port/path URL.
+        ValueError: `url` is not a ws:// or wss://host:port/path URL.
+        TlsVerificationError: wss:// and the server's certificate is not trusted or not
+            for the URL's host.
         ConnectError: the connection could not be made or broke before the secure channel
-            was up, or the peer did not speak WebSocket (see `connect_over`).
+            was up, the TLS handshake failed, or the peer did not speak WebSocket (see
+            `connect_over`).
         ConnectionClosedError: the server refused with a close code or an HTTP status
             (unknown or revoked device, wrong path, ...).
         ProtocolError: the server could not be authenticated (from `protocol/`).
     """
-    parts = urlsplit(url)
-    if parts.scheme != "ws" or parts.hostname is None or parts.port is None:
-        raise ValueError(f"expected ws://host:port/path, got {url!r}")
+    host, port = _host_port(url)
     try:
-        stream = await _open_stream(parts.hostname, parts.port, receive_buffer_bytes)
+        stream = await _open_stream(host, port, receive_buffer_bytes)
     except OSError as exc:
         raise ConnectError(_os_reason(exc), str(exc)) from exc
-    return await connect_over(stream, url, identity)
+    return await connect_over(stream, url, identity, ssl_context=ssl_context)
 
 
 async def connect_over(
-    stream: trio.SocketStream, url: str, identity: DeviceIdentity
+    stream: trio.SocketStream,
+    url: str,
+    identity: DeviceIdentity,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> GatewayClient:
-    """Upgrade an open TCP `stream` to a WebSocket to `url` and run the secure handshake.
+    """Upgrade an open TCP `stream` to a WebSocket to `url` (after a TLS handshake for
+    wss://) and run the secure handshake.
 
     The stream is closed if this raises. Every failure underneath the obrol protocol - the
-    socket connected to itself, a reset, the peer closing before the channel is up, bytes
-    that are not an HTTP/WebSocket upgrade answer - raises ConnectError; the other errors
-    are those of `connect`.
+    socket connected to itself, a reset, a failed TLS handshake, the peer closing before the
+    channel is up, bytes that are not an HTTP/WebSocket upgrade answer - raises
+    ConnectError (TlsVerificationError for a refused certificate); the other errors are
+    those of `connect`.
     """
     parts = urlsplit(url)
+    host = parts.hostname or ""
     ws = WSConnection(ConnectionType.CLIENT)
     client = GatewayClient(stream, ws)
     try:
         _check_not_connected_to_itself(stream)
-        await stream.send_all(ws.send(Request(host=parts.netloc, target=parts.path or "/")))
+        if parts.scheme == "wss":
+            client._stream = await tls_handshake(stream, host, ssl_context)
+        await client._stream.send_all(ws.send(Request(host=parts.netloc, target=parts.path or "/")))
         while True:
-            data = await stream.receive_some(RECV_BYTES)
+            data = await client._stream.receive_some(RECV_BYTES)
             if not data:
                 raise ConnectError("dropped_during_upgrade")
-            ws.receive_data(data)
+            ws.receive_data(bytes(data))
             events = list(ws.events())
             for event in events:
                 if isinstance(event, RejectConnection):
@@ -299,18 +417,23 @@ async def connect_over(
         client._channel = channel
     except BaseException as exc:
         await client.aclose()
-        mapped = _as_connect_error(exc)
+        if isinstance(exc, ConnectError):  # already said what failed (self_connect, TLS)
+            raise
+        mapped = _as_connect_error(exc, host)
         if mapped is None:
             raise
         raise mapped from exc
     return client
 
 
-def _as_connect_error(exc: BaseException) -> ConnectError | None:
+def _as_connect_error(exc: BaseException, host: str) -> ConnectError | None:
     """The ConnectError for a failure underneath the obrol protocol while connecting; None
     for anything else (a refusal by the server, our protocol's errors, cancellation)."""
     if isinstance(exc, WsprotoError):  # the peer's bytes are no WebSocket upgrade answer
         return ConnectError("bad_upgrade", str(exc))
+    tls = _tls_error(exc, host, "tls_error")  # after the handshake
+    if tls is not None:
+        return tls
     if isinstance(exc, trio.BrokenResourceError):
         cause = exc.__cause__
         return ConnectError(_os_reason(cause) if isinstance(cause, OSError) else "connection_reset")
@@ -353,12 +476,13 @@ class DeviceState:
             self.cursor = max(self.cursor, pos)
         return True
 
-    async def reconnect(self, url: str) -> GatewayClient:
-        """Connect, ask for everything after the cursor, and resend the outbox.
+    async def reconnect(self, url: str, ssl_context: ssl.SSLContext | None = None) -> GatewayClient:
+        """Connect (TLS verified with `ssl_context` for wss://), ask for everything after
+        the cursor, and resend the outbox.
 
         Raises what `connect` raises, and trio.BrokenResourceError or ConnectionClosedError
         if the new connection breaks at once (it is closed then)."""
-        client = await connect(url, self.identity)
+        client = await connect(url, self.identity, ssl_context=ssl_context)
         try:
             await client.sync(self.cursor)
             if self.outbox:

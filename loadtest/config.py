@@ -68,6 +68,8 @@ class RunConfig:
     report_dir: Path
     url: str | None = None
     gateway_url: str | None = None
+    ca_file: Path | None = None
+    """PEM certificates to trust for https:// and wss:// (None: the system's trust store)."""
     cache_path: Path | None = None
     fresh: bool = False
     data_dir: Path | None = None
@@ -172,6 +174,17 @@ def check_config(config: RunConfig) -> None:
         )
     if config.gateway_url is not None:
         need(
-            config.gateway_url.startswith("ws://"),
-            "--gateway-url must look like ws://host:port/v1/ws",
+            config.gateway_url.startswith(("ws://", "wss://")),
+            "--gateway-url must look like ws://host:port/v1/ws or wss://host:port/v1/ws",
         )
+    if config.ca_file is not None:
+        need(
+            config.url is not None and uses_tls(config.url, config.gateway_url),
+            "--ca-file is for a server given by --url https://... (or --gateway-url wss://...)",
+        )
+        need(config.ca_file.is_file(), f"--ca-file: {config.ca_file} is not a readable file")
+
+
+def uses_tls(url: str, gateway_url: str | None) -> bool:
+    """Whether the API or the gateway (given, or derived from the API URL) is TLS."""
+    return url.startswith("https://") or (gateway_url or "").startswith("wss://")

@@ -20,6 +20,7 @@ import httpx
 import trio
 
 from loadtest.cache import ProvisionCache
+from loadtest.client import client_ssl_context
 from loadtest.config import RunConfig
 from loadtest.device import CONNECT_ATTEMPTS, CONNECT_TIMEOUT_S
 from loadtest.link import LinkClosedError
@@ -87,10 +88,13 @@ class Coordinator:
             self.record.notes.append(warning)
         async with open_target(config, self.display) as target:
             self.record.target = target
+            # Separate contexts: httpx sets its own ALPN on the one it is given.
             async with httpx.AsyncClient(
-                base_url=target.api_url, timeout=REQUEST_TIMEOUT_S
+                base_url=target.api_url,
+                timeout=REQUEST_TIMEOUT_S,
+                verify=client_ssl_context(config.ca_file),
             ) as client:
-                await check_reachable(client, target)
+                await check_reachable(client, target, client_ssl_context(config.ca_file))
                 topology = build_topology(config)
                 self.record.topology = topology
                 self.display.note(describe_load(config, topology))

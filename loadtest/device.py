@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from loadtest.client import ConnectError, ConnectionClosedError, DeviceState, GatewayClient
+from loadtest.client import (
+    ConnectError,
+    ConnectionClosedError,
+    DeviceState,
+    GatewayClient,
+    TlsVerificationError,
+)
 from loadtest.frames import CHECK_EVERY, MsgSeen, read_batch
 from loadtest.ledger import SCHEDULED, WORKER_MASK, Received
 from loadtest.observe import TEMPORARY_ERRORS, Observations, now_us
@@ -71,6 +78,10 @@ def describe(exc: BaseException) -> str:
 
 
 def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying is pointless: a refusal PROTOCOL.md says not to retry, a bad URL, or
+    a TLS certificate we do not trust (retrying cannot change it)."""
+    if isinstance(exc, TlsVerificationError):
+        return True
     if isinstance(exc, ConnectionClosedError):
         return exc.code in PERMANENT_CLOSE_CODES
     if isinstance(exc, ProtocolError):
@@ -82,11 +93,19 @@ class SimDevice:
     """A device of the run. `run()` keeps it connected until cancelled or it gives up."""
 
     def __init__(
-        self, index: int, state: DeviceState, url: str, obs: Observations, rng: random.Random
+        self,
+        index: int,
+        state: DeviceState,
+        url: str,
+        obs: Observations,
+        rng: random.Random,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.index = index
         self.state = state
         self.url = url
+        self.ssl_context = ssl_context
+        """Verifies the gateway's certificate for a wss:// `url` (None: system trust)."""
         self.obs = obs
         self.received = Received()
         self.unique_received = 0
@@ -179,7 +198,7 @@ class SimDevice:
         trio.TooSlowError, ValueError (a bad URL: permanent)."""
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
-                return await self.state.reconnect(self.url)
+                return await self.state.reconnect(self.url, self.ssl_context)
         except (*CONNECTION_ERRORS, trio.TooSlowError, ValueError):
             raise
         except Exception as exc:

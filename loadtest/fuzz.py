@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -35,7 +37,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 from wsproto.utilities import RemoteProtocolError as WsprotoRemoteError
 
-from loadtest.client import DeviceIdentity
+from loadtest.client import DeviceIdentity, tls_handshake
 from loadtest.fuzz_frames import FrameFuzzer, Step, pack
 from protocol import (
     CLOSE_CODE_FOR,
@@ -67,11 +69,13 @@ class _Closed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FuzzTarget:
-    """Where to fuzz: the gateway, the fuzzing device, and a conversation it is in."""
+    """Where to fuzz: the gateway, the fuzzing device, and a conversation it is in; for a
+    wss:// gateway, the context that verifies its certificate (None: system trust)."""
 
     gateway_url: str
     device: DeviceIdentity
     conv: bytes
+    ssl_context: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -93,7 +97,7 @@ class FuzzConnection:
     """The fuzzer's own end of a gateway connection: wsproto, the handshake and the channel,
     with every step PROTOCOL.md allows a client - and many it does not."""
 
-    def __init__(self, stream: trio.SocketStream, answer_timeout_s: float) -> None:
+    def __init__(self, stream: trio.abc.Stream, answer_timeout_s: float) -> None:
         self.stream = stream
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.channel: SecureChannel | None = None
@@ -110,12 +114,15 @@ class FuzzConnection:
 
     @classmethod
     async def open(cls, target: FuzzTarget, answer_timeout_s: float) -> FuzzConnection:
-        host, _, rest = target.gateway_url.removeprefix("ws://").partition(":")
-        port, _, path = rest.partition("/")
-        stream = await trio.open_tcp_stream(host, int(port))
-        conn = cls(stream, answer_timeout_s)
+        parts = urlsplit(target.gateway_url)
+        host, port = parts.hostname or "", parts.port or 0
+        tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = tcp
         try:
-            await conn._handshake(target, host, int(port), "/" + path)
+            if parts.scheme == "wss":
+                stream = await tls_handshake(tcp, host, target.ssl_context)
+            conn = cls(stream, answer_timeout_s)
+            await conn._handshake(target, host, port, parts.path or "/")
         except BaseException:
             await stream.aclose()
             raise
@@ -146,7 +153,7 @@ class FuzzConnection:
             data = await self.stream.receive_some(RECV_BYTES)
         if not data:
             raise _Closed(1006, "dropped without a close frame")
-        self.ws.receive_data(data)
+        self.ws.receive_data(bytes(data))
         return list(self.ws.events())
 
     async def _next_message(self) -> bytes:

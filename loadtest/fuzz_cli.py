@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import ssl
 import sys
 import tempfile
 import uuid
@@ -24,7 +25,7 @@ import httpx
 import trio
 from nacl.signing import SigningKey
 
-from loadtest.client import DeviceIdentity, connect
+from loadtest.client import DeviceIdentity, client_ssl_context, connect
 from loadtest.fuzz import FuzzReport, FuzzTarget, run_fuzz
 from loadtest.localserver import local_server
 from loadtest.provision import b64url, new_password, unb64url
@@ -54,12 +55,13 @@ async def _login(api: httpx.AsyncClient, email: str, password: str) -> tuple[str
     return body["access_token"], identity
 
 
-async def provision(api_url: str) -> tuple[FuzzTarget, DeviceIdentity]:
+async def provision(api_url: str, ssl_context: ssl.SSLContext) -> tuple[FuzzTarget, DeviceIdentity]:
     """An org of our own, its owner on two devices, and a group: the fuzzing device and the
-    device that watches normal traffic still flow (the target's gateway URL is left empty)."""
+    device that watches normal traffic still flow (the target's gateway URL is left empty).
+    `ssl_context` verifies an https:// API."""
     tag = secrets.token_hex(4)
     email, password = f"fuzz-{tag}@fuzz.example", new_password()
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, verify=ssl_context) as api:
         created = await api.post(
             "/v1/orgs",
             json={
@@ -89,13 +91,17 @@ async def still_served(target: FuzzTarget, observer: DeviceIdentity, round_no: i
     """A normal send from the fuzzing device reaches the account's other device."""
     cid = f"alive-{round_no}"
     with trio.move_on_after(20):
-        async with await connect(target.gateway_url, observer) as watcher:
+        async with await connect(
+            target.gateway_url, observer, ssl_context=target.ssl_context
+        ) as watcher:
             # From the end of the stream; `synced` first, or the message could be taken
             # for one before that end.
             await watcher.sync(2**53 - 1)
             while not any(isinstance(f, Synced) for f in await watcher.receive()):
                 pass
-            async with await connect(target.gateway_url, target.device) as sender:
+            async with await connect(
+                target.gateway_url, target.device, ssl_context=target.ssl_context
+            ) as sender:
                 await sender.send(Send(cid=cid, conv=target.conv, body=TextBody(text="ok")))
                 while True:
                     for frame in await watcher.receive():
@@ -106,8 +112,11 @@ async def still_served(target: FuzzTarget, observer: DeviceIdentity, round_no: i
 
 async def fuzz(args: argparse.Namespace, api_url: str, gateway_url: str) -> tuple[FuzzReport, bool]:
     """Rounds of fuzzing, each followed by a check that normal traffic still flows."""
-    provisioned, observer = await provision(api_url)
-    target = FuzzTarget(gateway_url, provisioned.device, provisioned.conv)
+    ca_file: Path | None = args.ca_file
+    provisioned, observer = await provision(api_url, client_ssl_context(ca_file))
+    target = FuzzTarget(
+        gateway_url, provisioned.device, provisioned.conv, client_ssl_context(ca_file)
+    )
     total = FuzzReport()
     healthy = True
     deadline = trio.current_time() + args.seconds if args.seconds else float("inf")
@@ -170,11 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, default=500, help="connections between checks")
     parser.add_argument("--concurrency", type=int, default=8, help="connections at a time")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--url", help="the HTTP API of a running server (else our own)")
-    parser.add_argument("--gateway-url", help="its gateway, ws://host:port/v1/ws (with --url)")
+    parser.add_argument(
+        "--url", help="the HTTP API of a running server, http:// or https:// (else our own)"
+    )
+    parser.add_argument(
+        "--gateway-url", help="its gateway, ws:// or wss://host:port/v1/ws (with --url)"
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA certificate (PEM) to trust for https:// and wss:// (default: system trust)",
+    )
     args = parser.parse_args(argv)
     if args.url and not args.gateway_url:
         parser.error("--url needs --gateway-url")
+    if args.ca_file is not None and not args.ca_file.is_file():
+        parser.error(f"--ca-file: {args.ca_file} is not a readable file")
     return trio.run(amain, args)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import httpx
 import trio
 
 from loadtest.cache import default_cache_path
+from loadtest.client import ConnectError, TlsVerificationError, tls_handshake
 from loadtest.config import RunConfig
 from loadtest.localserver import LocalServer, local_server
 from loadtest.progress import Display
@@ -32,10 +34,27 @@ class Target:
 
 
 def default_gateway_url(api_url: str) -> str:
-    """`obrol serve`'s default: the gateway listens on the API port + 1."""
+    """`obrol serve`'s default: the gateway listens on the API port + 1, with TLS (wss://)
+    when the API has it (https://)."""
     parts = urlsplit(api_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"ws://{parts.hostname}:{port + 1}/v1/ws"
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    return f"{'wss' if tls else 'ws'}://{parts.hostname}:{port + 1}/v1/ws"
+
+
+def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate refusal somewhere in `exc`'s causes or contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+CA_HINT = "pass --ca-file with the CA certificate (PEM) that issued it"
 
 
 @asynccontextmanager
@@ -50,11 +69,22 @@ async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Targ
         yield Target(config.url.rstrip("/"), gateway, None)
 
 
-async def check_reachable(client: httpx.AsyncClient, target: Target) -> None:
-    """The API answers and its database is up; the gateway port accepts connections."""
+async def check_reachable(
+    client: httpx.AsyncClient, target: Target, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """The API answers and its database is up; the gateway port accepts connections (and,
+    for wss://, completes a TLS handshake whose certificate `ssl_context` trusts).
+
+    Raises TargetError with a one-line message saying what to check."""
     try:
         response = await client.get("/healthz")
     except httpx.HTTPError as exc:
+        untrusted = _untrusted(exc)
+        if untrusted is not None:
+            raise TargetError(
+                f"the TLS certificate of the API at {target.api_url} is not trusted "
+                f"(certificate verify failed: {untrusted.verify_message}); {CA_HINT}"
+            ) from None
         raise TargetError(f"cannot reach the obrol API at {target.api_url}: {exc}") from None
     if response.status_code != 200:
         raise TargetError(
@@ -67,8 +97,17 @@ async def check_reachable(client: httpx.AsyncClient, target: Target) -> None:
     try:
         with trio.fail_after(10):
             stream = await trio.open_tcp_stream(parts.hostname, parts.port)
-        await stream.aclose()
-    except (OSError, trio.TooSlowError) as exc:
+            try:
+                if parts.scheme == "wss":
+                    await tls_handshake(stream, parts.hostname, ssl_context)
+            finally:
+                await stream.aclose()
+    except TlsVerificationError as exc:
+        raise TargetError(
+            f"the TLS certificate of the gateway at {target.gateway_url} is not trusted "
+            f"(certificate verify failed: {exc.verify_message}); {CA_HINT}"
+        ) from None
+    except (OSError, ConnectError, trio.TooSlowError) as exc:
         raise TargetError(
             f"cannot reach the gateway at {target.gateway_url} ({exc}); "
             "pass --gateway-url if it does not listen on the API port + 1"

@@ -19,11 +19,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from loadtest.client import DeviceIdentity, DeviceState
+from loadtest.client import DeviceIdentity, DeviceState, client_ssl_context
 from loadtest.config import Mix
 from loadtest.device import CONNECT_ATTEMPTS, CONNECT_TIMEOUT_S, SimDevice
 from loadtest.ledger import ABANDONED, ACKED, REFUSED, SCHEDULED, WRITTEN, bitset, check_device
@@ -69,6 +70,7 @@ class Plan:
     worker: int
     run: str
     gateway_url: str
+    ca_file: str | None
     server_key: bytes
     seed: int
     cursor: int
@@ -89,6 +91,7 @@ class Plan:
             worker=m["worker"],
             run=m["run"],
             gateway_url=m["gateway_url"],
+            ca_file=m["ca_file"],
             server_key=m["server_key"],
             seed=m["seed"],
             cursor=m["cursor"],
@@ -115,10 +118,14 @@ class Worker:
         self.phase = "ramp"
         self.devices: list[SimDevice] = []
         self.by_user: dict[int, list[SimDevice]] = {}
+        # One context for every device of the worker; checked readable by the coordinator.
+        ssl_context = None
+        if plan.gateway_url.startswith("wss://"):
+            ssl_context = client_ssl_context(None if plan.ca_file is None else Path(plan.ca_file))
         for index, device_id, secret, user in plan.devices:
             identity = DeviceIdentity(uuid.UUID(bytes=device_id), secret, plan.server_key)
             state = DeviceState(identity, cursor=plan.cursor)
-            device = SimDevice(index, state, plan.gateway_url, self.obs, self.rng)
+            device = SimDevice(index, state, plan.gateway_url, self.obs, self.rng, ssl_context)
             self.devices.append(device)
             self.by_user.setdefault(user, []).append(device)
         self.user_of = {index: user for index, _, _, user in plan.devices}
