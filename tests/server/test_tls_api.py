@@ -130,6 +130,12 @@ async def test_login_rest_and_files_over_https(
         )
         assert download.status_code == 200 and download.content == PNG
         assert download.headers["Strict-Transport-Security"] == HSTS
+        async with httpx.AsyncClient(
+            base_url=str(server.client.base_url), verify=pki.client_context, http2=True
+        ) as http2:
+            response = await http2.get("/v1/me", headers=owner.headers)
+            assert response.http_version == "HTTP/2" and response.status_code == 200
+            assert response.headers["Strict-Transport-Security"] == HSTS
         # Errors carry it as well: every response does.
         missing = await server.client.get("/v1/no-such-thing")
         assert missing.status_code == 404
