@@ -1,4 +1,5 @@
-"""Running the service: database (embedded or by URL), bridge, identity, HTTP API.
+"""Running the service: database (embedded or by URL), bridge, identity, HTTP API, gateway,
+and TLS for both listeners (built once before anything starts, re-read on SIGHUP).
 
 `serve()` owns every resource it starts and releases them in reverse order on the way out,
 whether it stops because `shutdown` was set, it was cancelled, or something failed. An
