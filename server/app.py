@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from server.api import auth, conversations, files, me, meta, orgs
 from server.api.asgi import close_after_early_answers
-from server.api.context import ApiContext
+from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
 from server.services import Services
@@ -22,6 +22,9 @@ from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundErro
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Browsers that once reached us over https stay on https for a year.
+HSTS = "max-age=31536000"
 
 HTTP_CODES = {
     404: (ApiErrorCode.NOT_FOUND, "no such endpoint"),
@@ -93,6 +96,7 @@ def create_app(services: Services) -> QuartTrio:
         app.asgi_app, services.settings.request_timeout_s
     )
     app.extensions["obrol"] = ApiContext(services)
+    tls = services.settings.tls_enabled
     for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp):
         app.register_blueprint(blueprint)
 
@@ -106,6 +110,8 @@ def create_app(services: Services) -> QuartTrio:
         response.headers["X-Request-Id"] = request_id.get()
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
+        if tls or request_origin().scheme == "https":
+            response.headers["Strict-Transport-Security"] = HSTS
         return response
 
     @app.errorhandler(Exception)

@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL URL; without it (or OBROL_DATABASE_URL) an embedded database "
         "is started in the data folder",
     )
+    run.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="TLS certificate (PEM, chain included) to serve https:// and wss://; with --tls-key",
+    )
+    run.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)"
+    )
     run.add_argument("--config", type=Path, help="TOML settings file")
     add_org_commands(commands)
     commands.add_parser(
@@ -59,6 +68,8 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
         serve_gateway=None if args.only is None else args.only == "gateway",
         data_dir=args.data_dir,
         database_url=args.database_url,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
     )
     configure_logging(settings.log_level, settings.log_format)
     shutdown = trio.Event()
@@ -92,6 +103,7 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
                 f"  API:        {running.api_url or '(not served)'}\n"
                 f"  gateway:    {running.gateway_url or '(not served)'}\n"
                 f"  database:   {running.database}\n"
+                f"  TLS:        {running.tls or 'off'}\n"
                 f"  server key: {running.server_key}\n"
                 f"Press Ctrl-C to stop.",
                 flush=True,

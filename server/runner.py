@@ -1,4 +1,5 @@
-"""Running the service: database (embedded or by URL), bridge, identity, HTTP API.
+"""Running the service: database (embedded or by URL), bridge, identity, HTTP API, gateway,
+and TLS for both listeners (built once before anything starts, re-read on SIGHUP).
 
 `serve()` owns every resource it starts and releases them in reverse order on the way out,
 whether it stops because `shutdown` was set, it was cancelled, or something failed. An
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import errno
 import gc
+import ipaddress
 import logging
+import signal
+import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from server.identity import fingerprint, load_or_create_identity, public_key_b64
 from server.passwords import PasswordHasher
 from server.services import Services, utc_now
 from server.settings import Settings
+from server.tls import ServerTls
 from storage.bridge import AsyncioBridge
 from storage.database import Database
 from storage.embedded import EmbeddedPostgres, create_private_dir, describe_exit
@@ -57,6 +62,7 @@ class Running:
     gateway_url: str | None
     server_key: str
     database: str
+    tls: str | None = None  # the certificate's subject and expiry, when serving TLS
 
 
 def embedded_postgres(settings: Settings) -> EmbeddedPostgres:
@@ -90,8 +96,19 @@ async def serve(
 ) -> None:
     """Serve until `shutdown` is set; report the bound address through `task_status`.
 
-    `clock` is the wall clock token expiry and login records use (tests move it).
+    `clock` is the wall clock token expiry and login records use (tests move it). Raises
+    TlsConfigError before anything is started if the TLS certificate or key is unusable.
     """
+    tls = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        tls = ServerTls(settings.tls_cert_file, settings.tls_key_file)
+    elif not is_loopback(settings.host):
+        logger.warning(
+            "listening on %s without TLS: passwords, tokens and files cross the network in "
+            "clear text. Give a certificate with --tls-cert FILE --tls-key FILE, or put a "
+            "TLS-terminating proxy in front and list it in trusted_proxies",
+            settings.host,
+        )
     create_private_dir(settings.data_dir)
     identity = load_or_create_identity(settings.data_dir)
     embedded: EmbeddedPostgres | None = None
@@ -113,7 +130,7 @@ async def serve(
                 hasher = PasswordHasher(settings.password_hash_strength)
                 services = Services(settings, db, identity, hasher, clock)
                 await trio.to_thread.run_sync(services.blobs.make_private)
-                await _serve_all(services, shutdown, database, task_status)
+                await _serve_all(services, tls, shutdown, database, task_status)
             finally:
                 await db.close()
             supervision.cancel_scope.cancel()
@@ -197,8 +214,58 @@ def listening(what: str, host: str, port: int, option: str) -> Iterator[None]:
         raise ListenError(f"{problem}: {advice}") from None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every address)
+
+
+class ApiConfig(HypercornConfig):
+    """hypercorn's configuration serving TLS with our live context.
+
+    hypercorn asks `ssl_enabled` whether its sockets are secure and calls
+    `create_ssl_context()` once when it starts serving; returning the live context (not a
+    copy built from file names) is what lets a SIGHUP reload reach new connections.
+    """
+
+    def __init__(self, tls_context: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self.tls_context = tls_context
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.tls_context is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls_context
+
+
+async def reload_on_sighup(
+    tls: ServerTls, shutdown: trio.Event, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Re-read the certificate and key on every SIGHUP until `shutdown` (a failed reload
+    is logged and the previous certificate stays)."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop() -> None:
+                await shutdown.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop)
+            task_status.started()
+            async for _ in signals:
+                logger.info("SIGHUP received: reloading the TLS certificate and key")
+                tls.reload()
+
+
 async def _serve_all(
     services: Services,
+    tls: ServerTls | None,
     shutdown: trio.Event,
     database: str,
     task_status: trio.TaskStatus[Running],
@@ -206,8 +273,11 @@ async def _serve_all(
     settings = services.settings
     async with trio.open_nursery() as nursery:
         api_url = gateway_url = None
+        if tls is not None:
+            await nursery.start(reload_on_sighup, tls, shutdown)
         if settings.serve_api:
-            config = HypercornConfig()
+            config = ApiConfig(None if tls is None else tls.api)
+            config.ssl_handshake_timeout = settings.handshake_timeout_s
             config.bind = [f"{settings.host}:{settings.port}"]
             config.graceful_timeout = settings.shutdown_timeout_s
             config.accesslog = None
@@ -223,8 +293,9 @@ async def _serve_all(
                 )
             api_url = binds[0]
         if settings.serve_gateway:
-            port = await nursery.start(_run_gateway, services, shutdown)
-            gateway_url = f"ws://{settings.host}:{port}{GATEWAY_PATH}"
+            port = await nursery.start(_run_gateway, services, tls, shutdown)
+            scheme = "ws" if tls is None else "wss"
+            gateway_url = f"{scheme}://{settings.host}:{port}{GATEWAY_PATH}"
         if settings.gc_tuning:
             gc.freeze()  # what start-up built lives forever: keep it out of every collection
             gc.set_threshold(settings.gc_gen0_threshold, 20, 20)
@@ -233,11 +304,13 @@ async def _serve_all(
             gateway_url=gateway_url,
             server_key=public_key_b64(services.identity),
             database=database,
+            tls=None if tls is None else tls.info.describe(),
         )
         logger.info(
-            "obrol API %s, gateway %s; database: %s; server key %s (fingerprint %s)",
+            "obrol API %s, gateway %s (%s); database: %s; server key %s (fingerprint %s)",
             api_url,
             gateway_url,
+            "no TLS" if tls is None else f"TLS certificate {tls.info.describe()}",
             database,
             running.server_key,
             fingerprint(services.identity),
@@ -246,7 +319,11 @@ async def _serve_all(
 
 
 async def _run_gateway(
-    services: Services, shutdown: trio.Event, *, task_status: trio.TaskStatus[int]
+    services: Services,
+    tls: ServerTls | None,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[int],
 ) -> None:
     """The hub's gateway, its committer and cursor saver, until `shutdown`."""
     settings = services.settings
@@ -262,6 +339,7 @@ async def _run_gateway(
             resync_timeout_s=settings.resync_timeout_s,
             close_grace_s=settings.close_grace_s,
             frame_limits=FrameLimits(settings.gateway_frames_per_s, settings.gateway_frame_burst),
+            tls=None if tls is None else tls.gateway,
         ),
     )
     async with trio.open_nursery() as nursery:

@@ -7,11 +7,12 @@ naming the field. Units are in the names.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,12 +75,45 @@ class Settings(BaseSettings):
     gc_gen0_threshold: int = Field(50_000, ge=700)
     catch_up_page: int = Field(500, ge=1, le=5000)
 
+    # TLS on both listeners (https:// and wss://): both files or neither (PEM; the
+    # certificate file may hold the chain). Re-read on SIGHUP.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Peers (IP addresses or CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed: a TLS-terminating proxy in front. Empty: both headers are ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(30.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/8)"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "tls_cert_file and tls_key_file go together (--tls-cert and --tls-key): "
+                "give both for TLS, or neither"
+            )
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def effective_gateway_port(self) -> int:

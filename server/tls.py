@@ -64,13 +64,26 @@ def certificate_info(cert_file: Path) -> CertificateInfo:
     return CertificateInfo(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
 
 
+def _first_unreadable(*paths: Path) -> Path | str:
+    """Which file the error is about (load_cert_chain's OSError does not say)."""
+    for path in paths:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError:
+            return path
+    return " / ".join(str(p) for p in paths)
+
+
 def _load_chain(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
     try:
         context.load_cert_chain(str(cert_file), str(key_file))
     except FileNotFoundError as exc:
-        raise TlsConfigError(f"TLS file not found: {exc.filename}") from None
+        missing = exc.filename or _first_unreadable(cert_file, key_file)
+        raise TlsConfigError(f"TLS file not found: {missing}") from None
     except PermissionError as exc:
-        raise TlsConfigError(f"cannot read TLS file {exc.filename}: permission denied") from None
+        denied = exc.filename or _first_unreadable(cert_file, key_file)
+        raise TlsConfigError(f"cannot read TLS file {denied}: permission denied") from None
     except ssl.SSLError as exc:
         reason = (exc.reason or str(exc)).lower().replace("_", " ")
         if "key values mismatch" in reason:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -193,8 +194,15 @@ class Harness:
 
 @asynccontextmanager
 async def start_harness(
-    nursery: trio.Nursery, database_url: str, data_dir: Path, **overrides: Any
+    nursery: trio.Nursery,
+    database_url: str,
+    data_dir: Path,
+    *,
+    verify: ssl.SSLContext | bool = True,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
+    """The server with these settings overrides; its client verifies a TLS server with
+    `verify` (a context trusting the test CA)."""
     settings = load_settings(
         None,
         database_url=database_url,
@@ -210,7 +218,7 @@ async def start_harness(
     running: Running = await nursery.start(partial(serve, settings, shutdown, clock=clock))
     try:
         assert running.api_url is not None
-        async with httpx.AsyncClient(base_url=running.api_url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=running.api_url, timeout=30, verify=verify) as client:
             yield Harness(running, client, clock, settings)
     finally:
         shutdown.set()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 from quart import current_app, request
 
+from server.api.forwarded import Origin, TrustedProxies
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
 from server.handlers.conversations import ConversationHandler
@@ -32,8 +33,10 @@ class ApiContext:
     profile: ProfileHandler = field(init=False)
     conversations: ConversationHandler = field(init=False)
     files: FileHandler = field(init=False)
+    proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
+        self.proxies = TrustedProxies(self.services.settings.trusted_proxies)
         self.sessions = SessionHandler(self.services)
         self.orgs = OrgHandler(self.services)
         self.profile = ProfileHandler(self.services)
@@ -114,8 +117,20 @@ async def actor(*, before_password_change: bool = False) -> Actor:
     )
 
 
+def request_origin() -> Origin:
+    """The client's address and scheme for this request: the connection's own, or what a
+    trusted proxy says (server.api.forwarded). Everything that records or limits by
+    client address goes through here."""
+    return ctx().proxies.origin(
+        request.remote_addr,
+        request.scheme,
+        request.headers.getlist("X-Forwarded-For"),
+        request.headers.getlist("X-Forwarded-Proto"),
+    )
+
+
 def client_ip() -> str:
-    return request.remote_addr or "unknown"
+    return request_origin().ip
 
 
 def user_agent() -> str:

@@ -32,6 +32,25 @@ def test_invalid_settings_name_the_field(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml")
 
 
+def test_tls_files_come_in_pairs_and_proxies_are_addresses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SettingsError, match="tls_cert_file and tls_key_file go together"):
+        load_settings(None, tls_cert_file=tmp_path / "cert.pem")
+    with pytest.raises(SettingsError, match="tls_cert_file and tls_key_file go together"):
+        load_settings(None, tls_key_file=tmp_path / "key.pem")
+    both = load_settings(None, tls_cert_file=Path("c.pem"), tls_key_file=Path("k.pem"))
+    assert both.tls_enabled and not load_settings(None).tls_enabled
+    assert load_settings(None).trusted_proxies == []
+    with pytest.raises(SettingsError, match=r"trusted_proxies.*'proxy\.lan' is not an IP"):
+        load_settings(None, trusted_proxies=["10.0.0.1", "proxy.lan"])
+    config = tmp_path / "obrol.toml"
+    config.write_text('trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]\n')
+    assert load_settings(config).trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    monkeypatch.setenv("OBROL_TRUSTED_PROXIES", '["192.0.2.1"]')
+    assert load_settings(None).trusted_proxies == ["192.0.2.1"]
+
+
 def test_asyncpg_pool_tracebacks_become_one_line() -> None:
     # During a database outage asyncpg's pool logs each failed reconnect with a traceback.
     import logging
