@@ -125,6 +125,9 @@ class ServerTls:
         except TlsConfigError as exc:
             logger.error("TLS reload refused, the previous certificate stays in use: %s", exc)
             return False
+        except Exception:  # anything else the files can make a library raise: same answer
+            logger.exception("TLS reload refused, the previous certificate stays in use")
+            return False
         self.info = info
         logger.info("TLS certificate reloaded: %s", info.describe())
         return True
