@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "wss:// when --url is https://)",
     )
     target.add_argument(
+        "--tls",
+        action="store_true",
+        help="our own server with TLS (https://, wss://) on a throwaway certificate the "
+        "tester trusts: to measure what TLS costs",
+    )
+    target.add_argument(
         "--ca-file",
         type=Path,
         metavar="CA.pem",
@@ -190,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         url=args.url,
         gateway_url=args.gateway_url,
         ca_file=args.ca_file,
+        tls=args.tls,
         cache_path=args.cache,
         fresh=args.fresh,
         data_dir=args.data_dir,

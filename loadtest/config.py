@@ -70,6 +70,8 @@ class RunConfig:
     gateway_url: str | None = None
     ca_file: Path | None = None
     """PEM certificates to trust for https:// and wss:// (None: the system's trust store)."""
+    tls: bool = False
+    """Our own server with TLS (a throwaway certificate, trusted for the run)."""
     cache_path: Path | None = None
     fresh: bool = False
     data_dir: Path | None = None
@@ -177,6 +179,7 @@ def check_config(config: RunConfig) -> None:
             config.gateway_url.startswith(("ws://", "wss://")),
             "--gateway-url must look like ws://host:port/v1/ws or wss://host:port/v1/ws",
         )
+    need(not (config.tls and config.url), "--tls is for the server of our own; without --url")
     if config.ca_file is not None:
         need(
             config.url is not None and uses_tls(config.url, config.gateway_url),

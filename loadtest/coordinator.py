@@ -92,9 +92,9 @@ class Coordinator:
             async with httpx.AsyncClient(
                 base_url=target.api_url,
                 timeout=REQUEST_TIMEOUT_S,
-                verify=client_ssl_context(config.ca_file),
+                verify=client_ssl_context(target.ca_file),
             ) as client:
-                await check_reachable(client, target, client_ssl_context(config.ca_file))
+                await check_reachable(client, target, client_ssl_context(target.ca_file))
                 topology = build_topology(config)
                 self.record.topology = topology
                 self.display.note(describe_load(config, topology))

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 import trio
 
+from loadtest.devcert import make_dev_certificate
 from protocol.errors import ObrolError
 
 START_TIMEOUT_S = 120.0
@@ -45,6 +46,8 @@ class LocalServer:
     pid: int
     data_dir: Path
     log_path: Path
+    ca_file: Path | None = None
+    """With TLS: the CA of the throwaway certificate it serves (trust it)."""
 
 
 def open_log(path: Path) -> BinaryIO:
@@ -61,9 +64,12 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 @asynccontextmanager
-async def local_server(data_dir: Path | None, log_path: Path) -> AsyncIterator[LocalServer]:
+async def local_server(
+    data_dir: Path | None, log_path: Path, *, tls: bool = False
+) -> AsyncIterator[LocalServer]:
     """Start the server, yield where it listens, stop it (and remove a temporary data
-    folder) on the way out, however the body ends."""
+    folder) on the way out, however the body ends. With `tls`, it serves https:// and
+    wss:// with a throwaway certificate (loadtest/devcert.py) made next to its log."""
     temporary: Path | None = None
     if data_dir is None:
         temporary = Path(tempfile.mkdtemp(prefix="obrol-loadtest-"))
@@ -86,6 +92,17 @@ async def local_server(data_dir: Path | None, log_path: Path) -> AsyncIterator[L
         str(data_dir),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    certificate = None
+    if tls:
+        folder = log_path.parent / "tls"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        certificate = make_dev_certificate(folder)
+        command += [
+            "--tls-cert",
+            str(certificate.cert_file),
+            "--tls-key",
+            str(certificate.key_file),
+        ]
     try:
         with open_log(log_path) as log:
             process = await trio.lowlevel.open_process(
@@ -105,6 +122,7 @@ async def local_server(data_dir: Path | None, log_path: Path) -> AsyncIterator[L
                 pid=process.pid,
                 data_dir=data_dir,
                 log_path=log_path,
+                ca_file=None if certificate is None else certificate.ca_file,
             )
         finally:
             await _stop(process)

@@ -60,7 +60,7 @@ def worker_plans(
                 "worker": w,
                 "run": run,
                 "gateway_url": target.gateway_url,
-                "ca_file": None if config.ca_file is None else str(config.ca_file),
+                "ca_file": None if target.ca_file is None else str(target.ca_file),
                 "server_key": provisioned.server_key,
                 "seed": config.seed,
                 "cursor": provisioned.cursor,

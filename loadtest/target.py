@@ -31,6 +31,8 @@ class Target:
     api_url: str
     gateway_url: str
     local: LocalServer | None
+    ca_file: Path | None = None
+    """The CA to trust for https:// and wss:// (None: the system's trust store)."""
 
 
 def default_gateway_url(api_url: str) -> str:
@@ -61,12 +63,14 @@ CA_HINT = "pass --ca-file with the CA certificate (PEM) that issued it"
 async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Target]:
     if config.url is None:
         display.note("starting a server of our own (embedded PostgreSQL)...")
-        async with local_server(config.data_dir, config.report_dir / "server.log") as server:
+        async with local_server(
+            config.data_dir, config.report_dir / "server.log", tls=config.tls
+        ) as server:
             display.note(f"server up: API {server.api_url}, gateway {server.gateway_url}")
-            yield Target(server.api_url, server.gateway_url, server)
+            yield Target(server.api_url, server.gateway_url, server, server.ca_file)
     else:
         gateway = config.gateway_url or default_gateway_url(config.url)
-        yield Target(config.url.rstrip("/"), gateway, None)
+        yield Target(config.url.rstrip("/"), gateway, None, config.ca_file)
 
 
 async def check_reachable(
