@@ -62,6 +62,21 @@ def test_a_short_run_on_its_own_server_delivers_every_message_exactly_once(
     assert "loss check" in out.out
 
 
+def test_a_short_run_over_tls_on_its_own_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--tls`: the server of its own serves https:// and wss:// on a throwaway certificate;
+    # provisioning, every device's connection and the loss check go through it.
+    folder = tmp_path / "report"
+    status = main(["--tls", "--devices", "30", "--duration", "3", "--rate", "20",
+                   "--report", str(folder), "--quiet"])  # fmt: skip
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert_everything_delivered_once(read_report(folder), devices=30)
+    log = (folder / "server.log").read_text()
+    assert "gateway:    wss://" in log and "API:        https://" in log
+
+
 async def run_tester(*args: str) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
         [sys.executable, "-m", "loadtest", *args],
