@@ -14,7 +14,7 @@ import trio
 
 from loadtest.client import TlsVerificationError, connect
 from protocol import Msg, Send, Sent, Synced, TextBody
-from tests.harness import Harness
+from tests.harness import Harness, Session
 from tests.server.test_gateway_refusals import frames_until
 from tests.server.test_tls_api import Pki, pki, tls_server
 
@@ -24,6 +24,15 @@ __all__ = ["pki"]  # the fixture
 def gateway_address(server: Harness) -> tuple[str, int]:
     host, port = server.gateway_url.removeprefix("wss://").split("/")[0].split(":")
     return host, int(port)
+
+
+async def still_served(server: Harness, who: Session, pki: Pki) -> None:
+    """A trusting client still connects over wss and syncs."""
+    async with await connect(
+        server.gateway_url, who.identity(server.server_key), ssl_context=pki.client_context
+    ) as client:
+        await client.sync(0)
+        await frames_until(client, Synced)
 
 
 async def served_subject(server: Harness, context: ssl.SSLContext) -> str:
@@ -73,11 +82,7 @@ async def test_a_client_that_does_not_trust_the_ca_is_refused_clearly(
             await connect(server.gateway_url, ann.identity(server.server_key))
         assert "certificate verify failed" in str(info.value)
         # The server serves on.
-        async with await connect(
-            server.gateway_url, ann.identity(server.server_key), ssl_context=pki.client_context
-        ) as client:
-            await client.sync(0)
-            await frames_until(client, Synced)
+        await still_served(server, ann, pki)
 
 
 async def test_plain_old_and_stalled_peers_on_the_tls_port_fail_alone(
@@ -115,11 +120,7 @@ async def test_plain_old_and_stalled_peers_on_the_tls_port_fail_alone(
         await stalled.aclose()
         # Everyone else is served.
         ann = await server.create_org()
-        async with await connect(
-            server.gateway_url, ann.identity(server.server_key), ssl_context=pki.client_context
-        ) as client:
-            await client.sync(0)
-            await frames_until(client, Synced)
+        await still_served(server, ann, pki)
 
 
 async def test_a_reloaded_certificate_is_used_for_new_gateway_connections(
