@@ -331,11 +331,12 @@ def _check_not_connected_to_itself(stream: trio.SocketStream) -> None:
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    """The host and port of a ws:// or wss:// URL; raises ValueError for anything else."""
+    """The host and port of a ws:// or wss:// URL (port 80 / 443 when not given, as behind
+    a proxy); raises ValueError for anything else."""
     parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or parts.hostname is None or parts.port is None:
-        raise ValueError(f"expected ws://host:port/path or wss://host:port/path, got {url!r}")
-    return parts.hostname, parts.port
+    if parts.scheme not in ("ws", "wss") or parts.hostname is None:
+        raise ValueError(f"expected ws://host[:port]/path or wss://host[:port]/path, got {url!r}")
+    return parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80)
 
 
 async def connect(

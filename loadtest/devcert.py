@@ -31,6 +31,7 @@ def _name(common_name: str) -> x509.Name:
 
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was there before, with another mode
     with os.fdopen(fd, "wb") as file:
         file.write(data)
 

@@ -96,6 +96,7 @@ async def local_server(
     if tls:
         folder = log_path.parent / "tls"
         folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
         certificate = make_dev_certificate(folder)
         command += [
             "--tls-cert",

@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
+            # SIGHUP reloads the TLS certificate while serving; before (start-up, database,
+            # migrations) and after (the drain) it must not kill the process.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             trio.run(_serve_until_signalled, args)
         elif args.command == "org":
             return run_org_command(args)

@@ -95,11 +95,16 @@ class Settings(BaseSettings):
     def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
         for entry in value:
             try:
-                ipaddress.ip_network(entry, strict=False)
+                network = ipaddress.ip_network(entry)  # strict: 10.0.0.5/8 is a typo, not /8
             except ValueError:
                 raise ValueError(
                     f"{entry!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/8)"
                 ) from None
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"{entry!r} would trust every address: anyone could claim any client "
+                    "address and dodge the per-address login limit"
+                )
         return value
 
     @model_validator(mode="after")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -36,6 +38,10 @@ CIPHERS_TLS12 = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     )
 )
+
+
+API_ALPN = ["h2", "http/1.1"]
+GATEWAY_ALPN = ["http/1.1"]
 
 
 class TlsConfigError(ObrolError):
@@ -75,9 +81,16 @@ def _first_unreadable(*paths: Path) -> Path | str:
     return " / ".join(str(p) for p in paths)
 
 
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would ask on the terminal, freezing the event loop.
+    raise TlsConfigError("the key is encrypted: give obrol an unencrypted key (mode 0600)")
+
+
 def _load_chain(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
     try:
-        context.load_cert_chain(str(cert_file), str(key_file))
+        context.load_cert_chain(str(cert_file), str(key_file), password=_no_passphrase)
+    except TlsConfigError as exc:
+        raise TlsConfigError(f"TLS key {key_file}: {exc}") from None
     except FileNotFoundError as exc:
         missing = exc.filename or _first_unreadable(cert_file, key_file)
         raise TlsConfigError(f"TLS file not found: {missing}") from None
@@ -91,6 +104,11 @@ def _load_chain(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> Non
         else:
             why = f"not a usable certificate and key ({reason})"
         raise TlsConfigError(f"TLS certificate {cert_file} / key {key_file}: {why}") from None
+    except OSError as exc:  # a folder where a file should be, and the like
+        raise TlsConfigError(
+            f"cannot read TLS certificate {cert_file} / key {key_file}: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from None
 
 
 def server_context(cert_file: Path, key_file: Path, alpn: list[str]) -> ssl.SSLContext:
@@ -98,36 +116,56 @@ def server_context(cert_file: Path, key_file: Path, alpn: list[str]) -> ssl.SSLC
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS_TLS12)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options |= (
+        ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    )
     context.set_alpn_protocols(alpn)
     _load_chain(context, cert_file, key_file)
     return context
 
 
 class ServerTls:
-    """The live contexts of both listeners and their reload."""
+    """The contexts both listeners hold, and their reload.
+
+    The listeners keep the contexts they were given (`api`, `gateway`); each has an SNI
+    callback that hands every new handshake to the current context of its listener. A
+    reload builds new contexts from the files and swaps them in only if both are usable:
+    nothing is ever loaded into a context in use (OpenSSL would add a certificate of a
+    new key type beside the old one instead of replacing it).
+    """
 
     def __init__(self, cert_file: Path, key_file: Path) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.api = server_context(cert_file, key_file, ["h2", "http/1.1"])
-        self.gateway = server_context(cert_file, key_file, ["http/1.1"])
+        self.api = server_context(cert_file, key_file, API_ALPN)
+        self.gateway = server_context(cert_file, key_file, GATEWAY_ALPN)
+        self._current = {"api": self.api, "gateway": self.gateway}
+        self.api.sni_callback = self._switcher("api")
+        self.gateway.sni_callback = self._switcher("gateway")
         self.info = certificate_info(cert_file)
 
+    def _switcher(self, listener: str) -> Callable[[Any, str | None, ssl.SSLContext], None]:
+        def switch(connection: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+            current = self._current[listener]
+            if current is not context:
+                connection.context = current
+
+        return switch
+
     def reload(self) -> bool:
-        """Re-read the files (SIGHUP). On any problem the live contexts stay as they were
-        and a line is logged; returns whether the new pair is in use."""
+        """Re-read the files (SIGHUP). On any problem the contexts in use stay as they were
+        and a line is logged; returns whether the new pair is in use. Never raises."""
         try:
-            server_context(self.cert_file, self.key_file, ["http/1.1"])  # validate first
+            api = server_context(self.cert_file, self.key_file, API_ALPN)
+            gateway = server_context(self.cert_file, self.key_file, GATEWAY_ALPN)
             info = certificate_info(self.cert_file)
-            for context in (self.api, self.gateway):
-                _load_chain(context, self.cert_file, self.key_file)
         except TlsConfigError as exc:
             logger.error("TLS reload refused, the previous certificate stays in use: %s", exc)
             return False
         except Exception:  # anything else the files can make a library raise: same answer
             logger.exception("TLS reload refused, the previous certificate stays in use")
             return False
+        self._current = {"api": api, "gateway": gateway}
         self.info = info
         logger.info("TLS certificate reloaded: %s", info.describe())
         return True

@@ -32,7 +32,7 @@ class TrustedProxies:
 
     def __init__(self, entries: Iterable[str]) -> None:
         self.networks: tuple[IPNetwork, ...] = tuple(
-            ipaddress.ip_network(entry, strict=False) for entry in entries
+            ipaddress.ip_network(entry) for entry in entries
         )
 
     def trusts(self, address: str) -> bool:

@@ -305,17 +305,19 @@ class Connection:
         """Advance the TLS handshake with `data` from the socket; True once done. Raises
         ssl.SSLError for a peer that cannot or will not speak acceptable TLS."""
         assert self.tls is not None
-        done = self.tls.handshake(data)
-        self._flush_tls()
-        return done
+        try:
+            return self.tls.handshake(data)
+        finally:
+            self._flush_tls()  # a refusal too: the peer gets OpenSSL's alert
 
     def tls_receive(self, data: bytes) -> bytes:
         """What the socket gave, decrypted (empty if it held no application data). Raises
         ssl.SSLError for a broken or forged record."""
         assert self.tls is not None
-        plaintext = self.tls.receive(data)
-        self._flush_tls()
-        return plaintext
+        try:
+            return self.tls.receive(data)
+        finally:
+            self._flush_tls()
 
     def _flush_tls(self) -> None:
         assert self.tls is not None

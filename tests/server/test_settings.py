@@ -75,3 +75,10 @@ def test_asyncpg_pool_tracebacks_become_one_line() -> None:
     assert record.getMessage() == (
         "Failed to restore floor (ConnectionRefusedError: connection refused)"
     )
+
+
+def test_trusted_proxies_refuse_typos_and_everyone(tmp_path: Path) -> None:
+    for bad in ("10.0.0.5/8", "0.0.0.0/0", "::/0", "proxy.example"):
+        with pytest.raises(SettingsError, match="trusted_proxies"):
+            load_settings(None, data_dir=tmp_path, trusted_proxies=[bad])
+    assert load_settings(None, data_dir=tmp_path, trusted_proxies=["10.0.0.0/8"]).trusted_proxies

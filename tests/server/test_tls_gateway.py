@@ -4,6 +4,7 @@ handshake, and a certificate reload that new connections see while old ones carr
 
 from __future__ import annotations
 
+import logging
 import signal
 import ssl
 import warnings
@@ -161,3 +162,84 @@ def test_a_reload_that_a_library_fails_in_an_unexpected_way_changes_nothing(
     pki.cert_file.mkdir()  # a folder where the certificate was: not an ssl.SSLError
     assert tls.reload() is False
     assert "obrol-first" in tls.info.subject
+
+
+async def test_a_reload_to_another_key_type_replaces_the_certificate(
+    nursery: trio.Nursery, database_url: str, tmp_path: Path, pki: Pki
+) -> None:
+    # RSA to ECDSA: a TLS 1.2 client offering only RSA suites must no longer be served
+    # the old RSA certificate after the reload (loading into a live context kept it).
+    import trustme
+
+    async with tls_server(nursery, database_url, tmp_path / "data", pki) as server:
+        cert = pki.ca.issue_cert(
+            "127.0.0.1", "localhost", common_name="obrol-ecdsa", key_type=trustme.KeyType.ECDSA
+        )
+        pki.cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(str(pki.key_file))
+        signal.raise_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while await served_subject(server, pki.client_context) != "obrol-ecdsa":  # noqa: ASYNC110 (the reload runs in the server's own task)
+                await trio.sleep(0.05)
+        rsa_only = ssl.create_default_context()
+        pki.ca.configure_trust(rsa_only)
+        rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+        rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+        host, port = gateway_address(server)
+        stream = trio.SSLStream(
+            await trio.open_tcp_stream(host, port), rsa_only, server_hostname=host
+        )
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.do_handshake()
+        await stream.aclose()
+
+
+def test_an_encrypted_key_or_a_folder_is_a_clear_error(tmp_path: Path, pki: Pki) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from server.tls import ServerTls, TlsConfigError
+
+    key = serialization.load_pem_private_key(pki.key_file.read_bytes(), password=None)
+    pki.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(TlsConfigError, match="encrypted"):
+        ServerTls(pki.cert_file, pki.key_file)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(TlsConfigError):
+        ServerTls(pki.cert_file, folder)
+
+
+async def test_a_forged_tls_record_ends_that_connection_alone(
+    nursery: trio.Nursery,
+    database_url: str,
+    tmp_path: Path,
+    pki: Pki,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A record that does not authenticate in the middle of a session: a TLS error for that
+    # connection (cut off, logged), not an internal error, and nobody else notices.
+    caplog.set_level(logging.INFO, logger="server.gateway")
+    async with tls_server(nursery, database_url, tmp_path / "data", pki) as server:
+        ann = await server.create_org()
+        client = await connect(
+            server.gateway_url, ann.identity(server.server_key), ssl_context=pki.client_context
+        )
+        await client.sync(0)
+        await frames_until(client, Synced)
+        tls_stream = client._stream
+        assert isinstance(tls_stream, trio.SSLStream)
+        forged = b"\x17\x03\x03\x00\x20" + bytes(32)  # application data that is not ours
+        await tls_stream.transport_stream.send_all(forged)
+        with trio.fail_after(10), pytest.raises(Exception):  # noqa: B017 - dropped, how is the client's business
+            while True:
+                await client.receive()
+        await client.aclose()
+        assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+        assert any("TLS error" in r.getMessage() for r in caplog.records)
+        await still_served(server, ann, pki)
