@@ -44,9 +44,11 @@ class Pki:
     key_file: Path
     client_context: ssl.SSLContext
 
-    def install(self, common_name: str) -> None:
+    def install(self, common_name: str, key_type: trustme.KeyType = trustme.KeyType.RSA) -> None:
         """Write a new certificate (and key) for 127.0.0.1 with this subject."""
-        cert = self.ca.issue_cert("127.0.0.1", "localhost", common_name=common_name)
+        cert = self.ca.issue_cert(
+            "127.0.0.1", "localhost", common_name=common_name, key_type=key_type
+        )
         self.cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
         cert.private_key_pem.write_to_path(str(self.key_file))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 from loadtest.client import TlsVerificationError, connect
 from protocol import Msg, Send, Sent, Synced, TextBody
@@ -34,6 +35,17 @@ async def still_served(server: Harness, who: Session, pki: Pki) -> None:
     ) as client:
         await client.sync(0)
         await frames_until(client, Synced)
+
+
+async def reload_to(
+    server: Harness, pki: Pki, subject: str, key_type: trustme.KeyType = trustme.KeyType.RSA
+) -> None:
+    """Install a new certificate, send SIGHUP, and wait until new gateway connections get it."""
+    pki.install(subject, key_type)
+    signal.raise_signal(signal.SIGHUP)
+    with trio.fail_after(10):
+        while await served_subject(server, pki.client_context) != subject:  # noqa: ASYNC110 (the reload runs in the server's own task)
+            await trio.sleep(0.05)
 
 
 async def served_subject(server: Harness, context: ssl.SSLContext) -> str:
@@ -135,11 +147,7 @@ async def test_a_reloaded_certificate_is_used_for_new_gateway_connections(
         await old.sync(0)
         await frames_until(old, Synced)
         assert await served_subject(server, pki.client_context) == "obrol-first"
-        pki.install("obrol-second")
-        signal.raise_signal(signal.SIGHUP)
-        with trio.fail_after(10):
-            while await served_subject(server, pki.client_context) != "obrol-second":  # noqa: ASYNC110 (the reload runs in the server's own task)
-                await trio.sleep(0.05)
+        await reload_to(server, pki, "obrol-second")
         # The connection made before the reload carries on.
         await old.send(
             Send(
@@ -169,18 +177,8 @@ async def test_a_reload_to_another_key_type_replaces_the_certificate(
 ) -> None:
     # RSA to ECDSA: a TLS 1.2 client offering only RSA suites must no longer be served
     # the old RSA certificate after the reload (loading into a live context kept it).
-    import trustme
-
     async with tls_server(nursery, database_url, tmp_path / "data", pki) as server:
-        cert = pki.ca.issue_cert(
-            "127.0.0.1", "localhost", common_name="obrol-ecdsa", key_type=trustme.KeyType.ECDSA
-        )
-        pki.cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
-        cert.private_key_pem.write_to_path(str(pki.key_file))
-        signal.raise_signal(signal.SIGHUP)
-        with trio.fail_after(10):
-            while await served_subject(server, pki.client_context) != "obrol-ecdsa":  # noqa: ASYNC110 (the reload runs in the server's own task)
-                await trio.sleep(0.05)
+        await reload_to(server, pki, "obrol-ecdsa", trustme.KeyType.ECDSA)
         rsa_only = ssl.create_default_context()
         pki.ca.configure_trust(rsa_only)
         rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
