@@ -10,6 +10,7 @@ from typing import Any
 from storage.database import Database
 from storage.errors import NotFoundError
 from storage.logins import settle_login
+from storage.push_registrations import drop_registrations
 
 COLUMNS = """id, org_id, account_name, work_email, display_name, phone, department_id,
     position, role, admin_department_id, status, password_change_required,
@@ -187,8 +188,10 @@ async def _change_password(
         keep_device_id,
         now,
     )
+    signed_out = [r["id"] for r in rows]
+    await drop_registrations(conn, signed_out)  # a signed-out phone must not be woken
     await settle_login(conn, record_id, "password_changed", account_id, keep_device_id)
-    return [r["id"] for r in rows]
+    return signed_out
 
 
 async def _deactivate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
@@ -205,6 +208,8 @@ async def _deactivate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Ac
            WHERE account_id = $1 AND revoked_at IS NULL""",
         account_id,
     )
+    devices = await conn.fetch("SELECT id FROM devices WHERE account_id = $1", account_id)
+    await drop_registrations(conn, [d["id"] for d in devices])
     return _account(row)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import ConflictError, NotFoundError
+from storage.push_registrations import drop_registrations
 
 COLUMNS = "id, account_id, name, platform, public_key, created_at, last_seen_at, revoked_at"
 
@@ -120,6 +121,7 @@ async def _revoke(conn: Any, account_id: uuid.UUID, device_id: uuid.UUID) -> Dev
         "UPDATE auth_tokens SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL",
         device_id,
     )
+    await drop_registrations(conn, [device_id])
     return _device(row)
 
 

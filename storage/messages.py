@@ -11,14 +11,12 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.push_outbox import enqueue_for_messages
 from storage.stream import allocate_positions, lock_stream
+from storage.visible import VISIBLE
 
 COLUMNS = """m.id, m.conversation_id, m.seq, m.pos, m.sender_id, m.sender_device_id,
     m.client_id, m.kind, m.body, m.consent, m.scope, m.sent_at"""
-
-# A member sees a message stored while they were a member, if its consent scope names them.
-VISIBLE = """m.pos > cm.joined_pos AND (cm.left_pos IS NULL OR m.pos <= cm.left_pos)
-    AND (m.scope IS NULL OR cm.account_id = ANY(m.scope) OR cm.account_id = m.sender_id)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +161,17 @@ async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
     return stored
 
 
-async def _append(conn: Any, items: list[NewMessage], unsure: list[NewMessage]) -> AppendBatch:
+async def _append(
+    conn: Any, items: list[NewMessage], unsure: list[NewMessage], push_grace_s: float
+) -> AppendBatch:
     """Store a batch in one transaction; one result per item, in order, and the members of
     the batch's conversations as of the commit (who the messages fan out to).
 
     Items whose sender is not an active member of the conversation are refused, and an
     item repeating a stored (sender device, client id) returns the stored message:
     neither aborts the rest of the batch. Six statements whatever the batch holds (the
-    lock, members, repeats, sequence numbers, positions, the rows), each a round trip.
-    The `unsure` sends are looked up with the repeats.
+    lock, members, repeats, sequence numbers, positions, the rows) and one more for the
+    push outbox, each a round trip. The `unsure` sends are looked up with the repeats.
     """
     # The lock first: membership changes take it too, so the member lists read next stay
     # those of the commit, and serve both the sender check and the fan-out.
@@ -216,6 +216,7 @@ async def _append(conn: Any, items: list[NewMessage], unsure: list[NewMessage]) 
         stored = await _store(conn, [items[i] for i in fresh])
         for index, message in zip(fresh, stored, strict=True):
             results[index] = AppendResult(Outcome.STORED, message)
+        await enqueue_for_messages(conn, [m.id for m in stored], push_grace_s)
     for index, item in enumerate(items):
         if results[index] is None:  # an in-batch repeat
             first = results[claimed[(item.sender_device_id, item.client_id)]]
@@ -319,8 +320,9 @@ async def _cursor(conn: Any, device_id: uuid.UUID) -> int:
 
 
 class MessageStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, push_grace_s: float = 2.0) -> None:
         self._db = db
+        self._push_grace_s = push_grace_s  # how long a push job waits for the device
 
     async def append(
         self, items: list[NewMessage], unsure: Sequence[NewMessage] = ()
@@ -331,7 +333,7 @@ class MessageStore:
         `unsure`: sends of earlier commits that failed, which may have been stored all the
         same (the connection was lost around COMMIT). Those that were come back in
         `recovered`, so that they can be fanned out before anything newer."""
-        return await self._db.transaction(_append, items, list(unsure))
+        return await self._db.transaction(_append, items, list(unsure), self._push_grace_s)
 
     async def after(
         self, account_id: uuid.UUID, after_pos: int, limit: int

@@ -16,6 +16,7 @@ from typing import Any
 from storage.database import Database
 from storage.devices import Device, enroll_device
 from storage.logins import settle_login
+from storage.push_registrations import drop_registrations
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ async def _sign_out(conn: Any, device_id: uuid.UUID, now: datetime) -> None:
         device_id,
         now,
     )
+    await drop_registrations(conn, [device_id])  # a logged-out phone must not be woken
 
 
 async def _open_session(

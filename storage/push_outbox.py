@@ -1,0 +1,491 @@
+"""The push outbox: jobs written with the messages they announce, claimed by workers.
+
+At most one job per device (`push_jobs.device_id` is the key). A message commit upserts the
+job of every recipient device with a live registration, in the same transaction as the
+message: a burst collapses into one row carrying the latest message, due a grace after the
+first one. Workers in any process claim due rows with `FOR UPDATE SKIP LOCKED` under a lease;
+a job whose device's cursor already reached its position is moot and deleted at claim time.
+
+Lock order: every transaction that locks several job rows locks them in device id order, so
+a commit, a worker and a read receipt never deadlock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from storage.database import Database
+from storage.stream import current_pos
+from storage.visible import VISIBLE
+
+# A badge counts at most this many unread messages per conversation (bounds the query).
+BADGE_CAP_PER_CONVERSATION = 1000
+
+JOB_UPSERT = """
+    ON CONFLICT (device_id) DO UPDATE SET
+        kind = CASE WHEN EXCLUDED.kind = 'alert' THEN 'alert' ELSE j.kind END,
+        conversation_id = coalesce(EXCLUDED.conversation_id, j.conversation_id),
+        message_id = coalesce(EXCLUDED.message_id, j.message_id),
+        msg_seq = coalesce(EXCLUDED.msg_seq, j.msg_seq),
+        pos = greatest(j.pos, EXCLUDED.pos),
+        -- in flight: what arrives now is a new burst with its own grace; waiting: it joins
+        -- the burst, which keeps its (earlier) due time
+        burst = CASE WHEN j.claimed_until > now() THEN EXCLUDED.burst
+                     ELSE j.burst + EXCLUDED.burst END,
+        queued_at = CASE WHEN j.claimed_until > now() THEN EXCLUDED.queued_at
+                         ELSE j.queued_at END,
+        due_at = CASE WHEN j.claimed_until > now() THEN greatest(j.due_at, EXCLUDED.due_at)
+                      ELSE least(j.due_at, EXCLUDED.due_at) END"""
+
+
+async def enqueue_for_messages(conn: Any, message_ids: list[uuid.UUID], grace_s: float) -> None:
+    """Inside a message commit: upsert an alert job for every device that should hear of
+    these messages. Recipients are the active members who may see the message (consent
+    scope), minus every device of the sender's own account (no alert for what you sent),
+    whose device is live (not revoked, not signed out) and registered (not disabled)."""
+    await conn.execute(
+        f"""INSERT INTO push_jobs AS j (device_id, account_id, kind, conversation_id,
+                message_id, msg_seq, pos, burst, queued_at, due_at)
+            SELECT DISTINCT ON (d.id) d.id, d.account_id, 'alert', m.conversation_id, m.id,
+                   m.seq, m.pos, count(*) OVER (PARTITION BY d.id), now(),
+                   now() + $2 * interval '1 second'
+            FROM messages m
+            JOIN conversation_members cm ON cm.conversation_id = m.conversation_id
+                 AND cm.left_pos IS NULL AND cm.account_id <> m.sender_id
+            JOIN devices d ON d.account_id = cm.account_id
+                 AND d.revoked_at IS NULL AND d.signed_out_at IS NULL
+            JOIN push_registrations r ON r.device_id = d.id AND r.disabled_at IS NULL
+            WHERE m.id = ANY($1::uuid[]) AND {VISIBLE}
+            ORDER BY d.id, m.pos DESC
+            {JOB_UPSERT}""",
+        message_ids,
+        grace_s,
+    )
+
+
+async def enqueue_badge_updates(
+    conn: Any, advanced: list[tuple[uuid.UUID, uuid.UUID, int, uuid.UUID]], grace_s: float
+) -> None:
+    """After read marks advanced: (account, conversation, read seq, reading device).
+
+    A pending alert for a message now read becomes a badge update; every other registered
+    device of the account without a job gets a badge update. Its position is the stream's
+    current end, so a connected, caught-up device (which hears of the read itself) finds it
+    moot."""
+    if not advanced:
+        return
+    accounts = [a for a, _, _, _ in advanced]
+    await conn.execute(
+        """WITH read AS (
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
+                   AS r(account_id, conversation_id, read_seq)),
+           stale AS (
+               SELECT j.device_id FROM push_jobs j JOIN read r
+                 ON r.account_id = j.account_id AND r.conversation_id = j.conversation_id
+               WHERE j.kind = 'alert' AND j.msg_seq <= r.read_seq
+               ORDER BY j.device_id FOR UPDATE OF j)
+           UPDATE push_jobs j SET kind = 'badge' FROM stale
+           WHERE j.device_id = stale.device_id""",
+        accounts,
+        [c for _, c, _, _ in advanced],
+        [s for _, _, s, _ in advanced],
+    )
+    pos = await current_pos(conn)
+    await conn.execute(
+        f"""INSERT INTO push_jobs AS j (device_id, account_id, kind, pos, burst, queued_at,
+                due_at)
+            SELECT d.id, d.account_id, 'badge', $3, 0, now(), now() + $4 * interval '1 second'
+            FROM devices d
+            JOIN push_registrations r ON r.device_id = d.id AND r.disabled_at IS NULL
+            WHERE d.account_id = ANY($1::uuid[]) AND d.id <> ALL($2::uuid[])
+              AND d.revoked_at IS NULL AND d.signed_out_at IS NULL
+            ORDER BY d.id
+            {JOB_UPSERT}""",
+        accounts,
+        [device for _, _, _, device in advanced],
+        pos,
+        grace_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A due job, leased to the caller, with everything needed to build its push."""
+
+    device_id: uuid.UUID
+    account_id: uuid.UUID
+    kind: str  # "alert" | "badge"
+    conversation_id: uuid.UUID | None
+    message_id: uuid.UUID | None
+    pos: int
+    burst: int
+    queued_at: datetime
+    attempts: int
+    provider: str
+    token: str
+    environment: str | None
+    topic: str | None
+    project: str | None
+    badge: int
+    muted: bool  # the conversation is muted for the account
+    dnd_start_min: int | None  # the account's do-not-disturb window, local minutes
+    dnd_end_min: int | None
+    time_zone: str
+    preview_kind: str | None  # with the device's preview opt-in, an untagged message's kind
+    preview_body: bytes | None  # ... its msgpack body
+    preview_sender: str | None  # ... and its sender's display name
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    jobs: list[ClaimedJob]
+    moot: int  # jobs dropped because their device had the message already
+
+
+async def _claim(conn: Any, limit: int, lease_s: float) -> Claim:
+    rows = await conn.fetch(
+        """WITH picked AS (
+               SELECT device_id FROM push_jobs
+               WHERE due_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+               ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           UPDATE push_jobs j SET claimed_until = now() + $2 * interval '1 second'
+           FROM picked WHERE j.device_id = picked.device_id
+           RETURNING j.*, coalesce((SELECT c.pos FROM device_cursors c
+                                    WHERE c.device_id = j.device_id), 0) AS cursor""",
+        limit,
+        lease_s,
+    )
+    moot = [r["device_id"] for r in rows if r["cursor"] >= r["pos"]]
+    if moot:
+        await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", moot)
+    live = [r for r in rows if r["cursor"] < r["pos"]]
+    if not live:
+        return Claim([], len(moot))
+    devices = [r["device_id"] for r in live]
+    accounts = list({r["account_id"] for r in live})
+    registrations = {
+        r["device_id"]: r
+        for r in await conn.fetch(
+            "SELECT * FROM push_registrations WHERE device_id = ANY($1::uuid[])", devices
+        )
+    }
+    badges = await _badges(conn, accounts)
+    settings = {
+        r["account_id"]: r
+        for r in await conn.fetch(
+            "SELECT * FROM push_settings WHERE account_id = ANY($1::uuid[])", accounts
+        )
+    }
+    muted = {
+        (r["account_id"], r["conversation_id"])
+        for r in await conn.fetch(
+            """SELECT account_id, conversation_id FROM conversation_mutes
+               WHERE account_id = ANY($1::uuid[]) AND (until IS NULL OR until > now())""",
+            accounts,
+        )
+    }
+    want_preview = [
+        r["message_id"]
+        for r in live
+        if r["kind"] == "alert" and registrations[r["device_id"]]["preview"]
+    ]
+    previews = {
+        r["id"]: r
+        for r in await conn.fetch(
+            """SELECT m.id, m.kind, m.body, a.display_name FROM messages m
+               JOIN accounts a ON a.id = m.sender_id
+               WHERE m.id = ANY($1::uuid[]) AND m.consent IS NULL""",
+            want_preview,
+        )
+    }
+    jobs = []
+    for row in live:
+        reg = registrations[row["device_id"]]
+        quiet = settings.get(row["account_id"])
+        preview = previews.get(row["message_id"]) if reg["preview"] else None
+        jobs.append(
+            ClaimedJob(
+                device_id=row["device_id"],
+                account_id=row["account_id"],
+                kind=row["kind"],
+                conversation_id=row["conversation_id"],
+                message_id=row["message_id"],
+                pos=row["pos"],
+                burst=row["burst"],
+                queued_at=row["queued_at"],
+                attempts=row["attempts"],
+                provider=reg["provider"],
+                token=reg["token"],
+                environment=reg["environment"],
+                topic=reg["topic"],
+                project=reg["project"],
+                badge=badges.get(row["account_id"], 0),
+                muted=(row["account_id"], row["conversation_id"]) in muted,
+                dnd_start_min=None if quiet is None else quiet["dnd_start_min"],
+                dnd_end_min=None if quiet is None else quiet["dnd_end_min"],
+                time_zone="UTC" if quiet is None else quiet["time_zone"],
+                preview_kind=None if preview is None else preview["kind"],
+                preview_body=None if preview is None else bytes(preview["body"]),
+                preview_sender=None if preview is None else preview["display_name"],
+            )
+        )
+    return Claim(jobs, len(moot))
+
+
+async def _badges(conn: Any, accounts: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Unread messages per account: visible, not the account's own, above its read mark."""
+    rows = await conn.fetch(
+        f"""SELECT cm.account_id, sum(u.n)::bigint AS unread
+            FROM conversation_members cm
+            LEFT JOIN read_marks r
+              ON r.account_id = cm.account_id AND r.conversation_id = cm.conversation_id
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS n FROM (
+                    SELECT 1 FROM messages m
+                    WHERE m.conversation_id = cm.conversation_id
+                      AND m.seq > coalesce(r.read_seq, 0) AND m.sender_id <> cm.account_id
+                      AND {VISIBLE}
+                    LIMIT {BADGE_CAP_PER_CONVERSATION}) capped) u
+            WHERE cm.account_id = ANY($1::uuid[])
+            GROUP BY cm.account_id""",
+        accounts,
+    )
+    return {r["account_id"]: int(r["unread"]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What became of one claimed job's push."""
+
+    device_id: uuid.UUID
+    pos: int  # the position the claim was for
+    kind: str
+    outcome: str  # push.providers.Outcome value
+    status: int | None
+    reason: str
+    retry_at: datetime | None = None  # outcome "retry": when to try again
+    provider_timestamp: datetime | None = None  # outcome "disable"
+
+
+@dataclass
+class _Sorted:
+    done: list[uuid.UUID] = field(default_factory=list)  # accepted: the job is finished
+    released: list[uuid.UUID] = field(default_factory=list)  # accepted, newer message waiting
+    retry: list[Settlement] = field(default_factory=list)
+    dead: list[Settlement] = field(default_factory=list)
+    disable: list[Settlement] = field(default_factory=list)
+    exhausted: list[uuid.UUID] = field(default_factory=list)  # retries ran out: dead too
+
+
+async def _sort(conn: Any, settled: list[Settlement], max_attempts: int) -> _Sorted:
+    """Lock the jobs (device id order) and sort the outcomes by what they do to them."""
+    by_device = {s.device_id: s for s in settled}
+    devices = sorted(by_device)
+    current = {
+        r["device_id"]: r
+        for r in await conn.fetch(
+            """SELECT device_id, pos, attempts FROM push_jobs
+               WHERE device_id = ANY($1::uuid[]) ORDER BY device_id FOR UPDATE""",
+            devices,
+        )
+    }
+    out = _Sorted()
+    for device in devices:
+        s = by_device[device]
+        row = current.get(device)
+        if row is None:
+            continue  # deleted meanwhile (registration removed)
+        if s.outcome == "accepted":
+            # A message that arrived while this push was in flight keeps the row alive.
+            (out.done if row["pos"] == s.pos else out.released).append(device)
+        elif s.outcome == "retry" and row["attempts"] + 1 >= max_attempts:
+            out.exhausted.append(device)
+            out.dead.append(s)
+        elif s.outcome == "retry":
+            out.retry.append(s)
+        elif s.outcome == "disable":
+            out.disable.append(s)
+        else:
+            out.dead.append(s)
+    return out
+
+
+async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> list[uuid.UUID]:
+    """Returns the devices whose job ran out of attempts and was dead-lettered."""
+    sorted_ = await _sort(conn, settled, max_attempts)
+    done, released, retry = sorted_.done, sorted_.released, sorted_.retry
+    dead, disable = sorted_.dead, sorted_.disable
+    if done:
+        await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", done)
+    if released:
+        await conn.execute(
+            """UPDATE push_jobs SET claimed_until = NULL, attempts = 0, last_status = NULL,
+                   last_reason = NULL WHERE device_id = ANY($1::uuid[])""",
+            released,
+        )
+    if retry:
+        await conn.executemany(
+            """UPDATE push_jobs SET claimed_until = NULL, attempts = attempts + 1,
+                   due_at = $2, last_status = $3, last_reason = $4 WHERE device_id = $1""",
+            [(s.device_id, s.retry_at, s.status, s.reason) for s in retry],
+        )
+    if dead:
+        await conn.executemany(
+            """WITH gone AS (DELETE FROM push_jobs WHERE device_id = $1 RETURNING *)
+               INSERT INTO push_dead_letters (device_id, account_id, kind, conversation_id,
+                   message_id, msg_seq, pos, burst, queued_at, attempts, last_status,
+                   last_reason)
+               SELECT device_id, account_id, kind, conversation_id, message_id, msg_seq, pos,
+                      burst, queued_at, attempts + 1, $2, $3 FROM gone""",
+            [(s.device_id, s.status, s.reason) for s in dead],
+        )
+    if disable:
+        # Apple: a token re-registered after the time it stopped being valid is good again.
+        await conn.executemany(
+            """UPDATE push_registrations SET disabled_at = now(), disabled_reason = $2,
+                   provider_timestamp = $3
+               WHERE device_id = $1 AND ($3::timestamptz IS NULL OR updated_at <= $3)""",
+            [(s.device_id, s.reason, s.provider_timestamp) for s in disable],
+        )
+        await conn.execute(
+            "DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])",
+            [s.device_id for s in disable],
+        )
+    await conn.executemany(
+        """INSERT INTO push_results (device_id, kind, outcome, status, reason)
+           SELECT $1, $2, $3, $4, $5 WHERE EXISTS
+               (SELECT 1 FROM push_registrations WHERE device_id = $1)""",
+        [(s.device_id, s.kind, s.outcome, s.status, s.reason) for s in settled],
+    )
+    return sorted_.exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    device_id: uuid.UUID
+    account_id: uuid.UUID
+    kind: str
+    conversation_id: uuid.UUID | None
+    message_id: uuid.UUID | None
+    attempts: int
+    last_status: int | None
+    last_reason: str
+    queued_at: datetime
+    dead_at: datetime
+
+
+DEAD_COLUMNS = """d.id, d.device_id, d.account_id, d.kind, d.conversation_id, d.message_id,
+    d.attempts, d.last_status, d.last_reason, d.queued_at, d.dead_at"""
+
+
+async def _dead_letters(
+    conn: Any, org_id: uuid.UUID, after_id: int, limit: int
+) -> list[DeadLetter]:
+    rows = await conn.fetch(
+        f"""SELECT {DEAD_COLUMNS} FROM push_dead_letters d
+            JOIN accounts a ON a.id = d.account_id
+            WHERE a.org_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3""",
+        org_id,
+        after_id,
+        limit,
+    )
+    return [DeadLetter(**dict(r)) for r in rows]
+
+
+async def _redrive(conn: Any, org_id: uuid.UUID, ids: list[int]) -> int:
+    """Put dead letters back in the outbox, due now. A device that has a job already keeps
+    it (with the later message); returns how many dead letters were re-driven."""
+    rows = await conn.fetch(
+        """DELETE FROM push_dead_letters d USING accounts a
+           WHERE a.id = d.account_id AND a.org_id = $1 AND d.id = ANY($2::bigint[])
+           RETURNING d.*""",
+        org_id,
+        ids,
+    )
+    latest: dict[uuid.UUID, Any] = {}
+    for row in sorted(rows, key=lambda r: r["pos"]):
+        latest[row["device_id"]] = row
+    await conn.executemany(
+        f"""INSERT INTO push_jobs AS j (device_id, account_id, kind, conversation_id,
+                message_id, msg_seq, pos, burst, queued_at, due_at)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, now()
+            FROM push_registrations r WHERE r.device_id = $1 AND r.disabled_at IS NULL
+            {JOB_UPSERT}""",
+        [
+            (
+                r["device_id"],
+                r["account_id"],
+                r["kind"],
+                r["conversation_id"],
+                r["message_id"],
+                r["msg_seq"],
+                r["pos"],
+                r["burst"],
+                r["queued_at"],
+            )
+            for _, r in sorted(latest.items())
+        ],
+    )
+    return len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxState:
+    pending: int
+    due: int  # due now and not leased
+    oldest_due_s: float  # how long the most overdue unleased job has waited (0: none)
+    dead_letters: int
+
+
+async def _state(conn: Any) -> OutboxState:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM push_jobs) AS pending,
+                  count(*) AS due,
+                  coalesce(extract(epoch FROM now() - min(due_at)), 0)::float8 AS oldest,
+                  (SELECT count(*) FROM push_dead_letters) AS dead
+           FROM push_jobs
+           WHERE due_at <= now() AND (claimed_until IS NULL OR claimed_until < now())"""
+    )
+    return OutboxState(int(row["pending"]), int(row["due"]), row["oldest"], int(row["dead"]))
+
+
+async def _prune_results(conn: Any, keep_s: float) -> int:
+    status = await conn.execute(
+        "DELETE FROM push_results WHERE at < now() - $1 * interval '1 second'", keep_s
+    )
+    return int(status.split()[-1])
+
+
+class PushOutbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def claim(self, limit: int, lease_s: float) -> Claim:
+        """Lease up to `limit` due jobs for `lease_s`; moot ones are deleted, not returned."""
+        return await self._db.transaction(_claim, limit, lease_s)
+
+    async def settle(self, settled: Sequence[Settlement], max_attempts: int) -> list[uuid.UUID]:
+        """Record what the providers answered, in one transaction; returns the devices
+        whose job was dead-lettered for running out of attempts."""
+        if not settled:
+            return []
+        return await self._db.transaction(_settle, list(settled), max_attempts)
+
+    async def dead_letters(
+        self, org_id: uuid.UUID, after_id: int = 0, limit: int = 100
+    ) -> list[DeadLetter]:
+        return await self._db.read(_dead_letters, org_id, after_id, limit)
+
+    async def redrive(self, org_id: uuid.UUID, ids: Sequence[int]) -> int:
+        return await self._db.transaction(_redrive, org_id, list(ids))
+
+    async def state(self) -> OutboxState:
+        return await self._db.read(_state)
+
+    async def prune_results(self, keep_s: float) -> int:
+        return await self._db.transaction(_prune_results, keep_s)
