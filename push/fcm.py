@@ -30,6 +30,7 @@ from push import fcm_wire
 from push.batch_log import log_results
 from push.fcm_auth import AccessTokens, AuthError, load_service_account
 from push.fcm_wire import FcmRequest
+from push.http_body import without_generator
 from push.providers import Outcome, Push, PushConfigError, Result
 from push.tls import client_context
 
@@ -143,9 +144,10 @@ class FcmProvider:
         url = f"{self._base_url}/v1/projects/{request.project}/messages:send"
         try:
             with trio.fail_after(self._timeout_s):
-                response = await self._client.post(
-                    url, json=request.body, headers={"authorization": f"Bearer {token}"}
+                outgoing = self._client.build_request(
+                    "POST", url, json=request.body, headers={"authorization": f"Bearer {token}"}
                 )
+                response = await self._client.send(without_generator(outgoing))
         except (trio.TooSlowError, httpx.TimeoutException):
             return Result(Outcome.RETRY, None, "timeout")
         except Exception as exc:  # httpx.TransportError and anything odd below it

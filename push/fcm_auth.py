@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from protocol.errors import ObrolError
+from push.http_body import without_generator
 from push.providers import PushConfigError
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ class AccessTokens:
         started = time.monotonic()
         try:
             with trio.fail_after(self._timeout_s):
-                response = await self._client.post(self._account.token_uri, data=form)
+                request = self._client.build_request("POST", self._account.token_uri, data=form)
+                response = await self._client.send(without_generator(request))
         except (trio.TooSlowError, httpx.TimeoutException):
             raise AuthError("the token endpoint timed out") from None
         except httpx.HTTPError as exc:

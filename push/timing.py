@@ -12,14 +12,16 @@ MAX_RETRY_AFTER_S = 3600.0
 
 
 def seconds_left(expires_at: int | None, now: float) -> int | None:
-    """Whole seconds from `now` until `expires_at` (unix seconds), rounded down.
+    """Whole seconds from the second `now` is in until `expires_at` (unix seconds).
 
-    None when the push has no expiry (the provider's default applies); 0 or less when it has
-    expired, which callers treat as "do not send".
+    Counted as aioapns counts (`int(time.time()) + time_to_live`), so its `apns-expiration`
+    comes out as `expires_at` when its clock reads the same second. None when the push has no
+    expiry (the provider's default applies); 0 or less when it has expired, which callers
+    treat as "do not send".
     """
     if expires_at is None:
         return None
-    return math.floor(expires_at - now)
+    return expires_at - math.floor(now)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
