@@ -37,7 +37,7 @@ from push.tls import client_context
 logger = logging.getLogger(__name__)
 
 # Requests in flight per connection: FCM's front ends allow ~100 concurrent HTTP/2 streams.
-STREAMS_PER_CONNECTION = 100
+STREAMS_PER_CONNECTION = 25
 
 
 class FcmProvider:

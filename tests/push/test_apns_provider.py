@@ -3,6 +3,7 @@ asyncio bridge. Every test bounds its sends with a generous deadline: a hang is 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -332,6 +333,24 @@ async def test_many_error_answers_on_one_connection_do_not_stall_later_ones(
             Outcome.DEAD_LETTER, 400, "BadCollapseId"
         )
         assert (await send_one(provider, push(to(apns_token())))).outcome is Outcome.ACCEPTED
+    finally:
+        await provider.aclose()
+
+
+async def test_request_bodies_past_the_send_window_wait_for_it(
+    bridge: AsyncioBridge, standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 300 x ~1.5 KiB is far past the 64 KiB a peer grants at first. aioapns sent the headers,
+    # hit FlowControlError on the body, left the stream half-open and slept before resending.
+    caplog.set_level(logging.DEBUG, logger="aioapns")
+    provider = make_apns(bridge, standin, max_connections=1)
+    try:
+        pushes = [push(to(apns_token()), body="b" * 1500) for _ in range(300)]
+        results = await send(provider, pushes)
+        assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 300
+        ids = sorted(r.headers["apns-id"] for r in received(standin))
+        assert ids == sorted(str(p.push_id) for p in pushes)
+        assert not [r for r in caplog.records if "FlowControlError" in r.getMessage()]
     finally:
         await provider.aclose()
 
