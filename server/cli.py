@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulate devices against a server (see `obrol loadtest --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "push-standin",
+        help="run local APNs + FCM stand-ins for tests (see `obrol push-standin --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -125,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest.cli import main as loadtest_main  # noqa: PLC0415 - only loadtest needs it
 
         return loadtest_main(argv[1:])
+    if argv[:1] == ["push-standin"]:
+        from push.standin.cli import main as standin_main  # noqa: PLC0415 - only it needs it
+
+        return standin_main(argv[1:], prog="obrol push-standin")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":

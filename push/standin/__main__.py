@@ -1,0 +1,5 @@
+import sys
+
+from push.standin.cli import main
+
+sys.exit(main())
