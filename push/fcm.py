@@ -1,0 +1,158 @@
+"""The FCM provider: pushes to Android devices through FCM HTTP v1, natively on trio.
+
+httpx (HTTP/2, on trio through anyio) carries both the `messages:send` calls and the OAuth2
+token requests; a batch is sent concurrently in one nursery, bounded by a CapacityLimiter
+(`max_connections` x `STREAMS_PER_CONNECTION` requests in flight), each request bounded by
+`timeout_s`.
+
+Why not google-auth for the access token: its service-account credentials refresh through
+`requests` (blocking: a thread per refresh) or aiohttp (asyncio: a bridge hop), so it is not
+trio-native, and it would be one more dependency for what is ~100 lines on PyJWT, which aioapns
+already brings (`push/fcm_auth.py`). What google-auth adds beyond that (metadata-server and
+workload-identity credentials) obrol does not use: it is configured with a key file.
+
+One push's failure never raises: a timeout is RETRY "timeout", a transport failure RETRY
+"connection_error", a token endpoint failure RETRY "auth_failed" for the whole batch. A 401
+from FCM drops the cached access token and sends that push once more with a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import trio
+
+from push import fcm_wire
+from push.batch_log import log_results
+from push.fcm_auth import AccessTokens, AuthError, load_service_account
+from push.fcm_wire import FcmRequest
+from push.http_body import without_generator
+from push.providers import Outcome, Push, PushConfigError, Result
+from push.tls import client_context
+
+logger = logging.getLogger(__name__)
+
+# Requests in flight per connection: FCM's front ends allow ~100 concurrent HTTP/2 streams.
+STREAMS_PER_CONNECTION = 25
+
+
+class FcmProvider:
+    """Pushes through FCM HTTP v1 with a service account; see the module docstring."""
+
+    name = "fcm"
+
+    def __init__(
+        self,
+        *,
+        service_account_file: Path,
+        base_url: str = "https://fcm.googleapis.com",
+        ca_file: Path | None = None,
+        timeout_s: float = 10.0,
+        max_connections: int = 8,
+    ) -> None:
+        """Checks every setting now. Raises `PushConfigError` for an unreadable or incomplete
+        service-account file, an unusable key in it, a bad CA file, or a bad URL or limit."""
+        if not base_url.startswith("https://"):
+            raise PushConfigError("FCM base_url must be an https:// URL")
+        if not timeout_s > 0:
+            raise PushConfigError("FCM timeout_s must be positive")
+        if max_connections < 1:
+            raise PushConfigError("FCM max_connections must be at least 1")
+        self._account = load_service_account(service_account_file)
+        self._base_url = base_url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._client = httpx.AsyncClient(
+            http2=True,
+            verify=client_context(ca_file, alpn=["h2", "http/1.1"], what="FCM"),
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            trust_env=False,  # no proxy or CA settings from the environment: config says all
+            follow_redirects=False,
+        )
+        self._tokens = AccessTokens(self._account, self._client, timeout_s=timeout_s)
+        self._limiter = trio.CapacityLimiter(max_connections * STREAMS_PER_CONNECTION)
+        self._closed = False
+
+    @property
+    def tokens_fetched(self) -> int:
+        """How many access tokens this provider has obtained so far."""
+        return self._tokens.fetched
+
+    async def send(self, pushes: Sequence[Push]) -> list[Result]:
+        """One `Result` per push, in order. Raises only when cancelled."""
+        now = time.time()
+        results: list[Result | None] = [None] * len(pushes)
+        batch: list[tuple[int, FcmRequest]] = []
+        for index, push in enumerate(pushes):
+            rendered = fcm_wire.render(push, default_project=self._account.project_id, now=now)
+            if isinstance(rendered, Result):
+                results[index] = rendered
+            else:
+                batch.append((index, rendered))
+        if batch:
+            await self._send_batch(batch, results)
+        done = [result for result in results if result is not None]
+        assert len(done) == len(pushes)
+        log_results(logger, "FCM", pushes, done)
+        return done
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections. Later sends answer RETRY "closed"."""
+        self._closed = True
+        await self._client.aclose()
+
+    async def _send_batch(
+        self, batch: list[tuple[int, FcmRequest]], results: list[Result | None]
+    ) -> None:
+        if self._closed:
+            for index, _ in batch:
+                results[index] = Result(Outcome.RETRY, None, "closed")
+            return
+        try:
+            token = await self._tokens.get()
+        except AuthError:
+            for index, _ in batch:
+                results[index] = Result(Outcome.RETRY, None, "auth_failed")
+            return
+
+        async def send_one(index: int, request: FcmRequest) -> None:
+            async with self._limiter:
+                results[index] = await self._send_one(request, token)
+
+        async with trio.open_nursery() as nursery:
+            for index, request in batch:
+                nursery.start_soon(send_one, index, request)
+
+    async def _send_one(self, request: FcmRequest, token: str) -> Result:
+        result = await self._post(request, token)
+        if result.status != 401:
+            return result
+        self._tokens.invalidate(token)
+        try:
+            token = await self._tokens.get()
+        except AuthError:
+            return Result(Outcome.RETRY, None, "auth_failed")
+        return await self._post(request, token)
+
+    async def _post(self, request: FcmRequest, token: str) -> Result:
+        url = f"{self._base_url}/v1/projects/{request.project}/messages:send"
+        try:
+            with trio.fail_after(self._timeout_s):
+                outgoing = self._client.build_request(
+                    "POST", url, json=request.body, headers={"authorization": f"Bearer {token}"}
+                )
+                response = await self._client.send(without_generator(outgoing))
+        except (trio.TooSlowError, httpx.TimeoutException):
+            return Result(Outcome.RETRY, None, "timeout")
+        except Exception as exc:  # httpx.TransportError and anything odd below it
+            logger.debug("FCM send failed: %s", type(exc).__name__)
+            return Result(Outcome.RETRY, None, "connection_error")
+        return fcm_wire.classify(
+            response.status_code, response.content, response.headers.get("retry-after"), time.time()
+        )
