@@ -128,6 +128,16 @@ def _err_to_wire(x: f.Err) -> Wire:
     return _optional(wire, "rt", x.ref_type)
 
 
+def _push_reg_to_wire(x: f.PushRegister) -> Wire:
+    wire: Wire = {"t": "push_reg", "cid": x.cid, "provider": x.provider, "token": x.token}
+    _optional(wire, "env", x.env)
+    _optional(wire, "topic", x.topic)
+    _optional(wire, "project", x.project)
+    if x.preview:
+        wire["preview"] = True
+    return wire
+
+
 _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
     f.Send: _send_to_wire,
     f.Ack: lambda x: {"t": "ack", "pos": x.pos},
@@ -135,6 +145,8 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
     f.Receipt: lambda x: {"t": "receipt", "conv": x.conv, "id": x.id, "status": x.status.value},
     f.Typing: lambda x: {"t": "typing", "conv": x.conv, "on": x.on},
     f.Ping: lambda x: {"t": "ping"},
+    f.PushRegister: _push_reg_to_wire,
+    f.PushUnregister: lambda x: {"t": "push_unreg", "cid": x.cid},
     f.Msg: _msg_to_wire,
     f.Sent: _sent_to_wire,
     f.Err: _err_to_wire,
@@ -151,6 +163,7 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
     f.Resync: lambda x: {"t": "resync"},
     f.Pong: lambda x: {"t": "pong"},
     f.Withdrawn: lambda x: {"t": "withdrawn", "who": x.who, "purpose": x.purpose},
+    f.PushOk: lambda x: {"t": "push_ok", "cid": x.cid},
 }
 
 
@@ -290,6 +303,19 @@ def _sent_from_wire(w: Wire) -> f.Sent:
     )
 
 
+def _push_reg_from_wire(w: Wire) -> f.PushRegister:
+    _fields(w, "", ("t", "cid", "provider", "token"), ("env", "topic", "project", "preview"))
+    return f.PushRegister(
+        cid=w["cid"],
+        provider=w["provider"],
+        token=w["token"],
+        env=w.get("env"),
+        topic=w.get("topic"),
+        project=w.get("project"),
+        preview=w.get("preview", False),
+    )
+
+
 def _err_from_wire(w: Wire) -> f.Err:
     _fields(w, "", ("t", "code", "msg"), ("ref", "rt"))
     return f.Err(code=w["code"], message=w["msg"], ref=w.get("ref"), ref_type=w.get("rt"))
@@ -302,6 +328,8 @@ CLIENT_FRAME_DECODERS: dict[str, Callable[[Wire], f.ClientFrame]] = {
     "receipt": _decoder(f.Receipt, ("conv", "id", "status")),
     "typing": _decoder(f.Typing, ("conv", "on")),
     "ping": _decoder(f.Ping, ()),
+    "push_reg": _push_reg_from_wire,
+    "push_unreg": _decoder(f.PushUnregister, ("cid",)),
 }
 
 SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
@@ -314,6 +342,7 @@ SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
     "resync": _decoder(f.Resync, ()),
     "pong": _decoder(f.Pong, ()),
     "withdrawn": _decoder(f.Withdrawn, ("who", "purpose")),
+    "push_ok": _decoder(f.PushOk, ("cid",)),
 }
 
 

@@ -46,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     RECONSENT_REQUIRED = "reconsent_required"
     UNKNOWN_FILE = "unknown_file"
     UNKNOWN_MESSAGE = "unknown_message"
+    PUSH_PROVIDER_UNAVAILABLE = "push_provider_unavailable"
     RATE_LIMITED = "rate_limited"
     RESYNC_REQUIRED = "resync_required"
     IDLE_TIMEOUT = "idle_timeout"
@@ -109,6 +110,7 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.RECONSENT_REQUIRED: CloseCode.POLICY_VIOLATION,
         ErrorCode.UNKNOWN_FILE: CloseCode.POLICY_VIOLATION,
         ErrorCode.UNKNOWN_MESSAGE: CloseCode.POLICY_VIOLATION,
+        ErrorCode.PUSH_PROVIDER_UNAVAILABLE: CloseCode.POLICY_VIOLATION,
         ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
         ErrorCode.RESYNC_REQUIRED: CloseCode.RESYNC_REQUIRED,
         ErrorCode.IDLE_TIMEOUT: CloseCode.IDLE_TIMEOUT,

@@ -265,6 +265,43 @@ class Ping:
     TYPE: ClassVar[str] = "ping"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushRegister:
+    """Register this device's push token (replacing any earlier one); answered by
+    `push_ok` with the same `cid`, or an `err` pointing at it. The server checks the token's
+    form and that it sends for the provider (and APNs topic / FCM project)."""
+
+    TYPE: ClassVar[str] = "push_reg"
+    cid: str
+    provider: str
+    token: str
+    env: str | None = None
+    topic: str | None = None
+    project: str | None = None
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        check_cid("cid", self.cid)
+        check_identifier("provider", self.provider)
+        check_text("token", self.token, min_len=1, max_len=4096, controls=False)
+        for name in ("env", "topic", "project"):
+            value = getattr(self, name)
+            if value is not None:
+                check_text(name, value, min_len=1, max_len=155, controls=False)
+        check_bool("preview", self.preview)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushUnregister:
+    """Stop push notifications to this device; answered by `push_ok`."""
+
+    TYPE: ClassVar[str] = "push_unreg"
+    cid: str
+
+    def __post_init__(self) -> None:
+        check_cid("cid", self.cid)
+
+
 # --- server -> client ---------------------------------------------------------------------
 
 
@@ -441,6 +478,19 @@ class Withdrawn:
         check_identifier("purpose", self.purpose)
 
 
-ClientFrame = Send | Ack | Sync | Receipt | Typing | Ping
-ServerFrame = Msg | Sent | Err | ReceiptNotice | TypingNotice | Synced | Resync | Pong | Withdrawn
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushOk:
+    """The `push_reg` or `push_unreg` with this `cid` is done."""
+
+    TYPE: ClassVar[str] = "push_ok"
+    cid: str
+
+    def __post_init__(self) -> None:
+        check_cid("cid", self.cid)
+
+
+ClientFrame = Send | Ack | Sync | Receipt | Typing | Ping | PushRegister | PushUnregister
+ServerFrame = (
+    Msg | Sent | Err | ReceiptNotice | TypingNotice | Synced | Resync | Pong | Withdrawn | PushOk
+)
 Frame = ClientFrame | ServerFrame

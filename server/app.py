@@ -11,7 +11,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, conversations, files, me, meta, orgs
+from server.api import auth, conversations, files, me, meta, orgs, push
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
@@ -97,7 +97,7 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.extensions["obrol"] = ApiContext(services)
     tls = services.settings.tls_enabled
-    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp):
+    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp, push.bp):
         app.register_blueprint(blueprint)
 
     @app.before_request

@@ -32,6 +32,7 @@ class ApiErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
     SIGNUP_CLOSED = "signup_closed"
+    PUSH_PROVIDER_UNAVAILABLE = "push_provider_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -54,6 +55,7 @@ STATUS = {
     ApiErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ApiErrorCode.RATE_LIMITED: 429,
     ApiErrorCode.SIGNUP_CLOSED: 403,
+    ApiErrorCode.PUSH_PROVIDER_UNAVAILABLE: 422,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }
@@ -83,6 +85,12 @@ class ApiError(ObrolError):
 
 def forbidden(message: str = "you may not do this") -> ApiError:
     return ApiError(ApiErrorCode.FORBIDDEN, message)
+
+
+def invalid(message: str, field: str | None = None) -> ApiError:
+    """invalid_request, naming the field at fault when there is one."""
+    details = None if field is None else [{"field": field, "problem": message}]
+    return ApiError(ApiErrorCode.INVALID_REQUEST, message, details=details)
 
 
 def not_found(message: str) -> ApiError:

@@ -130,7 +130,11 @@ async def serve(
                 hasher = PasswordHasher(settings.password_hash_strength)
                 services = Services(settings, db, identity, hasher, clock)
                 await trio.to_thread.run_sync(services.blobs.make_private)
-                await _serve_all(services, tls, shutdown, database, task_status)
+                async with trio.open_nursery() as pushing:
+                    stop_pushing = trio.Event()
+                    pushing.start_soon(services.push.run, bridge, stop_pushing)
+                    await _serve_all(services, tls, shutdown, database, task_status)
+                    stop_pushing.set()  # the batch in flight is sent and recorded first
             finally:
                 await db.close()
             supervision.cancel_scope.cancel()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from nacl.signing import SigningKey
 
+from push.setup import PushBridge
 from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
@@ -19,6 +20,8 @@ from storage.files import BlobStore, FileStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.orgs import OrgStore
+from storage.push_outbox import PushOutbox
+from storage.push_registrations import PushRegistrationStore
 from storage.receipts import ReceiptStore
 from storage.tokens import TokenStore
 
@@ -45,6 +48,8 @@ class Services:
     files: FileStore = field(init=False)
     receipts: ReceiptStore = field(init=False)
     blobs: BlobStore = field(init=False)
+    push_registrations: PushRegistrationStore = field(init=False)
+    push: PushBridge = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -53,7 +58,9 @@ class Services:
         self.tokens = TokenStore(self.db)
         self.logins = LoginRecordStore(self.db)
         self.conversations = ConversationStore(self.db)
-        self.messages = MessageStore(self.db)
+        self.messages = MessageStore(self.db, self.settings.push_grace_s)
         self.files = FileStore(self.db)
-        self.receipts = ReceiptStore(self.db)
+        self.receipts = ReceiptStore(self.db, self.settings.push_grace_s)
         self.blobs = BlobStore(self.settings.data_dir / "files")
+        self.push_registrations = PushRegistrationStore(self.db)
+        self.push = PushBridge(self.settings, PushOutbox(self.db))

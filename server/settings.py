@@ -83,6 +83,28 @@ class Settings(BaseSettings):
     # believed: a TLS-terminating proxy in front. Empty: both headers are ignored.
     trusted_proxies: list[str] = Field(default_factory=list)
 
+    # The push bridge (README, "Push notifications"). A provider with no credentials is off:
+    # registrations for it are refused.
+    push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device
+    push_workers: int = Field(2, ge=0, le=32)  # outbox loops in this process (0: none)
+    push_batch: int = Field(500, ge=1, le=5000)
+    push_lease_s: float = Field(30.0, ge=5)
+    push_max_attempts: int = Field(8, ge=1, le=100)
+    push_backoff_base_s: float = Field(1.0, gt=0)
+    push_backoff_cap_s: float = Field(600.0, gt=0)
+    push_expiry_s: int = Field(24 * 3600, ge=0, le=30 * 24 * 3600)
+    push_send_timeout_s: float = Field(10.0, gt=0)
+    push_ca_file: Path | None = None  # extra CA to trust for the providers (stand-ins)
+    apns_key_file: Path | None = None  # the .p8 signing key from Apple's developer account
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topics: list[str] = Field(default_factory=list)  # bundle ids; the first is default
+    apns_production_host: str = "api.push.apple.com"
+    apns_sandbox_host: str = "api.sandbox.push.apple.com"
+    apns_port: int = Field(443, ge=1, le=65535)
+    fcm_service_account_file: Path | None = None  # the service account's JSON key file
+    fcm_base_url: str = "https://fcm.googleapis.com"
+
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(30.0, gt=0)
@@ -113,6 +135,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "tls_cert_file and tls_key_file go together (--tls-cert and --tls-key): "
                 "give both for TLS, or neither"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _apns_credentials_complete(self) -> Settings:
+        given = [self.apns_key_file, self.apns_key_id, self.apns_team_id]
+        if any(v is not None for v in given) and (
+            any(v is None for v in given) or not self.apns_topics
+        ):
+            raise ValueError(
+                "APNs needs apns_key_file, apns_key_id, apns_team_id and at least one of "
+                "apns_topics (your app's bundle id), or none of them"
             )
         return self
 

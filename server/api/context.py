@@ -17,6 +17,7 @@ from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
 from server.handlers.orgs import OrgHandler
 from server.handlers.profile import ProfileHandler
+from server.handlers.push import PushHandler
 from server.handlers.sessions import SessionHandler
 from server.services import Services
 
@@ -33,6 +34,7 @@ class ApiContext:
     profile: ProfileHandler = field(init=False)
     conversations: ConversationHandler = field(init=False)
     files: FileHandler = field(init=False)
+    push: PushHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,16 +44,12 @@ class ApiContext:
         self.profile = ProfileHandler(self.services)
         self.conversations = ConversationHandler(self.services)
         self.files = FileHandler(self.services, self.conversations)
+        self.push = PushHandler(self.services)
 
 
 def ctx() -> ApiContext:
     context: ApiContext = current_app.extensions["obrol"]
     return context
-
-
-def invalid(message: str, field: str | None = None) -> ApiError:
-    details = None if field is None else [{"field": field, "problem": message}]
-    return ApiError(ApiErrorCode.INVALID_REQUEST, message, details=details)
 
 
 async def read_limited(limit: int) -> bytes:

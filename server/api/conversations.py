@@ -7,10 +7,11 @@ from typing import Any
 
 from quart import Blueprint
 
-from server.api.context import actor, body, ctx, invalid
+from server.api.context import actor, body, ctx
 from server.api.models import ConversationIn, MembersIn
 from server.api.params import BIGINT_MAX, int_arg, page_limit
 from server.api.present import conversation_json, message_json, receipt_json
+from server.errors import invalid
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1/conversations")
 

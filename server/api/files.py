@@ -16,9 +16,10 @@ from urllib.parse import quote
 import trio
 from quart import Blueprint, Response, request
 
-from server.api.context import actor, ctx, invalid
+from server.api.context import actor, ctx
 from server.api.params import text_arg
 from server.api.present import file_json
+from server.errors import invalid
 from server.handlers.filetypes import served_type
 
 bp = Blueprint("files", __name__, url_prefix="/v1")

@@ -7,9 +7,10 @@ from typing import Any
 
 from quart import Blueprint
 
-from server.api.context import actor, body, client_ip, ctx, invalid, user_agent
+from server.api.context import actor, body, client_ip, ctx, user_agent
 from server.api.models import DeviceIn, PasswordChangeIn, ProfilePatch
 from server.api.present import account_json, device_json, login_json
+from server.errors import invalid
 from server.handlers.profile import ADMIN_CONTROLLED_FIELDS
 from server.handlers.sessions import DeviceSpec
 

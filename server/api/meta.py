@@ -27,8 +27,14 @@ async def healthz() -> tuple[dict[str, Any], int]:
         await ctx().services.db.ping(HEALTH_DB_TIMEOUT_S)
     except DatabaseUnavailableError as exc:
         logger.warning("health check: %s", exc)
-        return {"status": "degraded", "database": "unavailable"}, 503
-    return {"status": "ok", "database": "ok"}, 200
+        return {"status": "degraded", "database": "unavailable", "push": push_status()}, 503
+    return {"status": "ok", "database": "ok", "push": push_status()}, 200
+
+
+def push_status() -> dict[str, str]:
+    """Per push provider: "ok", "off" (no credentials) or "unusable" (its pushes wait in the
+    outbox meanwhile; the rest of the server is unaffected; admins see why)."""
+    return ctx().services.push.status()
 
 
 @bp.get("/.well-known/obrol/server-key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -193,3 +194,33 @@ class ConversationIn(Strict):
 
 class MembersIn(Strict):
     account_ids: list[uuid.UUID] = Field(min_length=1, max_length=5000)
+
+
+class PushRegistrationIn(Strict):
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+    token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    environment: Annotated[str, StringConstraints(max_length=16)] | None = None
+    topic: Annotated[str, StringConstraints(max_length=155)] | None = None
+    project: Annotated[str, StringConstraints(max_length=128)] | None = None
+    preview: bool = False
+
+
+LocalTime = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class QuietHoursIn(Strict):
+    start: LocalTime  # "22:00", local time
+    end: LocalTime  # "07:00": a window may wrap midnight
+
+
+class PushSettingsIn(Strict):
+    do_not_disturb: QuietHoursIn | None = None
+    time_zone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+
+
+class MuteIn(Strict):
+    until: datetime | None = None  # none: until unmuted
+
+
+class RedriveIn(Strict):
+    ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=1000)]

@@ -10,10 +10,11 @@ from typing import Any
 
 from quart import Blueprint
 
-from server.api.context import actor, body, ctx, invalid
+from server.api.context import actor, body, ctx
 from server.api.models import CreateOrgIn, DepartmentIn, DepartmentPatch, MemberIn, MemberPatch
 from server.api.params import page_limit, text_arg
 from server.api.present import account_json, department_json, member_json, org_json
+from server.errors import invalid
 from server.text import text_problem
 
 bp = Blueprint("orgs", __name__, url_prefix="/v1/orgs")

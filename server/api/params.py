@@ -10,7 +10,7 @@ import re
 
 from quart import request
 
-from server.api.context import invalid
+from server.errors import invalid
 from server.text import text_problem
 
 BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: sequence numbers and stream positions

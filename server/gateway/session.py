@@ -16,6 +16,9 @@ from protocol import (
     Msg,
     Ping,
     Pong,
+    PushOk,
+    PushRegister,
+    PushUnregister,
     Receipt,
     ReceiptNotice,
     RemoteProtocolError,
@@ -28,6 +31,7 @@ from protocol import (
     encode,
 )
 from protocol.codec import decode_body, decode_consent, encode_body, encode_consent
+from push.registration import RegistrationError, RegistrationSpec
 from server.gateway.committer import (
     NOT_MEMBER_TEXT,
     Committer,
@@ -116,6 +120,29 @@ class Session:
             await self._typing(frame)
         elif isinstance(frame, Receipt):
             await self._receipt(frame)
+        elif isinstance(frame, PushRegister | PushUnregister):
+            await self._push_registration(frame)
+
+    async def _push_registration(self, frame: PushRegister | PushUnregister) -> None:
+        """Register or drop this device's push token (the same rules as over REST)."""
+        store = self.gw.services.push_registrations
+        if isinstance(frame, PushRegister):
+            spec = RegistrationSpec(
+                frame.provider, frame.token, frame.env, frame.topic, frame.project, frame.preview
+            )
+            try:
+                new = self.gw.services.push.check(spec)
+            except RegistrationError as exc:
+                code = ErrorCode.INVALID_FIELD
+                if exc.unavailable:
+                    code = ErrorCode.PUSH_PROVIDER_UNAVAILABLE
+                reason = f"{exc.field}: {exc.message}"
+                self.conn.reply(err_frame(code, reason, frame.cid, frame.TYPE))
+                return
+            await store.register(self.device_id, new)
+        else:
+            await store.unregister(self.device_id)
+        self.conn.reply(encode(PushOk(cid=frame.cid)))
 
     # -- sending -------------------------------------------------------------------------
 

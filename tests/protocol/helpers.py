@@ -69,6 +69,9 @@ CLIENT_FRAMES: list[f.ClientFrame] = [
     f.Receipt(conv=CONV, id=MSG_ID, status=f.ReceiptStatus.READ),
     f.Typing(conv=CONV, on=True),
     f.Ping(),
+    f.PushRegister(cid="p1", provider="apns", token="ab" * 32, env="sandbox", topic="org.x.app"),
+    f.PushRegister(cid="p2", provider="fcm", token="tok:en", project="proj", preview=True),
+    f.PushUnregister(cid="p3"),
 ]
 
 SERVER_FRAMES: list[f.ServerFrame] = [
@@ -126,5 +129,6 @@ SERVER_FRAMES: list[f.ServerFrame] = [
     f.Synced(pos=101),
     f.Resync(),
     f.Pong(),
+    f.PushOk(cid="p1"),
     f.Withdrawn(who=ALICE, purpose="location_share"),
 ]

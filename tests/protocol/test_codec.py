@@ -56,6 +56,9 @@ SEND_LOCATION: dict[str, Any] = {
 }
 
 
+PUSH_REG: dict[str, Any] = {"t": "push_reg", "cid": "p", "provider": "apns", "token": "ab" * 32}
+
+
 def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A copy of a wire map with keys replaced (value ... removes the key)."""
     result = {**base, **changes}
@@ -161,6 +164,20 @@ BAD_CLIENT_FRAMES: list[tuple[str, Any, ErrorCode]] = [
     ("consent unknown retention", consent(retention="forever"), ErrorCode.CONSENT_INVALID),
     ("consent missing key", consent(scope=...), ErrorCode.MISSING_FIELD),
     ("consent unknown key", consent(why="x"), ErrorCode.UNKNOWN_FIELD),
+    (
+        "push_reg without token",
+        {"t": "push_reg", "cid": "p", "provider": "apns"},
+        (ErrorCode.MISSING_FIELD),
+    ),
+    ("push_reg empty token", PUSH_REG | {"token": ""}, ErrorCode.INVALID_FIELD),
+    ("push_reg token with a newline", PUSH_REG | {"token": "ab\ncd"}, ErrorCode.INVALID_FIELD),
+    (
+        "push_reg provider not an identifier",
+        PUSH_REG | {"provider": "APNS"},
+        (ErrorCode.INVALID_FIELD),
+    ),
+    ("push_reg preview not a bool", PUSH_REG | {"preview": 1}, ErrorCode.INVALID_FIELD),
+    ("push_reg unknown key", PUSH_REG | {"sound": "x"}, ErrorCode.UNKNOWN_FIELD),
 ]
 
 

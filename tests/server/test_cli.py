@@ -10,10 +10,8 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import Process
 from tests.storage.test_embedded import postgres_running_in
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,63 +37,6 @@ def workdir() -> Iterator[Path]:
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(shared, ignore_errors=True)
-
-
-class Process:
-    """A started command whose output (stdout and stderr) is collected as it comes."""
-
-    def __init__(self, argv: list[str], cwd: Path, *, new_session: bool = False) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OBROL_")}
-        env |= {
-            "PYTHONPATH": str(ROOT),
-            "OBROL_POSTGRES_SHARED_DIR": os.path.realpath(cwd / ".shared") + "/clusters",
-        }
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=new_session,  # its own process group, as a terminal gives it
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout_s: float = 90) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.popen.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} in the output:\n{self.output}")
-
-    def finish(self, timeout_s: float = 60) -> int:
-        code = self.popen.wait(timeout=timeout_s)
-        self._reader.join(timeout=10)
-        return code
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-        self._reader.join(timeout=10)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
 
 
 def obrol(args: list[str], cwd: Path) -> Process:
@@ -117,7 +59,12 @@ def test_serve_with_embedded_database_and_stop_on_sigterm(workdir: Path) -> None
     try:
         api = process.wait_for(r"API:\s+(http://\S+)").group(1)
         response = health(api)
-        assert response is not None and response.json() == {"status": "ok", "database": "ok"}
+        assert response is not None
+        assert response.json() == {
+            "status": "ok",
+            "database": "ok",
+            "push": {"apns": "off", "fcm": "off"},
+        }
         key = httpx.get(f"{api}/.well-known/obrol/server-key", timeout=10).json()["public_key"]
         assert key in process.output  # printed at start-up
         process.wait_for(r"PostgreSQL \d+ binaries in \S+: bundled with obrol")  # and why
@@ -209,7 +156,12 @@ def test_a_killed_embedded_postgres_is_restarted(workdir: Path) -> None:
         while (response is None or response.status_code != 200) and time.monotonic() < deadline:
             time.sleep(0.2)
             response = health(api)
-        assert response is not None and response.json() == {"status": "ok", "database": "ok"}
+        assert response is not None
+        assert response.json() == {
+            "status": "ok",
+            "database": "ok",
+            "push": {"apns": "off", "fcm": "off"},
+        }
         assert int(pid_file.read_text().split()[0]) != old_pid
         process.popen.send_signal(signal.SIGTERM)
         assert process.finish() == 0, process.output
