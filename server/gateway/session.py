@@ -97,12 +97,13 @@ class Session:
             await self._handle(frame)
         except DatabaseUnavailableError as exc:
             self.gw.reads.failed(1, exc)
+            cid = frame.cid if isinstance(frame, Send | PushRegister | PushUnregister) else None
             self.conn.reply(
                 err_frame(
                     ErrorCode.UNAVAILABLE,
                     "the database is unavailable; retry later"
                     + ("" if not isinstance(frame, Send) else " with the same cid"),
-                    frame.cid if isinstance(frame, Send) else None,
+                    cid,
                     frame.TYPE,
                 )
             )

@@ -15,6 +15,7 @@ from protocol import (
     Ack,
     Consent,
     Err,
+    FileBody,
     LocationBody,
     Msg,
     PushOk,
@@ -348,11 +349,47 @@ async def test_unusable_credentials_keep_the_server_up_and_say_so(
     broken = tmp_path / "broken.p8"
     broken.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     broken.chmod(0o600)
-    settings = push_settings(standin, apns_key_file=broken)
+    not_json = tmp_path / "service-account.json"
+    not_json.write_text("{ this is not json")
+    not_json.chmod(0o600)
+    settings = push_settings(standin, apns_key_file=broken, fcm_service_account_file=not_json)
     async with start_harness(nursery, database_url, tmp_path / "data", **settings) as server:
         health = (await server.client.get("/healthz")).json()
-        assert health["push"]["apns"] == "unusable" and health["status"] == "ok"
+        assert health["push"] == {"apns": "unusable", "fcm": "unusable"}
+        assert health["status"] == "ok"
         assert "broken.p8" not in json.dumps(health)  # no file names to strangers
         owner = await server.create_org()
         stats = (await server.client.get("/v1/admin/push", headers=owner.headers)).json()
         assert "broken.p8" in stats["providers"]["apns"]
+
+
+async def test_files_show_no_name_and_ephemeral_messages_make_no_push(
+    server: Harness, standin: StandIn
+) -> None:
+    olivia, _bob, phone, conv = await team(server)
+    await register(server, phone, provider="apns", token=APNS_PHONE, preview=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+    upload = await server.client.post(
+        f"/v1/conversations/{conv}/files?name=merger-plan.png",
+        headers={**olivia.headers, "Content-Type": "image/png"},
+        content=png,
+    )
+    assert upload.status_code == 201, upload.text
+    file_id = uuid.UUID(upload.json()["id"])
+    media = Consent(purpose="media_share", scope="conversation", retention="default")
+    gone = Consent(purpose="location_share", scope="conversation", retention="ephemeral")
+    async with await server.connect(olivia) as sender:
+        await synced(sender)
+        body = FileBody(
+            file_id=file_id.bytes, name="merger-plan.png", size=len(png), mime="image/png"
+        )
+        await sender.send(Send(cid="f1", conv=conv.bytes, body=body, consent=media))
+        await receive_sent(sender, 1)
+        [shared] = await wait_for_pushes(standin, APNS_PHONE, 1)
+        here = LocationBody(lat=-6.2, lon=106.8, acc=3.0)
+        await sender.send(Send(cid="e1", conv=conv.bytes, body=here, consent=gone))
+        await receive_sent(sender, 1)
+        await quiet_period(server)
+    assert "merger" not in json.dumps(shared.payload)
+    assert shared.payload["aps"]["alert"] == {"loc-key": "NEW_MESSAGE"}
+    assert len(pushes(standin, APNS_PHONE)) == 1  # the ephemeral location made none

@@ -191,7 +191,11 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
             with trio.fail_after(8):  # bounded, and quick when the database refuses
                 health = await server.client.get("/healthz")
             assert health.status_code == 503
-            assert health.json() == {"status": "degraded", "database": "unavailable"}
+            assert health.json() == {
+                "status": "degraded",
+                "database": "unavailable",
+                "push": {"apns": "off", "fcm": "off"},
+            }
             await every_endpoint_says_unavailable(server, ann, conv)
             # A device connecting now is told to come back later (1013), and nothing breaks.
             try:
@@ -242,7 +246,11 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
         }
         assert by_sender == expected
         health = await server.client.get("/healthz")
-        assert health.json() == {"status": "ok", "database": "ok"}
+        assert health.json() == {
+            "status": "ok",
+            "database": "ok",
+            "push": {"apns": "off", "fcm": "off"},
+        }
 
 
 async def admin_sql(database_url: str, sql: str) -> None:
