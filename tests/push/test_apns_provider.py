@@ -303,14 +303,14 @@ async def test_late_answer_to_a_timed_out_send_leaves_the_connection_alone(
 ) -> None:
     # aioapns resolved the abandoned waiter, raised InvalidStateError inside data_received,
     # and lost the connection: the pushes in flight on it were sent a second time.
-    provider = make_apns(bridge, standin, timeout_s=1.0, max_connections=1)
+    provider = make_apns(bridge, standin, timeout_s=3.0, max_connections=1)
     try:
-        slow = apns_token()
-        standin.add_fault(Fault("apns", status=200, delay_s=1.5, token=slow))
+        slow = apns_token()  # times out at 3 s, answered at 4 s
+        standin.add_fault(Fault("apns", status=200, delay_s=4.0, token=slow))
         assert await send_one(provider, push(to(slow))) == Result(Outcome.RETRY, None, "timeout")
         waiting = [apns_token() for _ in range(5)]
-        for token in waiting:  # still in flight when the late answer comes
-            standin.add_fault(Fault("apns", status=200, delay_s=0.9, token=token))
+        for token in waiting:  # sent at 3 s, still in flight when the late answer comes
+            standin.add_fault(Fault("apns", status=200, delay_s=1.5, token=token))
         results = await send(provider, [push(to(t)) for t in waiting])
         assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
         assert sorted(r.token for r in received(standin) if r.token != slow) == sorted(waiting)
