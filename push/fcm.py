@@ -150,8 +150,11 @@ class FcmProvider:
                 response = await self._client.send(without_generator(outgoing))
         except (trio.TooSlowError, httpx.TimeoutException):
             return Result(Outcome.RETRY, None, "timeout")
-        except Exception as exc:  # httpx.TransportError and anything odd below it
+        except httpx.TransportError as exc:  # refused, reset, TLS, HTTP/2 protocol trouble
             logger.debug("FCM send failed: %s", type(exc).__name__)
+            return Result(Outcome.RETRY, None, "connection_error")
+        except Exception:  # a bug below us must not lose the batch: retried, and said loudly
+            logger.warning("FCM send failed unexpectedly", exc_info=True)
             return Result(Outcome.RETRY, None, "connection_error")
         return fcm_wire.classify(
             response.status_code, response.content, response.headers.get("retry-after"), time.time()

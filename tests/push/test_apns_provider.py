@@ -32,12 +32,6 @@ def bridge() -> Iterator[AsyncioBridge]:
     b.stop()
 
 
-@pytest.fixture
-async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
-    async with running_standin(tmp_path / "standin") as s:
-        yield s
-
-
 def make_apns(bridge: AsyncioBridge, standin: StandIn, **overrides: Any) -> ApnsProvider:
     c = standin.credentials
     settings: dict[str, Any] = {
@@ -215,12 +209,20 @@ async def test_bad_device_tokens_are_disabled(apns: ApnsProvider, standin: Stand
     assert results == [Result(Outcome.DISABLE, 400, "BadDeviceToken")] * 2
 
 
-async def test_token_of_another_app_is_disabled(apns: ApnsProvider, standin: StandIn) -> None:
-    token = apns_token()
-    standin.add_fault(Fault("apns", status=400, reason="DeviceTokenNotForTopic", token=token))
-    assert await send_one(apns, push(to(token))) == Result(
-        Outcome.DISABLE, 400, "DeviceTokenNotForTopic"
-    )
+async def test_token_of_another_app_is_disabled(bridge: AsyncioBridge, tmp_path: Path) -> None:
+    other_app = "org.obrol.other"
+    async with running_standin(tmp_path / "two-apps", extra_topics=[other_app]) as standin:
+        provider = make_apns(bridge, standin)
+        try:
+            token = apns_token()
+            # The token is the other app's: it was registered (first used) with that topic.
+            first = await send_one(provider, push(to(token, topic=other_app)))
+            assert first.outcome is Outcome.ACCEPTED
+            assert await send_one(provider, push(to(token))) == Result(
+                Outcome.DISABLE, 400, "DeviceTokenNotForTopic"
+            )
+        finally:
+            await provider.aclose()
 
 
 @pytest.mark.parametrize(
@@ -301,14 +303,14 @@ async def test_late_answer_to_a_timed_out_send_leaves_the_connection_alone(
 ) -> None:
     # aioapns resolved the abandoned waiter, raised InvalidStateError inside data_received,
     # and lost the connection: the pushes in flight on it were sent a second time.
-    provider = make_apns(bridge, standin, timeout_s=1.0, max_connections=1)
+    provider = make_apns(bridge, standin, timeout_s=3.0, max_connections=1)
     try:
-        slow = apns_token()
-        standin.add_fault(Fault("apns", status=200, delay_s=1.5, token=slow))
+        slow = apns_token()  # times out at 3 s, answered at 4 s
+        standin.add_fault(Fault("apns", status=200, delay_s=4.0, token=slow))
         assert await send_one(provider, push(to(slow))) == Result(Outcome.RETRY, None, "timeout")
         waiting = [apns_token() for _ in range(5)]
-        for token in waiting:  # still in flight when the late answer comes
-            standin.add_fault(Fault("apns", status=200, delay_s=0.9, token=token))
+        for token in waiting:  # sent at 3 s, still in flight when the late answer comes
+            standin.add_fault(Fault("apns", status=200, delay_s=1.5, token=token))
         results = await send(provider, [push(to(t)) for t in waiting])
         assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
         assert sorted(r.token for r in received(standin) if r.token != slow) == sorted(waiting)
@@ -376,6 +378,18 @@ async def test_untrusted_server_is_a_retry(bridge: AsyncioBridge, standin: Stand
         assert received(standin) == []
     finally:
         await provider.aclose()
+
+
+async def test_cancelled_send_leaves_the_provider_usable(
+    apns: ApnsProvider, standin: StandIn
+) -> None:
+    standin.add_fault(Fault("apns", status=200, delay_s=1.0))
+    with trio.move_on_after(0.2) as scope:
+        await apns.send([push(to(apns_token())) for _ in range(5)])
+    assert scope.cancelled_caught
+    assert await send(apns, []) == []
+    results = await send(apns, [push(to(apns_token())) for _ in range(5)])
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
 
 
 async def test_closed_provider_answers_retry(bridge: AsyncioBridge, standin: StandIn) -> None:

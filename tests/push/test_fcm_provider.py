@@ -22,12 +22,6 @@ from tests.push.pushes import fcm_token, push
 HANG_GUARD_S = 60
 
 
-@pytest.fixture
-async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
-    async with running_standin(tmp_path / "standin") as s:
-        yield s
-
-
 def make_fcm(standin: StandIn, **overrides: Any) -> FcmProvider:
     c = standin.credentials
     settings: dict[str, Any] = {
@@ -154,15 +148,17 @@ async def test_access_token_is_refreshed_before_it_expires(tmp_path: Path) -> No
 
 async def test_refused_access_token_is_replaced_once(fcm: FcmProvider, standin: StandIn) -> None:
     assert (await send_one(fcm, push(to(fcm_token())))).outcome is Outcome.ACCEPTED
-    standin.add_fault(Fault("fcm", status=401, reason="UNAUTHENTICATED"))
-    assert (await send_one(fcm, push(to(fcm_token())))).outcome is Outcome.ACCEPTED
-    assert len(received(standin, "fcm_token")) == 2
+    standin.expire_access_tokens()  # revoked early, or our clock is off: 401 from now on
+    results = await send(fcm, [push(to(fcm_token())) for _ in range(20)])
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 20
+    assert len(received(standin, "fcm_token")) == 2  # one refresh for the whole batch
     # Refused again after the fresh token: a retry later, not a loop.
     standin.add_fault(Fault("fcm", status=401, reason="THIRD_PARTY_AUTH_ERROR", count=2))
     assert await send_one(fcm, push(to(fcm_token()))) == Result(
         Outcome.RETRY, 401, "THIRD_PARTY_AUTH_ERROR"
     )
     assert len(received(standin, "fcm_token")) == 3
+    assert fcm.tokens_fetched == 3
 
 
 async def test_token_endpoint_refusing_retries_the_batch(
@@ -257,6 +253,18 @@ async def test_unreachable_server_is_a_retry(standin: StandIn) -> None:
         )
     finally:
         await provider.aclose()
+
+
+async def test_cancelled_send_leaves_the_provider_usable(
+    fcm: FcmProvider, standin: StandIn
+) -> None:
+    standin.add_fault(Fault("fcm", status=200, delay_s=1.0))
+    with trio.move_on_after(0.2) as scope:
+        await fcm.send([push(to(fcm_token())) for _ in range(5)])
+    assert scope.cancelled_caught
+    assert await send(fcm, []) == []
+    results = await send(fcm, [push(to(fcm_token())) for _ in range(5)])
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
 
 
 async def test_closed_provider_answers_retry(standin: StandIn) -> None:
