@@ -355,12 +355,31 @@ async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> li
             "DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])",
             [s.device_id for s in disable],
         )
-    await conn.executemany(
-        """INSERT INTO push_results (device_id, kind, outcome, status, reason)
-           SELECT $1, $2, $3, $4, $5 WHERE EXISTS
-               (SELECT 1 FROM push_registrations WHERE device_id = $1)""",
-        [(s.device_id, s.kind, s.outcome, s.status, s.reason) for s in settled],
+    await conn.execute(
+        """UPDATE push_registrations r SET last_result_at = now(), last_outcome = s.outcome,
+               last_status = s.status, last_reason = s.reason
+           FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[])
+               AS s(device_id, outcome, status, reason)
+           WHERE r.device_id = s.device_id""",
+        [s.device_id for s in settled],
+        [s.outcome for s in settled],
+        [s.status for s in settled],
+        [s.reason for s in settled],
     )
+    trouble = [s for s in settled if s.outcome != "accepted"]
+    if trouble:
+        await conn.execute(
+            """INSERT INTO push_results (device_id, kind, outcome, status, reason)
+               SELECT s.* FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[],
+                                      $5::text[]) AS s(device_id, kind, outcome, status, reason)
+               WHERE EXISTS (SELECT 1 FROM push_registrations r
+                             WHERE r.device_id = s.device_id)""",
+            [s.device_id for s in trouble],
+            [s.kind for s in trouble],
+            [s.outcome for s in trouble],
+            [s.status for s in trouble],
+            [s.reason for s in trouble],
+        )
     return sorted_.exhausted
 
 

@@ -11,7 +11,8 @@ from storage.database import Database
 from storage.errors import NotFoundError
 
 COLUMNS = """device_id, provider, token, environment, topic, project, preview, created_at,
-    updated_at, disabled_at, disabled_reason, provider_timestamp"""
+    updated_at, disabled_at, disabled_reason, provider_timestamp, last_result_at, last_outcome,
+    last_status, last_reason"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,10 @@ class Registration:
     disabled_at: datetime | None
     disabled_reason: str | None
     provider_timestamp: datetime | None
+    last_result_at: datetime | None  # the provider's latest answer, whatever it was
+    last_outcome: str | None
+    last_status: int | None
+    last_reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,8 @@ async def _register(conn: Any, device_id: uuid.UUID, new: NewRegistration) -> Re
                 token = EXCLUDED.token, environment = EXCLUDED.environment,
                 topic = EXCLUDED.topic, project = EXCLUDED.project,
                 preview = EXCLUDED.preview, updated_at = now(), disabled_at = NULL,
-                disabled_reason = NULL, provider_timestamp = NULL
+                disabled_reason = NULL, provider_timestamp = NULL, last_result_at = NULL,
+                last_outcome = NULL, last_status = NULL, last_reason = NULL
             RETURNING {COLUMNS}""",
         device_id,
         new.provider,
@@ -196,7 +202,7 @@ class PushRegistrationStore:
         await self._db.transaction(drop_registrations, [device_id])
 
     async def results(self, device_id: uuid.UUID, limit: int = 20) -> list[PushResult]:
-        """The latest provider answers for the device, newest first."""
+        """The device's latest provider answers other than acceptances, newest first."""
         return await self._db.read(_results, device_id, limit)
 
     async def device_org(self, device_id: uuid.UUID) -> uuid.UUID | None:

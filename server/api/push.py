@@ -34,6 +34,14 @@ def registration_json(r: Registration) -> dict[str, Any]:
         "disabled_at": iso(r.disabled_at),
         "disabled_reason": r.disabled_reason,
         "provider_timestamp": iso(r.provider_timestamp),
+        "last_result": None
+        if r.last_result_at is None
+        else {
+            "at": iso(r.last_result_at),
+            "outcome": r.last_outcome,
+            "status": r.last_status,
+            "reason": r.last_reason,
+        },
     }
 
 
@@ -152,7 +160,7 @@ async def device_push(device_id: uuid.UUID) -> dict[str, Any]:
     return {
         "device_id": str(device_id),
         "registration": None if view.registration is None else registration_json(view.registration),
-        "results": [result_json(r) for r in view.results],
+        "recent_failures": [result_json(r) for r in view.results],
     }
 
 

@@ -14,6 +14,10 @@ CREATE TABLE push_registrations (
     disabled_at         timestamptz,  -- the provider said the token is dead
     disabled_reason     text,
     provider_timestamp  timestamptz,  -- APNs: since when the token is no longer valid
+    last_result_at      timestamptz,  -- the provider's latest answer for this device
+    last_outcome        text,
+    last_status         integer,
+    last_reason         text,
     CONSTRAINT push_registrations_token_unique UNIQUE (provider, token)
 );
 
@@ -60,7 +64,9 @@ CREATE TABLE push_dead_letters (
 );
 CREATE INDEX push_dead_letters_account ON push_dead_letters (account_id, id);
 
--- What the providers answered lately, per device (pruned to the last day).
+-- Provider answers other than acceptance (retries, refusals, dead tokens), per device, for
+-- whoever looks into a device's pushes; pruned after a day. Acceptances only update the
+-- registration's last_* columns: a row per push sent would grow without bound.
 CREATE TABLE push_results (
     id         bigserial PRIMARY KEY,
     device_id  uuid NOT NULL REFERENCES push_registrations (device_id) ON DELETE CASCADE,

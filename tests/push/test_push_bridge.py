@@ -165,7 +165,8 @@ async def test_a_dead_token_is_disabled_and_later_messages_skip_it(
                 await trio.sleep(0.05)
         assert view["registration"]["disabled_reason"] == "Unregistered"
         assert view["registration"]["provider_timestamp"] is not None
-        assert [(r["outcome"], r["status"]) for r in view["results"]] == [("disable", 410)]
+        assert [(r["outcome"], r["status"]) for r in view["recent_failures"]] == [("disable", 410)]
+        assert view["registration"]["last_result"]["status"] == 410
         assert APNS_PHONE not in json.dumps(view)  # the token is never shown whole
         await send_texts(sender, conv, "two")
         await quiet_period(server)

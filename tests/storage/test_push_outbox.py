@@ -289,6 +289,9 @@ async def test_badge_counts_unread_and_a_read_elsewhere_lowers_it(world: World) 
     jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
     assert jobs[bob_phone].badge == 2
     await world.outbox.settle([accepted(d, j.pos) for d, j in jobs.items()], 8)
+    registration = await world.registrations.get(bob_phone)
+    assert registration is not None and registration.last_outcome == "accepted"
+    assert await world.registrations.results(bob_phone) == []  # only failures are kept
     # bob reads up to the first message on the laptop: the phone gets a badge update of 1
     await world.receipts.add(
         [ReceiptRecord(first.id, world.group, bob, bob_laptop, "read", datetime.now(UTC))]
