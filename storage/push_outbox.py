@@ -22,8 +22,8 @@ from storage.database import Database
 from storage.stream import current_pos
 from storage.visible import VISIBLE
 
-# A badge counts at most this many unread messages per conversation (bounds the query).
-BADGE_CAP_PER_CONVERSATION = 1000
+# A badge counts at most this many unread messages (bounds the query; "99+" beyond).
+BADGE_CAP = 99
 
 JOB_UPSERT = """
     ON CONFLICT (device_id) DO UPDATE SET
@@ -237,21 +237,24 @@ async def _claim(conn: Any, limit: int, lease_s: float) -> Claim:
 
 
 async def _badges(conn: Any, accounts: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Unread messages per account: visible, not the account's own, above its read mark."""
+    """Unread messages per account, up to BADGE_CAP: visible to it, not its own, above its
+    read mark in each conversation. The cap bounds the work (at most BADGE_CAP rows read
+    per account, whatever its backlog), as apps show "99+" beyond it anyway."""
     rows = await conn.fetch(
-        f"""SELECT cm.account_id, sum(u.n)::bigint AS unread
-            FROM conversation_members cm
-            LEFT JOIN read_marks r
-              ON r.account_id = cm.account_id AND r.conversation_id = cm.conversation_id
-            CROSS JOIN LATERAL (
-                SELECT count(*) AS n FROM (
-                    SELECT 1 FROM messages m
-                    WHERE m.conversation_id = cm.conversation_id
-                      AND m.seq > coalesce(r.read_seq, 0) AND m.sender_id <> cm.account_id
-                      AND {VISIBLE}
-                    LIMIT {BADGE_CAP_PER_CONVERSATION}) capped) u
-            WHERE cm.account_id = ANY($1::uuid[])
-            GROUP BY cm.account_id""",
+        f"""SELECT a.id AS account_id, (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM conversation_members cm
+                    LEFT JOIN read_marks r
+                      ON r.account_id = cm.account_id AND r.conversation_id = cm.conversation_id
+                    CROSS JOIN LATERAL (
+                        SELECT 1 FROM messages m
+                        WHERE m.conversation_id = cm.conversation_id
+                          AND m.seq > coalesce(r.read_seq, 0) AND m.sender_id <> cm.account_id
+                          AND {VISIBLE}
+                        LIMIT {BADGE_CAP}) unread
+                    WHERE cm.account_id = a.id
+                    LIMIT {BADGE_CAP}) capped) AS unread
+            FROM unnest($1::uuid[]) AS a(id)""",
         accounts,
     )
     return {r["account_id"]: int(r["unread"]) for r in rows}

@@ -319,3 +319,24 @@ async def test_muted_conversations_and_quiet_hours_reach_the_claim(world: World)
     jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
     assert jobs[world.people["bob"][1]].muted
     assert not jobs[world.people["cat"][1]].muted
+
+
+async def test_the_badge_stops_counting_at_99(world: World) -> None:
+    account, device = world.people["ann"]
+    items = [
+        NewMessage(
+            world.group,
+            account,
+            device,
+            f"many-{i}",
+            "text",
+            b"\x81\xa4text\xa1x",
+            None,
+            datetime.now(UTC),
+        )
+        for i in range(120)
+    ]
+    await world.messages.append(items)
+    jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
+    assert jobs[world.people["bob"][1]].badge == 99
+    assert jobs[world.people["bob"][1]].burst == 120
