@@ -11,7 +11,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import NotFoundError
-from storage.push_outbox import enqueue_for_messages
+from storage.push_outbox import enqueue_for_messages, push_targets
 from storage.stream import allocate_positions, lock_stream
 from storage.visible import VISIBLE
 
@@ -216,7 +216,7 @@ async def _append(
         stored = await _store(conn, [items[i] for i in fresh])
         for index, message in zip(fresh, stored, strict=True):
             results[index] = AppendResult(Outcome.STORED, message)
-        await enqueue_for_messages(conn, [m.id for m in stored], push_grace_s)
+        await enqueue_for_messages(conn, push_targets(stored, members), push_grace_s)
     for index, item in enumerate(items):
         if results[index] is None:  # an in-batch repeat
             first = results[claimed[(item.sender_device_id, item.client_id)]]

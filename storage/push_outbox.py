@@ -13,14 +13,18 @@ a commit, a worker and a read receipt never deadlock.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.database import Database
 from storage.stream import current_pos
 from storage.visible import VISIBLE
+
+if TYPE_CHECKING:  # storage.messages imports this module to enqueue in its commits
+    from storage.messages import StoredMessage
 
 # A badge counts at most this many unread messages (bounds the query; "99+" beyond).
 BADGE_CAP = 99
@@ -42,27 +46,79 @@ JOB_UPSERT = """
                       ELSE least(j.due_at, EXCLUDED.due_at) END"""
 
 
-async def enqueue_for_messages(conn: Any, message_ids: list[uuid.UUID], grace_s: float) -> None:
-    """Inside a message commit: upsert an alert job for every device that should hear of
-    these messages. Recipients are the active members who may see the message (consent
-    scope), minus every device of the sender's own account (no alert for what you sent),
-    whose device is live (not revoked, not signed out) and registered (not disabled)."""
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """An account to alert after a commit: the latest message of the batch it may see (not
+    its own), and how many of the batch's messages it stands for."""
+
+    account_id: uuid.UUID
+    message: StoredMessage
+    count: int
+
+
+def push_targets(
+    stored: Sequence[StoredMessage], members: Mapping[uuid.UUID, Collection[uuid.UUID]]
+) -> list[PushTarget]:
+    """Who hears of a committed batch, per account: the conversations' active members
+    (`members`, read under the stream lock: all joined before these messages), minus each
+    message's sender, within its consent scope. Linear in messages plus members, so a batch
+    to a 1,000-member group costs one pass over the members, not one per message."""
+    best: dict[uuid.UUID, tuple[StoredMessage, int]] = {}
+    by_conversation: dict[uuid.UUID, list[StoredMessage]] = {}
+    for message in sorted(stored, key=lambda m: m.pos):
+        by_conversation.setdefault(message.conversation_id, []).append(message)
+    for conversation, messages in by_conversation.items():
+        active = members.get(conversation, frozenset())
+        for account, message, count in _conversation_targets(messages, active):
+            seen = best.get(account)
+            if seen is None:
+                best[account] = (message, count)
+            else:  # in several conversations of the batch: one job, for the latest
+                latest = message if message.pos > seen[0].pos else seen[0]
+                best[account] = (latest, count + seen[1])
+    return [PushTarget(a, m, n) for a, (m, n) in sorted(best.items())]
+
+
+def _conversation_targets(
+    messages: list[StoredMessage], active: Collection[uuid.UUID]
+) -> Iterator[tuple[uuid.UUID, StoredMessage, int]]:
+    """(account, latest message for it, how many) for one conversation's messages in pos
+    order: every member for the unscoped ones, only the scope for the tagged ones."""
+    open_ = [m for m in messages if m.scope is None]
+    own = Counter(m.sender_id for m in open_)
+    for account in active if open_ else ():
+        count = len(open_) - own[account]
+        if count > 0:  # then some open message is not this account's own
+            yield account, next(m for m in reversed(open_) if m.sender_id != account), count
+    for message in messages:
+        for account in message.scope or ():
+            if account != message.sender_id and account in active:
+                yield account, message, 1
+
+
+async def enqueue_for_messages(conn: Any, targets: list[PushTarget], grace_s: float) -> None:
+    """Inside a message commit: upsert an alert job for every live (not revoked, not
+    signed out), registered (not disabled) device of each target account."""
+    if not targets:
+        return
     await conn.execute(
         f"""INSERT INTO push_jobs AS j (device_id, account_id, kind, conversation_id,
                 message_id, msg_seq, pos, burst, queued_at, due_at)
-            SELECT DISTINCT ON (d.id) d.id, d.account_id, 'alert', m.conversation_id, m.id,
-                   m.seq, m.pos, count(*) OVER (PARTITION BY d.id), now(),
-                   now() + $2 * interval '1 second'
-            FROM messages m
-            JOIN conversation_members cm ON cm.conversation_id = m.conversation_id
-                 AND cm.left_pos IS NULL AND cm.account_id <> m.sender_id
-            JOIN devices d ON d.account_id = cm.account_id
+            SELECT d.id, d.account_id, 'alert', t.conversation_id, t.message_id, t.seq,
+                   t.pos, t.n, now(), now() + $7 * interval '1 second'
+            FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[],
+                        $6::int[]) AS t(account_id, conversation_id, message_id, seq, pos, n)
+            JOIN devices d ON d.account_id = t.account_id
                  AND d.revoked_at IS NULL AND d.signed_out_at IS NULL
             JOIN push_registrations r ON r.device_id = d.id AND r.disabled_at IS NULL
-            WHERE m.id = ANY($1::uuid[]) AND {VISIBLE}
-            ORDER BY d.id, m.pos DESC
+            ORDER BY d.id
             {JOB_UPSERT}""",
-        message_ids,
+        [t.account_id for t in targets],
+        [t.message.conversation_id for t in targets],
+        [t.message.id for t in targets],
+        [t.message.seq for t in targets],
+        [t.message.pos for t in targets],
+        [t.count for t in targets],
         grace_s,
     )
 
