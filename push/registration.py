@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from protocol.errors import ObrolError
+from push.fcm_auth import PROJECT_ID
 from storage.push_registrations import NewRegistration
 
 # Apple's device tokens are 32 bytes today (64 hex digits); Apple warns they may grow.
@@ -71,6 +72,10 @@ def check_registration(
         field = "environment" if spec.environment is not None else "topic"
         raise RegistrationError(f"{field} is for apns registrations", field)
     project = spec.project or fcm_project
+    if project is not None and not PROJECT_ID.fullmatch(project):
+        raise RegistrationError("not a Firebase project id", "project")
+    if project is None:  # the service account is unreadable just now: the device must say
+        raise RegistrationError("give the Firebase project id", "project")
     if fcm_project is not None and project != fcm_project:
         raise RegistrationError("not the Firebase project this server sends for", "project")
     return NewRegistration("fcm", spec.token, None, None, project, spec.preview)

@@ -18,7 +18,6 @@ from push.metrics import PushMetrics
 from push.providers import Provider, PushConfigError
 from push.registration import RegistrationSpec, check_registration
 from push.worker import PushWorker, WorkerConfig
-from server.settings import Settings
 from storage.bridge import AsyncioBridge
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import NewRegistration
@@ -26,11 +25,30 @@ from storage.push_registrations import NewRegistration
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    """The push settings, as the server's settings give them (push/ reads no settings)."""
+
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    workers: int = 2  # outbox loops in this process
+    send_timeout_s: float = 10.0
+    ca_file: Path | None = None  # an extra CA to trust (a stand-in's)
+    apns_key_file: Path | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topics: tuple[str, ...] = ()
+    apns_production_host: str = "api.push.apple.com"
+    apns_sandbox_host: str = "api.sandbox.push.apple.com"
+    apns_port: int = 443
+    fcm_service_account_file: Path | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+
+
 @dataclass
 class PushBridge:
     """What the API and the gateway need to know about push in this process."""
 
-    settings: Settings
+    config: PushConfig
     outbox: PushOutbox
     metrics: PushMetrics = field(default_factory=PushMetrics)
     providers: dict[str, Provider] = field(default_factory=dict)
@@ -45,7 +63,7 @@ class PushBridge:
     def check(self, spec: RegistrationSpec) -> NewRegistration:
         """The registration as stored, or RegistrationError (push.registration)."""
         return check_registration(
-            spec, self.configured, self.settings.apns_topics, self.fcm_project
+            spec, self.configured, list(self.config.apns_topics), self.fcm_project
         )
 
     def status(self, *, detail: bool = False) -> dict[str, str]:
@@ -64,7 +82,7 @@ class PushBridge:
 
     def start_providers(self, bridge: AsyncioBridge) -> None:
         """Set up every provider that has credentials; never raises for bad credentials."""
-        s = self.settings
+        s = self.config
         for key_file in (s.apns_key_file, s.fcm_service_account_file):
             if key_file is not None:
                 self._warn_if_shared(key_file)
@@ -82,8 +100,8 @@ class PushBridge:
                     production_host=s.apns_production_host,
                     sandbox_host=s.apns_sandbox_host,
                     port=s.apns_port,
-                    ca_file=s.push_ca_file,
-                    timeout_s=s.push_send_timeout_s,
+                    ca_file=s.ca_file,
+                    timeout_s=s.send_timeout_s,
                 )
             except PushConfigError as exc:
                 self._refuse("apns", exc)
@@ -95,8 +113,8 @@ class PushBridge:
                 self.providers["fcm"] = FcmProvider(
                     service_account_file=s.fcm_service_account_file,
                     base_url=s.fcm_base_url,
-                    ca_file=s.push_ca_file,
-                    timeout_s=s.push_send_timeout_s,
+                    ca_file=s.ca_file,
+                    timeout_s=s.send_timeout_s,
                 )
             except PushConfigError as exc:
                 self._refuse("fcm", exc)
@@ -119,29 +137,18 @@ class PushBridge:
         logger.error("push provider %s is unusable, its pushes wait: %s", name, exc)
         self.unavailable[name] = str(exc)
 
-    def worker_config(self) -> WorkerConfig:
-        s = self.settings
-        return WorkerConfig(
-            batch=s.push_batch,
-            lease_s=s.push_lease_s,
-            max_attempts=s.push_max_attempts,
-            backoff_base_s=s.push_backoff_base_s,
-            backoff_cap_s=s.push_backoff_cap_s,
-            expiry_s=s.push_expiry_s,
-        )
-
     async def run(self, bridge: AsyncioBridge, stop: trio.Event) -> None:
         """Run the providers and `push_workers` outbox loops until `stop` is set and the
         batches in flight are recorded."""
         self.start_providers(bridge)
         try:
             async with trio.open_nursery() as nursery:
-                for _ in range(self.settings.push_workers):
+                for _ in range(self.config.workers):
                     worker = PushWorker(
                         self.outbox,
                         self.providers,
                         self.unavailable,
-                        self.worker_config(),
+                        self.config.worker,
                         self.metrics,
                     )
                     nursery.start_soon(worker.run, stop)

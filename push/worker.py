@@ -25,11 +25,13 @@ import trio
 from push.metrics import PushMetrics
 from push.payload import build_push
 from push.providers import Outcome, Provider, Push, Result
-from server.gateway.outages import OutageLog
 from storage.errors import DatabaseUnavailableError
+from storage.outages import OutageLog
 from storage.push_outbox import ClaimedJob, PushOutbox, Settlement
 
 logger = logging.getLogger(__name__)
+
+OUTAGE_POLL_S = 1.0  # how often a worker tries the database again while it is away
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,19 +90,27 @@ class PushWorker:
                 next_prune = trio.current_time() + self._config.prune_every_s
                 await self._prune()
             try:
-                claim = await self._outbox.claim(self._config.batch, self._config.lease_s)
+                busy = await self._round()
             except DatabaseUnavailableError as exc:
                 self._outage.failed(0, exc)
-                with trio.move_on_after(1.0):
+                busy, pause = False, OUTAGE_POLL_S
+            except Exception:  # a bug must not take the server down: log, wait, go on
+                logger.exception("push worker round failed; its jobs come back with the lease")
+                busy, pause = False, OUTAGE_POLL_S
+            else:
+                pause = self._config.idle_poll_s
+            if not busy:
+                with trio.move_on_after(pause):
                     await stop.wait()
-                continue
-            self._outage.succeeded()
-            self._metrics.add("moot", claim.moot)
-            if claim.jobs:
-                await self.deliver(claim.jobs)
-            if len(claim.jobs) + claim.moot < self._config.batch:
-                with trio.move_on_after(self._config.idle_poll_s):
-                    await stop.wait()
+
+    async def _round(self) -> bool:
+        """Claim and deliver one batch; True if there may be more due right now."""
+        claim = await self._outbox.claim(self._config.batch, self._config.lease_s)
+        self._outage.succeeded()
+        self._metrics.add("moot", claim.moot)
+        if claim.jobs:
+            await self.deliver(claim.jobs)
+        return len(claim.jobs) + claim.moot >= self._config.batch
 
     async def deliver(self, jobs: Sequence[ClaimedJob]) -> None:
         """Send the claimed jobs' pushes, every provider and chunk at once; each chunk is
@@ -170,6 +180,8 @@ class PushWorker:
         return Settlement(
             device_id=job.device_id,
             pos=job.pos,
+            lease=job.lease,
+            token=job.token,
             kind=push.kind.value,
             outcome=result.outcome.value,
             status=result.status,

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from nacl.signing import SigningKey
 
-from push.setup import PushBridge
+from push.setup import PushBridge, PushConfig
+from push.worker import WorkerConfig
 from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
@@ -28,6 +29,32 @@ from storage.tokens import TokenStore
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def push_config(s: Settings) -> PushConfig:
+    worker = WorkerConfig(
+        batch=s.push_batch,
+        lease_s=s.push_lease_s,
+        max_attempts=s.push_max_attempts,
+        backoff_base_s=s.push_backoff_base_s,
+        backoff_cap_s=s.push_backoff_cap_s,
+        expiry_s=s.push_expiry_s,
+    )
+    return PushConfig(
+        worker=worker,
+        workers=s.push_workers,
+        send_timeout_s=s.push_send_timeout_s,
+        ca_file=s.push_ca_file,
+        apns_key_file=s.apns_key_file,
+        apns_key_id=s.apns_key_id,
+        apns_team_id=s.apns_team_id,
+        apns_topics=tuple(s.apns_topics),
+        apns_production_host=s.apns_production_host,
+        apns_sandbox_host=s.apns_sandbox_host,
+        apns_port=s.apns_port,
+        fcm_service_account_file=s.fcm_service_account_file,
+        fcm_base_url=s.fcm_base_url,
+    )
 
 
 @dataclass
@@ -63,4 +90,4 @@ class Services:
         self.receipts = ReceiptStore(self.db, self.settings.push_grace_s)
         self.blobs = BlobStore(self.settings.data_dir / "files")
         self.push_registrations = PushRegistrationStore(self.db)
-        self.push = PushBridge(self.settings, PushOutbox(self.db))
+        self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device
     push_workers: int = Field(2, ge=0, le=32)  # outbox loops in this process (0: none)
     push_batch: int = Field(500, ge=1, le=5000)
-    push_lease_s: float = Field(30.0, ge=5)
+    push_lease_s: float = Field(60.0, ge=5)  # at least 3 x push_send_timeout_s
     push_max_attempts: int = Field(8, ge=1, le=100)
     push_backoff_base_s: float = Field(1.0, gt=0)
     push_backoff_cap_s: float = Field(600.0, gt=0)
@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     apns_port: int = Field(443, ge=1, le=65535)
     fcm_service_account_file: Path | None = None  # the service account's JSON key file
     fcm_base_url: str = "https://fcm.googleapis.com"
+
+    # Bearer token for /v1/operator/* (this process's push counters, provider details): for
+    # whoever runs the server, not the organizations on it. Unset: those endpoints are off.
+    operator_token: SecretStr | None = None
 
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
@@ -135,6 +139,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "tls_cert_file and tls_key_file go together (--tls-cert and --tls-key): "
                 "give both for TLS, or neither"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _push_lease_outlasts_sends(self) -> Settings:
+        if self.push_lease_s < 3 * self.push_send_timeout_s:
+            raise ValueError(
+                "push_lease_s must be at least 3 x push_send_timeout_s: a claim that runs out "
+                "while its pushes are still being sent lets another worker send them again"
             )
         return self
 

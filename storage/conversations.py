@@ -78,6 +78,17 @@ async def _add(conn: Any, conversation_id: uuid.UUID, ids: list[uuid.UUID], pos:
              WHERE conversation_members.left_pos IS NOT NULL""",
         [(conversation_id, account_id, pos) for account_id in ids],
     )
+    # What was said before joining is not unread for the newcomer (push badges): the mark
+    # starts at the conversation's current end, so a badge never scans older history.
+    await conn.execute(
+        """INSERT INTO read_marks (account_id, conversation_id, read_seq)
+           SELECT a.id, c.id, c.last_seq FROM conversations c, unnest($2::uuid[]) AS a(id)
+           WHERE c.id = $1
+           ON CONFLICT (account_id, conversation_id) DO UPDATE
+             SET read_seq = greatest(read_marks.read_seq, EXCLUDED.read_seq)""",
+        conversation_id,
+        ids,
+    )
 
 
 async def _create_group(

@@ -6,8 +6,12 @@ message: a burst collapses into one row carrying the latest message, due a grace
 first one. Workers in any process claim due rows with `FOR UPDATE SKIP LOCKED` under a lease;
 a job whose device's cursor already reached its position is moot and deleted at claim time.
 
-Lock order: every transaction that locks several job rows locks them in device id order, so
-a commit, a worker and a read receipt never deadlock.
+Locks: a message commit holds the stream lock while it upserts jobs, and every other
+transaction that writes jobs of several devices or deletes registrations (read receipts,
+registering, revoking, signing out, re-driving) takes the stream lock first, so they run one
+at a time. The worker's claim skips locked rows; its settle locks registrations, then jobs,
+each in device id order, and a commit needs only KEY SHARE on registrations (which settle's
+updates do not block). So no two of them can wait for each other in a cycle.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from storage.database import Database
-from storage.stream import current_pos
+from storage.stream import current_pos, lock_stream
 from storage.visible import VISIBLE
 
 if TYPE_CHECKING:  # storage.messages imports this module to enqueue in its commits
@@ -29,20 +33,37 @@ if TYPE_CHECKING:  # storage.messages imports this module to enqueue in its comm
 # A badge counts at most this many unread messages (bounds the query; "99+" beyond).
 BADGE_CAP = 99
 
+# Merging into a device's pending job. An alert wins over a badge update; the message shown
+# is the newest alert's (a badge update or an older re-driven message never replaces it);
+# a badge update does not move a waiting alert's position (the device having acked the
+# alert's message still makes it moot), but one arriving while a push is in flight turns the
+# row into a badge update past it, sent after that push. A job backing off after a refusal
+# keeps its later due time.
 JOB_UPSERT = """
     ON CONFLICT (device_id) DO UPDATE SET
-        kind = CASE WHEN EXCLUDED.kind = 'alert' THEN 'alert' ELSE j.kind END,
-        conversation_id = coalesce(EXCLUDED.conversation_id, j.conversation_id),
-        message_id = coalesce(EXCLUDED.message_id, j.message_id),
-        msg_seq = coalesce(EXCLUDED.msg_seq, j.msg_seq),
-        pos = greatest(j.pos, EXCLUDED.pos),
+        kind = CASE WHEN EXCLUDED.kind = 'alert' THEN 'alert'
+                    WHEN j.claimed_until > now() THEN 'badge'
+                    ELSE j.kind END,
+        conversation_id = CASE WHEN EXCLUDED.message_id IS NOT NULL AND EXCLUDED.pos >= j.pos
+                               AND (EXCLUDED.kind = 'alert' OR j.kind = 'badge')
+                          THEN EXCLUDED.conversation_id ELSE j.conversation_id END,
+        message_id = CASE WHEN EXCLUDED.message_id IS NOT NULL AND EXCLUDED.pos >= j.pos
+                          AND (EXCLUDED.kind = 'alert' OR j.kind = 'badge')
+                     THEN EXCLUDED.message_id ELSE j.message_id END,
+        msg_seq = CASE WHEN EXCLUDED.message_id IS NOT NULL AND EXCLUDED.pos >= j.pos
+                       AND (EXCLUDED.kind = 'alert' OR j.kind = 'badge')
+                  THEN EXCLUDED.msg_seq ELSE j.msg_seq END,
+        pos = CASE WHEN EXCLUDED.kind = 'badge' AND j.kind = 'alert'
+                        AND NOT coalesce(j.claimed_until > now(), false)
+                   THEN j.pos ELSE greatest(j.pos, EXCLUDED.pos) END,
         -- in flight: what arrives now is a new burst with its own grace; waiting: it joins
         -- the burst, which keeps its (earlier) due time
         burst = CASE WHEN j.claimed_until > now() THEN EXCLUDED.burst
                      ELSE j.burst + EXCLUDED.burst END,
         queued_at = CASE WHEN j.claimed_until > now() THEN EXCLUDED.queued_at
                          ELSE j.queued_at END,
-        due_at = CASE WHEN j.claimed_until > now() THEN greatest(j.due_at, EXCLUDED.due_at)
+        due_at = CASE WHEN j.claimed_until > now() OR j.attempts > 0
+                      THEN greatest(j.due_at, EXCLUDED.due_at)
                       ELSE least(j.due_at, EXCLUDED.due_at) END"""
 
 
@@ -97,20 +118,27 @@ def _conversation_targets(
 
 
 async def enqueue_for_messages(conn: Any, targets: list[PushTarget], grace_s: float) -> None:
-    """Inside a message commit: upsert an alert job for every live (not revoked, not
-    signed out), registered (not disabled) device of each target account."""
+    """Inside a message commit (the stream lock held): upsert a job for every live (not
+    revoked, not signed out), registered (not disabled) device of each target account: an
+    alert, or a badge update where the account muted the conversation (so a muted
+    conversation's later message cannot take an alert's place in the device's one job)."""
     if not targets:
         return
     await conn.execute(
         f"""INSERT INTO push_jobs AS j (device_id, account_id, kind, conversation_id,
                 message_id, msg_seq, pos, burst, queued_at, due_at)
-            SELECT d.id, d.account_id, 'alert', t.conversation_id, t.message_id, t.seq,
-                   t.pos, t.n, now(), now() + $7 * interval '1 second'
+            SELECT d.id, d.account_id, CASE WHEN mu.account_id IS NULL THEN 'alert'
+                                            ELSE 'badge' END,
+                   t.conversation_id, t.message_id, t.seq, t.pos, t.n, now(),
+                   now() + $7 * interval '1 second'
             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[],
                         $6::int[]) AS t(account_id, conversation_id, message_id, seq, pos, n)
             JOIN devices d ON d.account_id = t.account_id
                  AND d.revoked_at IS NULL AND d.signed_out_at IS NULL
             JOIN push_registrations r ON r.device_id = d.id AND r.disabled_at IS NULL
+            LEFT JOIN conversation_mutes mu ON mu.account_id = t.account_id
+                 AND mu.conversation_id = t.conversation_id
+                 AND (mu.until IS NULL OR mu.until > now())
             ORDER BY d.id
             {JOB_UPSERT}""",
         [t.account_id for t in targets],
@@ -135,6 +163,12 @@ async def enqueue_badge_updates(
     if not advanced:
         return
     accounts = [a for a, _, _, _ in advanced]
+    await lock_stream(conn)
+    await conn.execute(
+        """SELECT 1 FROM push_jobs WHERE account_id = ANY($1::uuid[])
+           ORDER BY device_id FOR UPDATE""",
+        accounts,
+    )
     await conn.execute(
         """WITH read AS (
                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
@@ -194,6 +228,7 @@ class ClaimedJob:
     preview_kind: str | None  # with the device's preview opt-in, an untagged message's kind
     preview_body: bytes | None  # ... its msgpack body
     preview_sender: str | None  # ... and its sender's display name
+    lease: datetime  # claimed_until: the settlement must show it
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +237,8 @@ class Claim:
     moot: int  # jobs dropped because their device had the message already
 
 
-async def _claim(conn: Any, limit: int, lease_s: float) -> Claim:
+async def _lease(conn: Any, limit: int, lease_s: float) -> tuple[list[Any], int]:
+    """Lease up to `limit` due jobs; delete the moot ones. (live rows, moot count)"""
     rows = await conn.fetch(
         """WITH picked AS (
                SELECT device_id FROM push_jobs
@@ -218,9 +254,13 @@ async def _claim(conn: Any, limit: int, lease_s: float) -> Claim:
     moot = [r["device_id"] for r in rows if r["cursor"] >= r["pos"]]
     if moot:
         await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", moot)
-    live = [r for r in rows if r["cursor"] < r["pos"]]
-    if not live:
-        return Claim([], len(moot))
+    return [r for r in rows if r["cursor"] < r["pos"]], len(moot)
+
+
+async def _details(conn: Any, live: list[Any]) -> list[ClaimedJob]:
+    """What the leased jobs' pushes need: registrations, badges, quiet hours, mutes and
+    previews. Read after the lease is committed, so no job row stays locked meanwhile (a
+    commit to those devices would wait on it, holding the stream lock)."""
     devices = [r["device_id"] for r in live]
     accounts = list({r["account_id"] for r in live})
     registrations = {
@@ -229,6 +269,7 @@ async def _claim(conn: Any, limit: int, lease_s: float) -> Claim:
             "SELECT * FROM push_registrations WHERE device_id = ANY($1::uuid[])", devices
         )
     }
+    live = [r for r in live if r["device_id"] in registrations]  # not removed meanwhile
     badges = await _badges(conn, accounts)
     settings = {
         r["account_id"]: r
@@ -287,9 +328,10 @@ async def _claim(conn: Any, limit: int, lease_s: float) -> Claim:
                 preview_kind=None if preview is None else preview["kind"],
                 preview_body=None if preview is None else bytes(preview["body"]),
                 preview_sender=None if preview is None else preview["display_name"],
+                lease=row["claimed_until"],
             )
         )
-    return Claim(jobs, len(moot))
+    return jobs
 
 
 async def _badges(conn: Any, accounts: list[uuid.UUID]) -> dict[uuid.UUID, int]:
@@ -322,6 +364,8 @@ class Settlement:
 
     device_id: uuid.UUID
     pos: int  # the position the claim was for
+    lease: datetime  # the claim's claimed_until: proves the job is still ours
+    token: str  # the token the push went to
     kind: str
     outcome: str  # push.providers.Outcome value
     status: int | None
@@ -333,7 +377,9 @@ class Settlement:
 @dataclass
 class _Sorted:
     done: list[uuid.UUID] = field(default_factory=list)  # accepted: the job is finished
-    released: list[uuid.UUID] = field(default_factory=list)  # accepted, newer message waiting
+    # the row is free again for a newer message: accepted while one arrived, or refused
+    # (or out of retries) but superseded by one never tried
+    released: list[uuid.UUID] = field(default_factory=list)
     retry: list[Settlement] = field(default_factory=list)
     dead: list[Settlement] = field(default_factory=list)
     disable: list[Settlement] = field(default_factory=list)
@@ -341,13 +387,20 @@ class _Sorted:
 
 
 async def _sort(conn: Any, settled: list[Settlement], max_attempts: int) -> _Sorted:
-    """Lock the jobs (device id order) and sort the outcomes by what they do to them."""
+    """Lock the registrations, then the jobs (each in device id order), and sort the
+    outcomes by what they do. A job whose lease is no longer ours (it ran out and another
+    worker claimed the job) is left to that worker."""
     by_device = {s.device_id: s for s in settled}
     devices = sorted(by_device)
+    await conn.execute(
+        """SELECT 1 FROM push_registrations WHERE device_id = ANY($1::uuid[])
+           ORDER BY device_id FOR NO KEY UPDATE""",
+        devices,
+    )
     current = {
         r["device_id"]: r
         for r in await conn.fetch(
-            """SELECT device_id, pos, attempts FROM push_jobs
+            """SELECT device_id, pos, attempts, claimed_until FROM push_jobs
                WHERE device_id = ANY($1::uuid[]) ORDER BY device_id FOR UPDATE""",
             devices,
         )
@@ -356,21 +409,36 @@ async def _sort(conn: Any, settled: list[Settlement], max_attempts: int) -> _Sor
     for device in devices:
         s = by_device[device]
         row = current.get(device)
-        if row is None:
-            continue  # deleted meanwhile (registration removed)
+        if row is None or row["claimed_until"] != s.lease:
+            continue  # gone with its registration, or claimed again by someone else
+        superseded = row["pos"] != s.pos  # a message arrived while this push was out
         if s.outcome == "accepted":
-            # A message that arrived while this push was in flight keeps the row alive.
-            (out.done if row["pos"] == s.pos else out.released).append(device)
-        elif s.outcome == "retry" and row["attempts"] + 1 >= max_attempts:
-            out.exhausted.append(device)
-            out.dead.append(s)
-        elif s.outcome == "retry":
-            out.retry.append(s)
+            (out.released if superseded else out.done).append(device)
         elif s.outcome == "disable":
             out.disable.append(s)
+        elif s.outcome == "retry" and row["attempts"] + 1 < max_attempts:
+            out.retry.append(s)
+        elif superseded:
+            out.released.append(device)  # the newer message gets its own tries
         else:
             out.dead.append(s)
+            if s.outcome == "retry":
+                out.exhausted.append(device)
     return out
+
+
+async def _dead_letter(conn: Any, dead: list[Settlement]) -> None:
+    """Move these jobs to the dead letters, with the provider's last answer."""
+    if dead:
+        await conn.executemany(
+            """WITH gone AS (DELETE FROM push_jobs WHERE device_id = $1 RETURNING *)
+               INSERT INTO push_dead_letters (device_id, account_id, kind, conversation_id,
+                   message_id, msg_seq, pos, burst, queued_at, attempts, last_status,
+                   last_reason)
+               SELECT device_id, account_id, kind, conversation_id, message_id, msg_seq, pos,
+                      burst, queued_at, attempts + 1, $2, $3 FROM gone""",
+            [(s.device_id, s.status, s.reason) for s in dead],
+        )
 
 
 async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> list[uuid.UUID]:
@@ -392,28 +460,40 @@ async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> li
                    due_at = $2, last_status = $3, last_reason = $4 WHERE device_id = $1""",
             [(s.device_id, s.retry_at, s.status, s.reason) for s in retry],
         )
-    if dead:
-        await conn.executemany(
-            """WITH gone AS (DELETE FROM push_jobs WHERE device_id = $1 RETURNING *)
-               INSERT INTO push_dead_letters (device_id, account_id, kind, conversation_id,
-                   message_id, msg_seq, pos, burst, queued_at, attempts, last_status,
-                   last_reason)
-               SELECT device_id, account_id, kind, conversation_id, message_id, msg_seq, pos,
-                      burst, queued_at, attempts + 1, $2, $3 FROM gone""",
-            [(s.device_id, s.status, s.reason) for s in dead],
-        )
+    await _dead_letter(conn, dead)
     if disable:
-        # Apple: a token re-registered after the time it stopped being valid is good again.
-        await conn.executemany(
-            """UPDATE push_registrations SET disabled_at = now(), disabled_reason = $2,
-                   provider_timestamp = $3
-               WHERE device_id = $1 AND ($3::timestamptz IS NULL OR updated_at <= $3)""",
-            [(s.device_id, s.reason, s.provider_timestamp) for s in disable],
-        )
-        await conn.execute(
-            "DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])",
+        # Only the token the provider spoke of: the app may have registered a new one
+        # meanwhile. Apple: a token registered after the time it stopped being valid is
+        # good again.
+        disabled = await conn.fetch(
+            """UPDATE push_registrations r SET disabled_at = now(), disabled_reason = s.reason,
+                   provider_timestamp = s.at
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+                   AS s(device_id, token, reason, at)
+               WHERE r.device_id = s.device_id AND r.token = s.token
+                 AND (s.at IS NULL OR r.updated_at <= s.at)
+               RETURNING r.device_id""",
             [s.device_id for s in disable],
+            [s.token for s in disable],
+            [s.reason for s in disable],
+            [s.provider_timestamp for s in disable],
         )
+        gone = {r["device_id"] for r in disabled}
+        await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", list(gone))
+        tokens = {
+            r["device_id"]: r["token"]
+            for r in await conn.fetch(
+                "SELECT device_id, token FROM push_registrations WHERE device_id = ANY($1)",
+                [s.device_id for s in disable if s.device_id not in gone],
+            )
+        }
+        renewed = [s.device_id for s in disable if tokens.get(s.device_id, s.token) != s.token]
+        await conn.execute(  # a new token registered meanwhile: the job goes out to it
+            "UPDATE push_jobs SET claimed_until = NULL WHERE device_id = ANY($1::uuid[])",
+            renewed,
+        )
+        stale = [s for s in disable if s.device_id not in gone and s.device_id not in renewed]
+        await _dead_letter(conn, stale)  # the same token, dead only before it was renewed
     await conn.execute(
         """UPDATE push_registrations r SET last_result_at = now(), last_outcome = s.outcome,
                last_status = s.status, last_reason = s.reason
@@ -477,7 +557,9 @@ async def _dead_letters(
 
 async def _redrive(conn: Any, org_id: uuid.UUID, ids: list[int]) -> int:
     """Put dead letters back in the outbox, due now. A device that has a job already keeps
-    it (with the later message); returns how many dead letters were re-driven."""
+    it (with the later message); returns how many dead letters were re-driven (put back, or
+    merged into a pending job); those of a disabled or removed registration are dropped."""
+    await lock_stream(conn)  # see the module docstring on locks
     rows = await conn.fetch(
         """DELETE FROM push_dead_letters d USING accounts a
            WHERE a.id = d.account_id AND a.org_id = $1 AND d.id = ANY($2::bigint[])
@@ -520,14 +602,22 @@ class OutboxState:
     dead_letters: int
 
 
-async def _state(conn: Any) -> OutboxState:
+async def _state(conn: Any, org_id: uuid.UUID | None) -> OutboxState:
+    """The outbox of one organization's accounts, or (None) of the whole server."""
     row = await conn.fetchrow(
-        """SELECT (SELECT count(*) FROM push_jobs) AS pending,
+        """WITH jobs AS (
+               SELECT j.due_at, j.claimed_until FROM push_jobs j
+               WHERE $1::uuid IS NULL
+                  OR j.account_id IN (SELECT id FROM accounts WHERE org_id = $1))
+           SELECT (SELECT count(*) FROM jobs) AS pending,
                   count(*) AS due,
                   coalesce(extract(epoch FROM now() - min(due_at)), 0)::float8 AS oldest,
-                  (SELECT count(*) FROM push_dead_letters) AS dead
-           FROM push_jobs
-           WHERE due_at <= now() AND (claimed_until IS NULL OR claimed_until < now())"""
+                  (SELECT count(*) FROM push_dead_letters d
+                   WHERE $1::uuid IS NULL
+                      OR d.account_id IN (SELECT id FROM accounts WHERE org_id = $1)) AS dead
+           FROM jobs
+           WHERE due_at <= now() AND (claimed_until IS NULL OR claimed_until < now())""",
+        org_id,
     )
     return OutboxState(int(row["pending"]), int(row["due"]), row["oldest"], int(row["dead"]))
 
@@ -544,8 +634,13 @@ class PushOutbox:
         self._db = db
 
     async def claim(self, limit: int, lease_s: float) -> Claim:
-        """Lease up to `limit` due jobs for `lease_s`; moot ones are deleted, not returned."""
-        return await self._db.transaction(_claim, limit, lease_s)
+        """Lease up to `limit` due jobs for `lease_s`; moot ones are deleted, not returned.
+        A registration removed between the lease and the read drops its job from the claim
+        (its row is gone with it)."""
+        live, moot = await self._db.transaction(_lease, limit, lease_s)
+        if not live:
+            return Claim([], moot)
+        return Claim(await self._db.transaction(_details, live), moot)
 
     async def settle(self, settled: Sequence[Settlement], max_attempts: int) -> list[uuid.UUID]:
         """Record what the providers answered, in one transaction; returns the devices
@@ -562,8 +657,9 @@ class PushOutbox:
     async def redrive(self, org_id: uuid.UUID, ids: Sequence[int]) -> int:
         return await self._db.transaction(_redrive, org_id, list(ids))
 
-    async def state(self) -> OutboxState:
-        return await self._db.read(_state)
+    async def state(self, org_id: uuid.UUID | None = None) -> OutboxState:
+        """Pending, due and dead-lettered pushes of the org's accounts (None: all)."""
+        return await self._db.read(_state, org_id)
 
     async def prune_results(self, keep_s: float) -> int:
         return await self._db.transaction(_prune_results, keep_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,6 +10,9 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.stream import lock_stream
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = """device_id, provider, token, environment, topic, project, preview, created_at,
     updated_at, disabled_at, disabled_reason, provider_timestamp, last_result_at, last_outcome,
@@ -63,20 +67,43 @@ class PushSettings:
 
 async def drop_registrations(conn: Any, device_ids: list[uuid.UUID]) -> None:
     """Inside the transaction that revokes, signs out or logs out devices: their push
-    registrations go too (with their pending jobs, dead letters and results)."""
+    registrations go too (with their pending jobs, dead letters and results). Takes the
+    stream lock (see storage.push_outbox on locks): a message commit then either finds the
+    registration and its job goes with it, or does not find it."""
+    if not device_ids:
+        return
+    await lock_stream(conn)
     await conn.execute(
-        "DELETE FROM push_registrations WHERE device_id = ANY($1::uuid[])", device_ids
+        """DELETE FROM push_registrations WHERE device_id IN (
+               SELECT device_id FROM push_registrations WHERE device_id = ANY($1::uuid[])
+               ORDER BY device_id FOR UPDATE)""",
+        device_ids,
     )
 
 
 async def _register(conn: Any, device_id: uuid.UUID, new: NewRegistration) -> Registration:
+    await lock_stream(conn)  # after a concurrent revoke or sign-out, never before it
+    live = await conn.fetchval(
+        """SELECT 1 FROM devices d JOIN accounts a ON a.id = d.account_id
+           WHERE d.id = $1 AND d.revoked_at IS NULL AND d.signed_out_at IS NULL
+             AND a.status = 'active'""",
+        device_id,
+    )
+    if live is None:  # revoked, signed out or deactivated meanwhile: nothing to wake
+        raise NotFoundError("device")
     # One token, one device: the token moves here from whichever device held it.
-    await conn.execute(
-        "DELETE FROM push_registrations WHERE provider = $1 AND token = $2 AND device_id <> $3",
+    moved = await conn.fetch(
+        """SELECT device_id FROM push_registrations
+           WHERE provider = $1 AND token = $2 AND device_id <> $3""",
         new.provider,
         new.token,
         device_id,
     )
+    if moved:
+        logger.info(
+            "push token moved from device %s to device %s", moved[0]["device_id"], device_id
+        )
+    await drop_registrations(conn, [r["device_id"] for r in moved])
     row = await conn.fetchrow(
         f"""INSERT INTO push_registrations AS r (device_id, provider, token, environment,
                 topic, project, preview)
@@ -192,7 +219,8 @@ class PushRegistrationStore:
 
     async def register(self, device_id: uuid.UUID, new: NewRegistration) -> Registration:
         """Create or replace the device's registration (a disabled one comes back to life);
-        the same token held by another device moves to this one."""
+        the same token held by another device moves to this one. NotFoundError if the
+        device was revoked or signed out, or its account deactivated."""
         return await self._db.transaction(_register, device_id, new)
 
     async def get(self, device_id: uuid.UUID) -> Registration | None:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from push.registration import RegistrationSpec
 from server.api.context import actor, body, ctx
@@ -152,6 +152,11 @@ async def unmute(conversation_id: uuid.UUID) -> tuple[str, int]:
 @bp.get("/admin/push")
 async def push_stats() -> dict[str, Any]:
     return await ctx().push.stats(await actor())
+
+
+@bp.get("/operator/push")
+async def operator_push() -> dict[str, Any]:
+    return await ctx().push.operator(request.headers.get("Authorization"))
 
 
 @bp.get("/admin/push/devices/<uuid:device_id>")

@@ -23,7 +23,6 @@ import trio
 from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, encode
 from server.gateway.connection import Connection
 from server.gateway.hub import Hub
-from server.gateway.outages import OutageLog
 from storage.errors import DatabaseUnavailableError
 from storage.messages import (
     AppendBatch,
@@ -33,6 +32,7 @@ from storage.messages import (
     Outcome,
     StoredMessage,
 )
+from storage.outages import OutageLog
 
 logger = logging.getLogger(__name__)
 

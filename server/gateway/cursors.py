@@ -14,10 +14,10 @@ from typing import TypeVar
 
 import trio
 
-from server.gateway.outages import OutageLog
 from storage.devices import DeviceStore
 from storage.errors import DatabaseUnavailableError
 from storage.messages import MessageStore
+from storage.outages import OutageLog
 from storage.receipts import ReceiptRecord, ReceiptStore
 
 logger = logging.getLogger(__name__)

@@ -43,10 +43,10 @@ from server.gateway.committer import (
 from server.gateway.connection import Connection
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
-from server.gateway.outages import OutageLog
 from server.services import Services
 from storage.errors import DatabaseUnavailableError, NotFoundError
 from storage.messages import NewMessage, StoredMessage
+from storage.outages import OutageLog
 from storage.receipts import ReceiptRecord
 
 logger = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from push.registration import RegistrationError, RegistrationSpec
 from server.errors import ApiError, ApiErrorCode, forbidden, invalid, not_found
 from server.handlers.access import Actor
 from server.services import Services
-from storage.push_outbox import DeadLetter
+from storage.push_outbox import DeadLetter, OutboxState
 from storage.push_registrations import NewRegistration, PushResult, PushSettings, Registration
 
 
@@ -20,6 +21,15 @@ from storage.push_registrations import NewRegistration, PushResult, PushSettings
 class DeviceView:
     registration: Registration | None
     results: list[PushResult]
+
+
+def outbox_json(state: OutboxState) -> dict[str, Any]:
+    return {
+        "pending": state.pending,
+        "due": state.due,
+        "oldest_due_s": round(state.oldest_due_s, 3),
+        "dead_letters": state.dead_letters,
+    }
 
 
 class PushHandler:
@@ -94,17 +104,27 @@ class PushHandler:
         return await self._s.push.outbox.redrive(actor.org_id, ids)
 
     async def stats(self, actor: Actor) -> dict[str, Any]:
-        """This process's counters, the shared outbox's state and the providers' status."""
+        """The providers' status and the outbox of the admin's organization (never
+        another's: counters of the whole server are for its operator, see `operator`)."""
         self._admin(actor)
         push = self._s.push
-        state = await push.outbox.state()
+        return {
+            "providers": push.status(),
+            "outbox": outbox_json(await push.outbox.state(actor.org_id)),
+        }
+
+    async def operator(self, authorization: str | None) -> dict[str, Any]:
+        """For whoever runs the server (the `operator_token` setting): provider details
+        (which name credential files), the whole outbox, this process's counters."""
+        token = self._s.settings.operator_token
+        if token is None:
+            raise not_found("no operator endpoints: set operator_token to enable them")
+        given = (authorization or "").removeprefix("Bearer ").encode()
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+            raise ApiError(ApiErrorCode.UNAUTHENTICATED, "the operator token is missing or wrong")
+        push = self._s.push
         return {
             "providers": push.status(detail=True),
-            "outbox": {
-                "pending": state.pending,
-                "due": state.due,
-                "oldest_due_s": round(state.oldest_due_s, 3),
-                "dead_letters": state.dead_letters,
-            },
+            "outbox": outbox_json(await push.outbox.state()),
             "this_process": push.metrics.snapshot(),
         }

@@ -13,6 +13,8 @@ from protocol import Send, Sent, Synced, TextBody
 from push.standin import Received, StandIn
 from tests.harness import Harness, Session
 
+OPERATOR_TOKEN = "operator-" + "7" * 40
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 APNS_PHONE = "a1" * 32
 APNS_OTHER = "b2" * 32
 FCM_PHONE = "fcm-token:" + "x" * 40
@@ -32,6 +34,7 @@ def push_settings(standin: StandIn, **overrides: Any) -> dict[str, Any]:
         "fcm_base_url": standin.url,
         "push_ca_file": c.ca_file,
         "push_grace_s": 0.3,
+        "operator_token": OPERATOR_TOKEN,
         **overrides,
     }
 

@@ -32,6 +32,7 @@ from tests.push.bridge_helpers import (
     APNS_OTHER,
     APNS_PHONE,
     FCM_PHONE,
+    OPERATOR,
     push_settings,
     pushes,
     quiet_period,
@@ -251,10 +252,18 @@ async def test_refused_pushes_retry_then_dead_letter_and_an_admin_redrives_them(
             (phone.device["id"], 3, 503)
         ]
         assert len(pushes(standin, APNS_PHONE)) == 3  # no more tries once dead
-        stats = (await server.client.get("/v1/admin/push", headers=olivia.headers)).json()
+        stats = (await server.client.get("/v1/operator/push", headers=OPERATOR)).json()
         assert stats["this_process"]["counts"]["retried"] == 2
         assert stats["this_process"]["counts"]["dead_lettered"] == 1
         assert stats["outbox"]["dead_letters"] == 1
+        mine = (await server.client.get("/v1/admin/push", headers=olivia.headers)).json()
+        assert mine["outbox"]["dead_letters"] == 1
+        other = await server.create_org("Other", "zoe")
+        theirs = (await server.client.get("/v1/admin/push", headers=other.headers)).json()
+        assert theirs["outbox"]["dead_letters"] == 0  # nothing of another org's
+        assert "this_process" not in theirs
+        wrong = await server.client.get("/v1/operator/push", headers=olivia.headers)
+        assert_error(wrong, 401, "unauthenticated")
         forbidden = await server.client.get("/v1/admin/push/dead-letters", headers=phone.headers)
         assert_error(forbidden, 403, "forbidden")
         standin.clear_faults()
@@ -361,6 +370,8 @@ async def test_unusable_credentials_keep_the_server_up_and_say_so(
         assert "broken.p8" not in json.dumps(health)  # no file names to strangers
         owner = await server.create_org()
         stats = (await server.client.get("/v1/admin/push", headers=owner.headers)).json()
+        assert stats["providers"]["apns"] == "unusable"  # an org's admin: no file names
+        stats = (await server.client.get("/v1/operator/push", headers=OPERATOR)).json()
         assert "broken.p8" in stats["providers"]["apns"]
 
 

@@ -65,7 +65,9 @@ async def test_a_server_killed_mid_batch_owes_no_push_and_repeats_only_those_in_
     database_url: str, tmp_path: Path, standin: StandIn
 ) -> None:
     settings: dict[str, object] = {
-        **push_settings(standin, push_grace_s=0.2, push_lease_s=5, push_batch=BATCH),
+        **push_settings(
+            standin, push_grace_s=0.2, push_lease_s=5, push_send_timeout_s=1.5, push_batch=BATCH
+        ),
         "push_workers": 1,
         "database_url": database_url,
         "data_dir": tmp_path / "data",

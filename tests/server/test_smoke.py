@@ -1,4 +1,4 @@
-from tests.harness import Harness
+from tests.harness import Harness, assert_error
 
 
 async def test_health_reports_database_ok(server: Harness) -> None:
@@ -9,3 +9,8 @@ async def test_health_reports_database_ok(server: Harness) -> None:
         "database": "ok",
         "push": {"apns": "off", "fcm": "off"},
     }
+
+
+async def test_operator_endpoints_are_off_without_a_token(server: Harness) -> None:
+    response = await server.client.get("/v1/operator/push")
+    assert_error(response, 404, "not_found")

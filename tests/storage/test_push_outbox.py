@@ -19,7 +19,7 @@ from storage.database import Database
 from storage.devices import DeviceStore
 from storage.messages import MessageStore, NewMessage, StoredMessage
 from storage.orgs import OrgStore
-from storage.push_outbox import PushOutbox, Settlement
+from storage.push_outbox import ClaimedJob, PushOutbox, Settlement
 from storage.push_registrations import NewRegistration, PushRegistrationStore
 from storage.receipts import ReceiptRecord, ReceiptStore
 from storage.tokens import TokenStore
@@ -118,8 +118,31 @@ async def pending(world: World) -> dict[uuid.UUID, dict[str, Any]]:
     return {r["device_id"]: dict(r) for r in await world.db.transaction(rows)}
 
 
-def accepted(job_device: uuid.UUID, pos: int, kind: str = "alert") -> Settlement:
-    return Settlement(job_device, pos, kind, "accepted", 200, "")
+def settlement(
+    job: ClaimedJob,
+    outcome: str,
+    status: int | None,
+    reason: str,
+    retry_at: datetime | None = None,
+    provider_timestamp: datetime | None = None,
+) -> Settlement:
+    """What the worker records for a claimed job's push."""
+    return Settlement(
+        job.device_id,
+        job.pos,
+        job.lease,
+        job.token,
+        job.kind,
+        outcome,
+        status,
+        reason,
+        retry_at,
+        provider_timestamp,
+    )
+
+
+def accepted(job: ClaimedJob) -> Settlement:
+    return settlement(job, "accepted", 200, "accepted")
 
 
 async def test_a_message_queues_one_job_per_registered_recipient_device(world: World) -> None:
@@ -179,16 +202,14 @@ async def test_accepted_finishes_the_job_unless_a_newer_message_came_meanwhile(
     jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
     bob, cat = world.people["bob"][1], world.people["cat"][1]
     newer = await send(world, "ann", "while in flight")
-    await world.outbox.settle(
-        [accepted(bob, jobs[bob].pos), accepted(cat, jobs[cat].pos)], max_attempts=3
-    )
+    await world.outbox.settle([accepted(jobs[bob]), accepted(jobs[cat])], max_attempts=3)
     left = await pending(world)
     # the newer message is a new burst of one, claimable again at once (grace 0)
     assert set(left) == {bob, cat}
     assert left[bob]["pos"] == newer.pos and left[bob]["burst"] == 1
     again = await world.outbox.claim(100, LEASE_S)
     assert {j.message_id for j in again.jobs} == {newer.id}
-    await world.outbox.settle([accepted(j.device_id, j.pos) for j in again.jobs], 3)
+    await world.outbox.settle([accepted(j) for j in again.jobs], 3)
     assert await pending(world) == {}
 
 
@@ -200,7 +221,7 @@ async def test_retries_back_off_then_dead_letter_and_an_admin_redrives(world: Wo
         assert [j.attempts for j in claim.jobs] == [attempt]
         retry_at = datetime.now(UTC) - timedelta(seconds=1)  # due again at once
         dead = await world.outbox.settle(
-            [Settlement(bob, claim.jobs[0].pos, "alert", "retry", 503, "Unavailable", retry_at)],
+            [settlement(claim.jobs[0], "retry", 503, "Unavailable", retry_at)],
             max_attempts=3,
         )
     assert dead == [bob]
@@ -220,7 +241,7 @@ async def test_retries_back_off_then_dead_letter_and_an_admin_redrives(world: Wo
 async def test_a_refused_push_is_dead_lettered_at_once(world: World) -> None:
     await send(world, "ann", scope=(world.people["bob"][0],))
     job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
-    settled = Settlement(job.device_id, job.pos, "alert", "dead_letter", 413, "PayloadTooLarge")
+    settled = settlement(job, "dead_letter", 413, "PayloadTooLarge")
     await world.outbox.settle([settled], max_attempts=8)
     [letter] = await world.outbox.dead_letters(world.org_id)
     assert (letter.last_status, letter.last_reason, letter.attempts) == (413, "PayloadTooLarge", 1)
@@ -231,9 +252,7 @@ async def test_a_dead_token_is_disabled_and_later_messages_skip_it(world: World)
     bob = world.people["bob"][1]
     job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
     gone = datetime.now(UTC)
-    await world.outbox.settle(
-        [Settlement(bob, job.pos, "alert", "disable", 410, "Unregistered", None, gone)], 8
-    )
+    await world.outbox.settle([settlement(job, "disable", 410, "Unregistered", None, gone)], 8)
     registration = await world.registrations.get(bob)
     assert registration is not None and registration.disabled_reason == "Unregistered"
     assert registration.provider_timestamp == gone
@@ -253,9 +272,7 @@ async def test_a_token_older_than_the_registration_is_not_disabled(world: World)
     bob = world.people["bob"][1]
     job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
     long_ago = datetime.now(UTC) - timedelta(days=1)
-    await world.outbox.settle(
-        [Settlement(bob, job.pos, "alert", "disable", 410, "Unregistered", None, long_ago)], 8
-    )
+    await world.outbox.settle([settlement(job, "disable", 410, "Unregistered", None, long_ago)], 8)
     registration = await world.registrations.get(bob)
     assert registration is not None and registration.disabled_at is None
 
@@ -288,7 +305,7 @@ async def test_badge_counts_unread_and_a_read_elsewhere_lowers_it(world: World) 
     await send(world, "bob", "my own")  # not counted for bob
     jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
     assert jobs[bob_phone].badge == 2
-    await world.outbox.settle([accepted(d, j.pos) for d, j in jobs.items()], 8)
+    await world.outbox.settle([accepted(j) for j in jobs.values()], 8)
     registration = await world.registrations.get(bob_phone)
     assert registration is not None and registration.last_outcome == "accepted"
     assert await world.registrations.results(bob_phone) == []  # only failures are kept
@@ -340,3 +357,107 @@ async def test_the_badge_stops_counting_at_99(world: World) -> None:
     jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
     assert jobs[world.people["bob"][1]].badge == 99
     assert jobs[world.people["bob"][1]].burst == 120
+
+
+async def test_a_stale_410_for_a_renewed_token_dead_letters_the_push_only(world: World) -> None:
+    await send(world, "ann", scope=(world.people["bob"][0],))
+    job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
+    long_ago = datetime.now(UTC) - timedelta(days=1)
+    await world.outbox.settle([settlement(job, "disable", 410, "Unregistered", None, long_ago)], 8)
+    assert [d.last_status for d in await world.outbox.dead_letters(world.org_id)] == [410]
+    assert await pending(world) == {}
+
+
+async def test_a_dead_token_answer_spares_a_token_registered_meanwhile(world: World) -> None:
+    bob = world.people["bob"][1]
+    await send(world, "ann", scope=(world.people["bob"][0],))
+    job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
+    await world.registrations.register(bob, apns("e"))  # the app got a new token
+    await world.outbox.settle([settlement(job, "disable", 400, "BadDeviceToken")], 8)
+    registration = await world.registrations.get(bob)
+    assert registration is not None and registration.disabled_at is None
+    again = (await world.outbox.claim(100, LEASE_S)).jobs
+    assert [(j.device_id, j.token) for j in again] == [(bob, "e" * 64)]
+
+
+async def test_a_refusal_superseded_by_a_newer_message_lets_that_one_go_out(
+    world: World,
+) -> None:
+    await send(world, "ann", scope=(world.people["bob"][0],))
+    job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
+    newer = await send(world, "ann", scope=(world.people["bob"][0],))
+    await world.outbox.settle([settlement(job, "dead_letter", 400, "BadExpirationDate")], 8)
+    assert await world.outbox.dead_letters(world.org_id) == []
+    [again] = (await world.outbox.claim(100, LEASE_S)).jobs
+    assert again.message_id == newer.id and again.attempts == 0
+
+
+async def test_a_job_backing_off_keeps_its_due_time_when_messages_arrive(world: World) -> None:
+    bob = world.people["bob"][1]
+    await send(world, "ann", scope=(world.people["bob"][0],))
+    job = (await world.outbox.claim(100, LEASE_S)).jobs[0]
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    await world.outbox.settle([settlement(job, "retry", 429, "TooManyRequests", later)], 8)
+    await send(world, "ann", scope=(world.people["bob"][0],))
+    assert (await pending(world))[bob]["due_at"] == later
+    assert (await world.outbox.claim(100, LEASE_S)).jobs == []
+
+
+async def test_a_settlement_without_the_lease_changes_nothing(world: World) -> None:
+    bob = world.people["bob"][1]
+    await send(world, "ann", scope=(world.people["bob"][0],))
+    job = (
+        await world.outbox.claim(
+            100,
+            LEASE_S,
+        )
+    ).jobs[0]
+
+    async def expire(conn: Any) -> None:  # the lease ran out; another worker claims it
+        await conn.execute("UPDATE push_jobs SET claimed_until = now() - interval '1 s'")
+
+    await world.db.transaction(expire)
+    [other] = (await world.outbox.claim(100, LEASE_S)).jobs
+    await world.outbox.settle([accepted(job)], 8)  # the first worker, late
+    assert bob in await pending(world)  # still the second worker's
+    await world.outbox.settle([accepted(other)], 8)
+    assert await pending(world) == {}
+
+
+async def test_a_read_elsewhere_does_not_move_a_waiting_alert_past_its_message(
+    world: World,
+) -> None:
+    bob, bob_phone = world.people["bob"][0], world.people["bob"][1]
+    bob_laptop = world.laptops["bob"]
+    message = await send(world, "ann")
+    cat = world.people["cat"][0]
+    other, _ = await ConversationStore(world.db).open_direct(world.org_id, cat, bob)
+    item = NewMessage(
+        other.id, bob, bob_laptop, "own", "text", b"\x81\xa4text\xa1x", None, datetime.now(UTC)
+    )
+    own = (await world.messages.append([item])).results[0].message
+    assert own is not None
+    await world.receipts.add(  # a read on the laptop queues a badge update for the phone
+        [ReceiptRecord(own.id, other.id, bob, bob_laptop, "read", datetime.now(UTC))]
+    )
+    job = (await pending(world))[bob_phone]
+    assert (job["kind"], job["pos"]) == ("alert", message.pos)
+    await world.messages.advance_cursor(bob_phone, message.pos)  # the phone has ann's message
+    claim = await world.outbox.claim(100, LEASE_S)
+    assert bob_phone not in {j.device_id for j in claim.jobs}  # moot, not a second alert
+
+
+async def test_a_muted_conversation_does_not_take_a_waiting_alerts_place(world: World) -> None:
+    bob, bob_phone = world.people["bob"][0], world.people["bob"][1]
+    alert = await send(world, "ann")
+    other, _ = await ConversationStore(world.db).open_direct(
+        world.org_id, world.people["cat"][0], bob
+    )
+    await world.registrations.mute(bob, other.id, None)
+    account, device = world.people["cat"]
+    item = NewMessage(
+        other.id, account, device, "m1", "text", b"\x81\xa4text\xa1x", None, datetime.now(UTC)
+    )
+    await world.messages.append([item])
+    job = (await pending(world))[bob_phone]
+    assert (job["kind"], job["message_id"], job["burst"]) == ("alert", alert.id, 2)
