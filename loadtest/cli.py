@@ -1,7 +1,8 @@
 """`obrol loadtest` / `python -m loadtest`: options, the run, the report, the exit status.
 
 Exit status: 0 the run completed and the loss check passed; 1 it completed but found lost,
-duplicated or misdelivered messages, or devices that could not connect; 2 bad options;
+duplicated or misdelivered messages, phones whose latest message was never pushed, or
+devices that could not connect; 2 bad options;
 3 the server could not be used (unreachable, refused our keys, failed to start);
 4 a bug in the tester (the traceback is in the report folder); 130 interrupted (the report
 is still written).
@@ -26,6 +27,7 @@ from loadtest.config import (
 )
 from loadtest.coordinator import RunRecord, run_load_test
 from loadtest.metrics import Latency
+from loadtest.phones import phone_count
 from loadtest.plot import write_html, write_plot
 from loadtest.progress import Display
 from loadtest.report import build_report, summary_table, write_json
@@ -43,8 +45,10 @@ examples:
       a running server; 20% of the devices drop and reconnect at once mid-run
   obrol loadtest --url https://chat.example:8400 --ca-file ca.pem
       a server with TLS (https:// API, wss:// gateway on port 8401), its CA trusted
+  obrol loadtest --devices 2000 --push-share 0.3 --duration 20
+      30% of the devices are offline phones woken through a local APNs/FCM stand-in
 
-exit status: 0 passed, 1 loss check failed, 2 bad options, 3 server unusable,
+exit status: 0 passed, 1 loss check failed (messages or pushes), 2 bad options, 3 server unusable,
 4 tester bug, 130 interrupted (the report is still written)
 """
 
@@ -160,6 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--seed", type=int, default=1, help="random seed (layout and schedule)")
 
+    push = parser.add_argument_group("push notifications")
+    push.add_argument(
+        "--push-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of the devices (0..1) that are offline phones: they register a push "
+        "token and never connect; the run checks that each was pushed its latest message "
+        "(default 0)",
+    )
+    push.add_argument(
+        "--push-grace",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="push_grace_s of our own server (default 2); with --url, what the server uses",
+    )
+    push.add_argument(
+        "--standin-url",
+        help="with --url: the APNs/FCM stand-in (python -m push.standin) that server "
+        "sends its pushes to, https://127.0.0.1:PORT",
+    )
+    push.add_argument(
+        "--standin-ca",
+        type=Path,
+        metavar="CA.pem",
+        help="the stand-in's CA certificate (ca.pem in its --dir)",
+    )
+
     run = parser.add_argument_group("tester")
     run.add_argument("--workers", type=int, default=1, help="tester processes (default 1)")
     run.add_argument(
@@ -202,6 +235,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data_dir=args.data_dir,
         seed=args.seed,
         progress=not args.quiet,
+        push_share=args.push_share,
+        push_grace_s=args.push_grace,
+        standin_url=args.standin_url,
+        standin_ca=args.standin_ca,
     )
     check_config(config)
     return config
@@ -276,7 +313,8 @@ def _status(record: RunRecord, report: dict[str, Any]) -> int:
         return EXIT_TARGET
     if record.interrupted:
         return EXIT_INTERRUPTED
-    if report["loss_check"] != "passed" or report["connected"] != record.config.devices:
+    expected = record.config.devices - len(record.phones)  # phones never connect
+    if report["loss_check"] != "passed" or report["connected"] != expected:
         return EXIT_CHECK_FAILED
     return EXIT_OK
 
@@ -287,7 +325,8 @@ def main(argv: list[str]) -> int:
     if isinstance(config, int):
         return config
     record = RunRecord(config, list(argv))
-    display = Display(config.progress, devices=config.devices)
+    phones = phone_count(config.devices, config.push_share)  # they never connect
+    display = Display(config.progress, devices=config.devices - phones)
     failed = _run(record, display)
     display.done()
     if record.aggregator is None:  # the load never started: nothing to report

@@ -6,10 +6,12 @@ workers, report) reads it. Parsers raise `ConfigError` with a message naming the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from loadtest.phones import phone_capacity, phone_count
 from protocol.errors import ObrolError
 
 GROUP_MEMBERS_MAX = 5000
@@ -77,6 +79,13 @@ class RunConfig:
     data_dir: Path | None = None
     seed: int = 1
     progress: bool = True
+    push_share: float = 0.0
+    """The share of devices that are offline phones with a push registration (0..1)."""
+    push_grace_s: float = 2.0
+    """The server's push grace: set on our own server, assumed of one given by --url."""
+    standin_url: str | None = None
+    """The APNs/FCM stand-in a server given by --url sends to (its recording API is read)."""
+    standin_ca: Path | None = None
 
     @property
     def storm_time_s(self) -> float | None:
@@ -169,6 +178,7 @@ def check_config(config: RunConfig) -> None:
     need(0 < config.drain_timeout_s <= 3600, "--drain-timeout must be > 0 seconds")
     need(1 <= config.workers <= MAX_WORKERS, f"--workers must be 1..{MAX_WORKERS}")
     need(config.workers <= config.users, "--workers must not exceed --users")
+    _check_push(config, need)
     if config.url is not None:
         need(
             config.url.startswith(("http://", "https://")),
@@ -186,6 +196,36 @@ def check_config(config: RunConfig) -> None:
             "--ca-file is for a server given by --url https://... (or --gateway-url wss://...)",
         )
         need(config.ca_file.is_file(), f"--ca-file: {config.ca_file} is not a readable file")
+
+
+def _check_push(config: RunConfig, need: Callable[[bool, str], None]) -> None:
+    need(0 <= config.push_share <= 1, "--push-share must be a share of the devices, 0..1")
+    need(0 <= config.push_grace_s <= 300, "--push-grace must be 0..300 seconds")
+    phones = phone_count(config.devices, config.push_share)
+    capacity = phone_capacity(config.devices, config.users)
+    need(
+        phones <= capacity,
+        f"--push-share {config.push_share:g} makes {phones} of the {config.devices} devices "
+        f"offline phones, but only {capacity} are a second device of their user (every user "
+        "keeps one connected device to send from): lower --push-share or --users",
+    )
+    if config.push_share > 0 and config.url is not None:
+        need(
+            config.standin_url is not None,
+            "--push-share with --url needs --standin-url (the APNs/FCM stand-in that server "
+            "sends its pushes to, started with `python -m push.standin`) and --standin-ca",
+        )
+    if config.standin_url is not None:
+        need(config.url is not None, "--standin-url is for a server given by --url")
+        need(config.push_share > 0, "--standin-url is for a run with --push-share > 0")
+        need(
+            config.standin_url.startswith("https://"),
+            f"--standin-url must be the stand-in's https:// address (got {config.standin_url})",
+        )
+        need(
+            config.standin_ca is not None and config.standin_ca.is_file(),
+            "--standin-url needs --standin-ca, the stand-in's CA certificate (ca.pem in its --dir)",
+        )
 
 
 def uses_tls(url: str, gateway_url: str | None) -> bool:

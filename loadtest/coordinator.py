@@ -24,10 +24,13 @@ from loadtest.client import client_ssl_context
 from loadtest.config import RunConfig
 from loadtest.device import CONNECT_ATTEMPTS, CONNECT_TIMEOUT_S
 from loadtest.link import LinkClosedError
+from loadtest.phones import choose_phones
 from loadtest.pool import WorkerHandle, close_worker, start_worker, worker_plans
 from loadtest.procstats import ServerWatch, machine_busy_s, raise_open_files_limit
 from loadtest.progress import Aggregator, Display
 from loadtest.provision import REQUEST_TIMEOUT_S, Api, Provisioned, b64url, provision
+from loadtest.push import PushRun, PushWatch, check_run_pushes, stored_messages
+from loadtest.push_provision import register_phones
 from loadtest.target import Target, cache_path_for, check_reachable, open_target
 from loadtest.topology import Topology, build_topology, signature
 
@@ -56,6 +59,10 @@ class RunRecord:
     dead_workers: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     coordinator_cpu_s: float = 0.0
+    phones: dict[int, str] = field(default_factory=dict)
+    """Offline phones (device index -> provider), with --push-share."""
+    push: dict[str, Any] | None = None
+    """The report's push section (runs with --push-share)."""
 
 
 def describe_load(config: RunConfig, topology: Topology) -> str:
@@ -78,6 +85,8 @@ class Coordinator:
         self.display = display
         self.handles: list[WorkerHandle] = []
         self.stop_requested = trio.Event()
+        self.push_watch: PushWatch | None = None
+        self.owner: dict[str, Any] = {}  # the cached owner record (for the admin API)
 
     async def run(self) -> None:
         config = self.config
@@ -109,6 +118,7 @@ class Coordinator:
                     report=self.display.text,
                 )
                 self.record.provisioned = provisioned
+                await self._register_phones(client, topology, cache, provisioned)
                 created, reused = (
                     ", ".join(f"{n:,} {what}" for what, n in counts.items())
                     for counts in (provisioned.created, provisioned.reused)
@@ -120,11 +130,50 @@ class Coordinator:
             if target.local is not None:
                 self.record.server = ServerWatch(target.local.pid, target.local.data_dir)
             run = secrets.token_hex(4)  # tags this run's messages (in their cids)
-            await self._drive(worker_plans(config, topology, provisioned, target, run))
+            plans = worker_plans(config, topology, provisioned, target, run, self.record.phones)
+            if target.standin is not None:
+                self.push_watch = PushWatch(
+                    target.standin,
+                    None if target.local is None else target.local.pid,
+                    None if target.local is None else target.local.data_dir,
+                )
+            try:
+                if self.push_watch is not None:
+                    await self.push_watch.start()
+                await self._drive(plans)
+            finally:
+                if self.push_watch is not None:
+                    await self.push_watch.aclose()
             cursor = max((f.get("cursor", 0) for f in self.record.finals if f), default=0)
             entry = cache.entry(b64url(provisioned.server_key))
             entry.cursor = cursor
             cache.save()
+
+    async def _register_phones(
+        self,
+        client: httpx.AsyncClient,
+        topology: Topology,
+        cache: ProvisionCache,
+        provisioned: Provisioned,
+    ) -> None:
+        """Choose the offline phones and register their push tokens (and remove earlier
+        runs' registrations of devices that are not phones now)."""
+        config = self.config
+        phones = choose_phones(config.devices, config.users, config.push_share, config.seed)
+        self.record.phones = phones
+        entry = cache.entry(b64url(provisioned.server_key))
+        self.owner = entry.owner
+        try:
+            done = await register_phones(Api(client), entry, topology, phones, self.display.text)
+        finally:
+            cache.save()
+        if phones or done.removed:
+            self.display.note(
+                f"push: {done.registered:,} offline phones registered "
+                f"({sum(p == 'apns' for p in phones.values()):,} APNs, "
+                f"{sum(p == 'fcm' for p in phones.values()):,} FCM)"
+                + (f"; {done.removed:,} earlier registrations removed" if done.removed else "")
+            )
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -188,6 +237,8 @@ class Coordinator:
     async def _ticker(self, aggregator: Aggregator) -> None:
         while True:
             await trio.sleep(TICK_S)
+            if self.push_watch is not None:
+                aggregator.pushes = self.push_watch.accepted
             tick = aggregator.tick()
             if self.record.server is not None:
                 self.record.server.poll()
@@ -206,7 +257,13 @@ class Coordinator:
                     nursery.start_soon(self._listen, handle, aggregator)
                     await handle.link.send(plan)
                 nursery.start_soon(self._ticker, aggregator)
+                if self.push_watch is not None:
+                    nursery.start_soon(self.push_watch.follow)
                 await self._phases(aggregator)
+                if self.push_watch is not None:
+                    aggregator.phase = "push"
+                    await self._push_phase(self.push_watch)
+                    aggregator.phase = "done"
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -259,6 +316,38 @@ class Coordinator:
         )
         self._mark("end")
         aggregator.phase = "done"
+
+    async def _push_phase(self, watch: PushWatch) -> None:
+        """Wait for the pushes still due, then check what the stand-in recorded against
+        the messages the server stored."""
+        record = self.record
+        assert record.topology is not None and record.provisioned is not None
+        assert record.target is not None and record.aggregator is not None
+        sent = [h.sent for h in self.handles]
+        unsettled = sum(
+            len(numbers) for s in sent if s is not None for numbers in s["unsettled"].values()
+        )
+        run = PushRun(
+            config=self.config,
+            topology=record.topology,
+            device_ids=[device_id for device_id, _ in record.provisioned.devices],
+            phones=record.phones,
+            origin=time.time() - (time.monotonic() - record.aggregator.started),
+            complete=not (unsettled or record.interrupted or record.dead_workers),
+        )
+        async with httpx.AsyncClient(
+            base_url=record.target.api_url,
+            timeout=REQUEST_TIMEOUT_S,
+            verify=client_ssl_context(record.target.ca_file),
+        ) as client:
+            record.push = await check_run_pushes(
+                run, watch, stored_messages(sent), client, self.owner, self.stop_requested
+            )
+        self.display.note(
+            f"push: {record.push['pushes_expected'] - record.push['lost']:,}/"
+            f"{record.push['pushes_expected']:,} phones pushed their latest message, "
+            f"{record.push['pushes_received']:,} pushes, lost {record.push['lost']:,}"
+        )
 
     async def _send_expectations(self) -> None:
         """Tell each worker what every device of its conversations must have received."""

@@ -12,6 +12,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from loadtest.schedule import KEY_WORKER_BITS
 
@@ -112,12 +113,17 @@ class SendLedger:
 
     def __init__(self) -> None:
         self.conversation = array("i")
+        self.sender = array("i")  # the sending user
         self.state = bytearray()
         self.refusals: Counter[str] = Counter()
+        self.stored: dict[int, tuple[bytes, int, int]] = {}
+        """With `keep_stored`: per acknowledged send, its message id, position and `at`."""
+        self.keep_stored = False
 
-    def schedule(self, conversation: int) -> int:
-        """A new send in `conversation`; returns its number."""
+    def schedule(self, conversation: int, sender: int = -1) -> int:
+        """A new send in `conversation` by user `sender`; returns its number."""
         self.conversation.append(conversation)
+        self.sender.append(sender)
         self.state.append(SCHEDULED)
         return len(self.state) - 1
 
@@ -125,12 +131,23 @@ class SendLedger:
         if self.state[n] == SCHEDULED:
             self.state[n] = WRITTEN
 
-    def acked(self, n: int) -> bool:
-        """Mark `n` acknowledged; True the first time."""
+    def acked(self, n: int, stored: tuple[bytes, int, int] | None = None) -> bool:
+        """Mark `n` acknowledged (as message id, position, `at` = `stored`); True the
+        first time."""
         if self.state[n] in (SCHEDULED, WRITTEN):
             self.state[n] = ACKED
+            if self.keep_stored and stored is not None:
+                self.stored[n] = stored
             return True
         return False
+
+    def stored_messages(self) -> list[list[Any]]:
+        """[conversation, sending user, position, message id, at ms] of every send
+        acknowledged as stored (with `keep_stored`)."""
+        return [
+            [self.conversation[n], self.sender[n], pos, message_id, at_ms]
+            for n, (message_id, pos, at_ms) in self.stored.items()
+        ]
 
     def refused(self, n: int, code: str) -> None:
         if self.state[n] != REFUSED:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +65,16 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 @asynccontextmanager
 async def local_server(
-    data_dir: Path | None, log_path: Path, *, tls: bool = False
+    data_dir: Path | None,
+    log_path: Path,
+    *,
+    tls: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[LocalServer]:
     """Start the server, yield where it listens, stop it (and remove a temporary data
     folder) on the way out, however the body ends. With `tls`, it serves https:// and
-    wss:// with a throwaway certificate (loadtest/devcert.py) made next to its log."""
+    wss:// with a throwaway certificate (loadtest/devcert.py) made next to its log.
+    `settings`: more `OBROL_*` environment variables for it (the push stand-in's)."""
     temporary: Path | None = None
     if data_dir is None:
         temporary = Path(tempfile.mkdtemp(prefix="obrol-loadtest-"))
@@ -81,6 +86,7 @@ async def local_server(
     if temporary is not None:  # as root the cluster may live apart: keep it in here too
         env["OBROL_POSTGRES_SHARED_DIR"] = str(temporary / "clusters")
     env["OBROL_ALLOW_ORG_SIGNUP"] = "true"  # provisioning signs its org up over the API
+    env.update(settings or {})
     command = [
         sys.executable,
         "-m",

@@ -87,7 +87,8 @@ class Observations:
         tag = parse_cid(frame.cid)
         if tag is None or tag.run != self.run or tag.key & WORKER_MASK != self.worker:
             return
-        if self.sends.acked(tag.key >> KEY_WORKER_BITS):
+        stored = None if frame.pos is None else (frame.id, frame.pos, frame.sent_at)
+        if self.sends.acked(tag.key >> KEY_WORKER_BITS, stored):
             self.counts.acked += 1
             self.ack_latency.record_us(at_us - tag.intended_us)
 

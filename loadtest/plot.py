@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from loadtest.metrics import Latency
+from loadtest.report import push_rows
 
 PERCENTILE_TICKS = [0.0, 90.0, 99.0, 99.9, 99.99, 99.999]
 PLAIN = FuncFormatter(lambda y, _: f"{y:g}")
@@ -54,6 +55,8 @@ def write_plot(report: dict[str, Any], latency: Latency, path: Path) -> None:
 
     ax_rate.plot(t, [row["deliveries_per_s"] for row in ticks], label="deliveries/s")
     ax_rate.plot(t, [row["sent_per_s"] for row in ticks], label="sent/s")
+    if any(row.get("pushes_per_s") is not None for row in ticks):
+        ax_rate.plot(t, [row.get("pushes_per_s") or 0 for row in ticks], label="pushes/s")
     ax_rate.set_ylabel("per second")
     ax_rate.set_xlabel("seconds since the start of the ramp-up")
     ax_rate.grid(True, alpha=0.3)
@@ -132,6 +135,7 @@ def write_html(report: dict[str, Any], path: Path) -> None:
         ("handshakes/s", report["handshakes_per_s"]),
         ("errors", ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "none"),
         ("bottleneck", report["bottleneck"]["verdict"]),
+        *push_rows(report.get("push")),
         ("loss check", report["loss_check"]),
     ]
     rows = "\n".join(

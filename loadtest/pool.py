@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,16 @@ class WorkerHandle:
 
 
 def worker_plans(
-    config: RunConfig, topology: Topology, provisioned: Provisioned, target: Target, run: str
+    config: RunConfig,
+    topology: Topology,
+    provisioned: Provisioned,
+    target: Target,
+    run: str,
+    phones: Collection[int] = (),
 ) -> list[dict[str, Any]]:
-    """What each worker simulates: its users' devices, their conversations, its share of
-    the send rate (its (conversation, member) slots weigh 1/size each)."""
+    """What each worker simulates: its users' devices but the offline `phones`, their
+    conversations, its share of the send rate (its (conversation, member) slots weigh
+    1/size each; a member sends from one of its connected devices)."""
     member_of = topology.conversations_of_users()
     sizes = [len(m) for m in topology.conversations]
     total_weight = max(len(topology.conversations), 1)
@@ -70,10 +77,12 @@ def worker_plans(
                 "mix": list(config.mix.weights),
                 "text_chars": config.text_chars,
                 "drain_timeout_s": config.drain_timeout_s,
+                "push": bool(phones),
                 "devices": [
                     [d, provisioned.devices[d][0].bytes, provisioned.devices[d][1], u]
                     for u in users
                     for d in topology.devices_of(u)
+                    if d not in phones
                 ],
                 "conversations": [
                     [c, conv_id.bytes, sizes[c], None if file_id is None else file_id.bytes]

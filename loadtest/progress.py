@@ -40,6 +40,9 @@ class Tick:
     tester_cpu: float
     server_cpu: float | None
     machine_cpu: float
+    pushes: int | None = None
+    """Pushes the stand-in accepted so far (runs with --push-share)."""
+    pushes_per_s: float | None = None
 
 
 class Aggregator:
@@ -54,6 +57,8 @@ class Aggregator:
         self._interval_deliveries = 0
         self._last = (time.monotonic(), 0, 0, 0.0, self._server_cpu(), machine_busy_s())
         self.phase = "ramp"
+        self.pushes: int | None = None  # set by the coordinator before each tick
+        self._last_pushes = 0
 
     def _server_cpu(self) -> float | None:
         if self.server_pid is None:
@@ -111,8 +116,13 @@ class Aggregator:
             if server is None or last_server is None
             else round((server - last_server) / elapsed, 3),
             machine_cpu=round((machine - last_machine) / elapsed, 3),
+            pushes=self.pushes,
+            pushes_per_s=None
+            if self.pushes is None
+            else round((self.pushes - self._last_pushes) / elapsed, 1),
         )
         self._last = (now, sent, delivered, tester, server, machine)
+        self._last_pushes = self.pushes or 0
         self.ticks.append(tick)
         return tick
 
@@ -181,6 +191,7 @@ class Display:
             f"  sent {_count(tick.sent)} ({_count(sent_per_s)}/s)"
             f"  delivered {_count(tick.delivered)} ({_count(delivered_per_s)}/s)"
             f"  p99 {_ms(p99)}  errors {tick.errors}"
+            + ("" if tick.pushes is None else f"  pushes {_count(tick.pushes)}")
         )
 
     def text(self, line: str) -> None:

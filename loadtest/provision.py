@@ -275,7 +275,7 @@ class Provisioner:
         while len(entry.users) < topology.users:
             entry.users.append(None)
         jobs = [partial(one, u) for u in range(topology.users)]
-        await _run_all(jobs, done, "users", self._report_progress)
+        await run_all(jobs, done, "users", self._report_progress)
 
     async def _add_user(self, user: int) -> None:
         entry = self.entry
@@ -360,10 +360,10 @@ class Provisioner:
             done[0] += 1
 
         jobs = [partial(one, i) for i in range(len(topology.conversations))]
-        await _run_all(jobs, done, "conversations", self._report_progress)
+        await run_all(jobs, done, "conversations", self._report_progress)
 
 
-async def _run_all(
+async def run_all(
     jobs: Sequence[Callable[[], Awaitable[None]]],
     done: list[int],
     what: str,

@@ -156,7 +156,12 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "stale_messages": _sum(finals, "stale"),
         "out_of_order": _sum(finals, "out_of_order"),
         "unsettled_sends": unsettled,
-        "loss_check": _verdict(complete, loss, duplicates, unsettled),
+        "loss_check": _combined(
+            _verdict(complete, loss, duplicates, unsettled),
+            None if config.push_share <= 0 else (record.push or {}).get("loss_check", "incomplete"),
+        ),
+        "message_loss_check": _verdict(complete, loss, duplicates, unsettled),
+        "push": record.push,
         "lost_sample": lost_sample,
         "unexpected_sample": unexpected_sample,
         "deliveries_per_s": _rate(loss["received"], delivery_window),
@@ -206,6 +211,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
             if unsettled
             else []
         )
+        + _push_notes(record.push)
         + [f"worker {w} exited unexpectedly" for w in record.dead_workers]
         + (["aborted: no device could connect"] if record.aborted else []),
         "timeline_s": _timeline(record),
@@ -255,6 +261,40 @@ def _verdict(
     if not clean:
         return "failed"
     return "incomplete" if unsettled else "passed"
+
+
+def _combined(messages: str, pushes: str | None) -> str:
+    """The run's loss check: the messages', and with --push-share the pushes' too (None:
+    no push check). Failed if either failed, incomplete if either was."""
+    if pushes is None:
+        return messages
+    verdicts = {messages, pushes}
+    if "failed" in verdicts:
+        return "failed"
+    return "incomplete" if "incomplete" in verdicts else "passed"
+
+
+def _push_notes(push: dict[str, Any] | None) -> list[str]:
+    if push is None:
+        return []
+    notes = []
+    if push["lost"]:
+        notes.append(f"{push['lost']} phones never got a push for their latest message")
+    if push["unexpected"]:
+        notes.append(
+            f"{push['unexpected']} pushes told a phone of a message it should not hear of "
+            "(its own account's, or of a conversation it is not in)"
+        )
+    if push["duplicates"]:
+        notes.append(
+            f"{push['duplicates']} pushes were accepted twice (at-least-once delivery allows "
+            "it after a crash or a dropped connection)"
+        )
+    if push["to_connected_devices"]:
+        notes.append(f"{push['to_connected_devices']} pushes went to connected devices")
+    if push["standin_error"]:
+        notes.append(push["standin_error"])
+    return notes
 
 
 def _storm(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -429,11 +469,58 @@ def _n(value: Any) -> str:
     return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
 
 
+def push_rows(push: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The push figures, as (name, value) rows (none without --push-share)."""
+    if push is None:
+        return []
+    lat = push["latency_ms"]
+    cpu = push["cpu_while_pushing"]
+    return [
+        (
+            "push phones",
+            f"{_n(push['phones'])} offline ({_n(push['pushes_expected'])} had messages; "
+            f"{_n(push['messages_to_phones'])} (phone, message) pairs)",
+        ),
+        (
+            "pushes",
+            f"{_n(push['pushes_received'])} accepted ({_n(push['alerts'])} alerts, "
+            f"{_n(push['badge_updates'])} badge updates; {_n(push['pushes_per_s'])}/s), "
+            f"moot {_n(push['moot'])}, to connected devices {_n(push['to_connected_devices'])}",
+        ),
+        (
+            "push lost / dup",
+            f"{_n(push['lost'])} of {_n(push['pushes_expected'])} phones / "
+            f"{_n(push['duplicates'])}; unexpected {_n(push['unexpected'])}",
+        ),
+        (
+            "push latency p50/p99",
+            f"{_ms(lat['p50'])} / {_ms(lat['p99'])} (commit to stand-in, grace "
+            f"{push['grace_s']:g} s included)",
+        ),
+        ("push latency p99.9/max", f"{_ms(lat['p999'])} / {_ms(lat['max'])}"),
+        (
+            "oldest in push p50/p99",
+            f"{_ms(push['oldest_latency_ms']['p50'])} / {_ms(push['oldest_latency_ms']['p99'])}"
+            " (per alert, its oldest message)",
+        ),
+        (
+            "cores while pushing",
+            f"stand-in {_n(cpu['standin'])}, server {_n(cpu['server'])}, "
+            f"database {_n(cpu['db'])}, machine {_n(cpu['machine'])}",
+        ),
+        ("push check", push["loss_check"]),
+    ]
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """The end-of-run table for the terminal."""
     lat = report["latency_ms"]
     rows = [
-        ("devices connected", f"{_n(report['connected'])} / {_n(report['devices'])}"),
+        (
+            "devices connected",
+            f"{_n(report['connected'])} / {_n(report['devices'])}"
+            + (f" ({report['push']['phones']:,} are offline phones)" if report["push"] else ""),
+        ),
         ("handshakes/s", _n(report["handshakes_per_s"])),
         ("messages sent", f"{_n(report['messages_sent'])} ({_n(report['messages_per_s'])}/s)"),
         (
@@ -485,6 +572,7 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"{_n(server['handshakes_per_cpu_s'])} handshakes (ramp)",
             )
         )
+    rows += push_rows(report["push"])
     rows.append(("bottleneck", report["bottleneck"]["verdict"]))
     rows.append(("loss check", report["loss_check"]))
     rows += [("note", note) for note in report["notes"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,6 +17,7 @@ from loadtest.client import ConnectError, TlsVerificationError, tls_handshake
 from loadtest.config import RunConfig
 from loadtest.localserver import LocalServer, local_server
 from loadtest.progress import Display
+from loadtest.standin_proc import Standin, standin_process
 from protocol.errors import ObrolError
 
 
@@ -33,6 +34,8 @@ class Target:
     local: LocalServer | None
     ca_file: Path | None = None
     """The CA to trust for https:// and wss:// (None: the system's trust store)."""
+    standin: Standin | None = None
+    """The APNs/FCM stand-in the server pushes to (runs with --push-share)."""
 
 
 def default_gateway_url(api_url: str) -> str:
@@ -61,16 +64,34 @@ CA_HINT = "pass --ca-file with the CA certificate (PEM) that issued it"
 
 @asynccontextmanager
 async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Target]:
-    if config.url is None:
+    """The server under load (and, with --push-share, the stand-in it pushes to): ours,
+    started here and stopped on the way out, or the running one given by --url."""
+    async with AsyncExitStack() as stack:
+        standin = None
+        if config.push_share > 0 and config.url is None:
+            display.note("starting the APNs/FCM stand-in...")
+            folder = config.report_dir / "standin"
+            log = config.report_dir / "standin.log"
+            standin = await stack.enter_async_context(standin_process(folder, log))
+            display.note(f"stand-in up: {standin.url}")
+        elif config.standin_url is not None and config.standin_ca is not None:
+            standin = Standin(config.standin_url.rstrip("/"), config.standin_ca)
+        if config.url is not None:
+            gateway = config.gateway_url or default_gateway_url(config.url)
+            yield Target(config.url.rstrip("/"), gateway, None, config.ca_file, standin)
+            return
         display.note("starting a server of our own (embedded PostgreSQL)...")
-        async with local_server(
-            config.data_dir, config.report_dir / "server.log", tls=config.tls
-        ) as server:
-            display.note(f"server up: API {server.api_url}, gateway {server.gateway_url}")
-            yield Target(server.api_url, server.gateway_url, server, server.ca_file)
-    else:
-        gateway = config.gateway_url or default_gateway_url(config.url)
-        yield Target(config.url.rstrip("/"), gateway, None, config.ca_file)
+        settings = None if standin is None else standin.server_env(config.push_grace_s)
+        server = await stack.enter_async_context(
+            local_server(
+                config.data_dir,
+                config.report_dir / "server.log",
+                tls=config.tls,
+                settings=settings,
+            )
+        )
+        display.note(f"server up: API {server.api_url}, gateway {server.gateway_url}")
+        yield Target(server.api_url, server.gateway_url, server, server.ca_file, standin)
 
 
 async def check_reachable(

@@ -76,12 +76,12 @@ class Traffic:
         usable = [d for d in self.devices_of_user[user] if d.failed is None]
         kind = kinds.draw()
         if not usable:  # every device of this member gave up connecting
-            self.obs.sends.abandon(self.obs.sends.schedule(conversation.index))
+            self.obs.sends.abandon(self.obs.sends.schedule(conversation.index, user))
             return
         device = rng.choice(usable)
         if kind == "file" and conversation.file_id is None:
             kind = "text"
-        n = self.obs.sends.schedule(conversation.index)
+        n = self.obs.sends.schedule(conversation.index, user)
         cid = make_cid(self.obs.run, self.obs.worker, n, int(intended * 1e6))
         if kind == "text":
             send = Send(cid=cid, conv=conversation.id, body=self.bodies.text)

@@ -84,6 +84,8 @@ class Plan:
     user_conversations: dict[int, list[int]]
     slots: list[tuple[int, int]]
     drain_timeout_s: float
+    push: bool = False
+    """Report every stored send's id, position and time (for the push check)."""
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Plan:
@@ -105,6 +107,7 @@ class Plan:
             user_conversations={int(u): list(c) for u, c in m["user_conversations"].items()},
             slots=[(c, u) for c, u in m["slots"]],
             drain_timeout_s=m["drain_timeout_s"],
+            push=bool(m.get("push", False)),
         )
 
 
@@ -114,6 +117,7 @@ class Worker:
         self.link = link
         self.inbox = Inbox()
         self.obs = Observations(plan.run, plan.worker)
+        self.obs.sends.keep_stored = plan.push
         self.rng = random.Random(plan.seed * 1000 + plan.worker)  # noqa: S311 (a simulation)
         self.phase = "ramp"
         self.devices: list[SimDevice] = []
@@ -157,6 +161,7 @@ class Worker:
                         "t": "sent",
                         "by_conversation": self.obs.sends.by_conversation(ACKED),
                         "unsettled": unsettled,
+                        "messages": self.obs.sends.stored_messages(),
                     }
                 )
                 expect = await self.inbox.wait("expect", stoppable=False)

@@ -64,6 +64,8 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # hypercorn's access log duplicates ours; its error log stays.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: one line per FCM push. Its warnings stay.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     pool_log = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _OneLine) for f in pool_log.filters):
         pool_log.addFilter(_OneLine())
