@@ -11,6 +11,7 @@ is still written).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -187,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sends its pushes to, https://127.0.0.1:PORT",
     )
     push.add_argument(
+        "--operator-token",
+        metavar="TOKEN",
+        help="with --url: the server's operator_token, to report its push counters (moot "
+        "and the rest); default $OBROL_OPERATOR_TOKEN",
+    )
+    push.add_argument(
         "--standin-ca",
         type=Path,
         metavar="CA.pem",
@@ -239,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         push_grace_s=args.push_grace,
         standin_url=args.standin_url,
         standin_ca=args.standin_ca,
+        operator_token=args.operator_token or os.environ.get("OBROL_OPERATOR_TOKEN"),
     )
     check_config(config)
     return config

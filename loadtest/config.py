@@ -86,6 +86,8 @@ class RunConfig:
     standin_url: str | None = None
     """The APNs/FCM stand-in a server given by --url sends to (its recording API is read)."""
     standin_ca: Path | None = None
+    operator_token: str | None = None
+    """With --url: the server's operator_token, to read its push counters (moot, ...)."""
 
     @property
     def storm_time_s(self) -> float | None:

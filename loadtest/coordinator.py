@@ -86,7 +86,6 @@ class Coordinator:
         self.handles: list[WorkerHandle] = []
         self.stop_requested = trio.Event()
         self.push_watch: PushWatch | None = None
-        self.owner: dict[str, Any] = {}  # the cached owner record (for the admin API)
 
     async def run(self) -> None:
         config = self.config
@@ -162,7 +161,6 @@ class Coordinator:
         phones = choose_phones(config.devices, config.users, config.push_share, config.seed)
         self.record.phones = phones
         entry = cache.entry(b64url(provisioned.server_key))
-        self.owner = entry.owner
         try:
             done = await register_phones(Api(client), entry, topology, phones, self.display.text)
         finally:
@@ -341,7 +339,7 @@ class Coordinator:
             verify=client_ssl_context(record.target.ca_file),
         ) as client:
             record.push = await check_run_pushes(
-                run, watch, stored_messages(sent), client, self.owner, self.stop_requested
+                run, watch, stored_messages(sent), client, self.stop_requested
             )
         self.display.note(
             f"push: {record.push['pushes_expected'] - record.push['lost']:,}/"

@@ -170,19 +170,15 @@ class PushWatch:
 
 
 async def server_push_stats(
-    client: httpx.AsyncClient, owner: dict[str, Any]
+    client: httpx.AsyncClient, operator_token: str | None
 ) -> dict[str, Any] | None:
-    """`GET /v1/admin/push` as the load-test organization's owner (a token renewed with
-    the refresh token in `owner`, which is updated); None if it cannot be read."""
+    """`GET /v1/operator/push` (this server process's push counters) with the server's
+    operator token; None without one, or if it cannot be read."""
+    if operator_token is None:
+        return None
     try:
-        renewed = await client.post(
-            "/v1/tokens/refresh", json={"refresh_token": owner.get("refresh")}
-        )
-        renewed.raise_for_status()
-        tokens = renewed.json()
-        owner["refresh"] = tokens["refresh_token"]
         response = await client.get(
-            "/v1/admin/push", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+            "/v1/operator/push", headers={"Authorization": f"Bearer {operator_token}"}
         )
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
@@ -219,12 +215,11 @@ async def check_run_pushes(
     watch: PushWatch,
     messages: list[SentMessage],
     client: httpx.AsyncClient,
-    owner: dict[str, Any],
     stop: trio.Event,
 ) -> dict[str, Any]:
     """Wait for the pushes still due, read the server's push counters (through `client`,
-    as `owner`), check the records against the stored `messages`: the report's `push`
-    section."""
+    with the operator token, if known), check the records against the stored `messages`:
+    the report's `push` section."""
     topology, ids = run.topology, run.device_ids
     user_of_phone = {d: topology.user_of(d) for d in run.phones}
     phones_of_user: dict[int, list[int]] = {}
@@ -233,7 +228,7 @@ async def check_run_pushes(
     per_phone = messages_per_phone(messages, topology.conversations, phones_of_user)
     latest = {push_token(run.phones[d], ids[d]): m[-1].id for d, m in per_phone.items()}
     waited = await watch.wait_for(latest, run.config.drain_timeout_s, stop)
-    stats = await server_push_stats(client, owner)
+    stats = await server_push_stats(client, watch.standin.operator_token)
     device_of_token = {
         push_token(provider, ids[d]): d for d in range(topology.devices) for provider in PROVIDERS
     }

@@ -10,6 +10,7 @@ through `--standin-ca`.
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,6 +42,9 @@ class Standin:
     ca_file: Path
     pid: int | None = None  # our own stand-in's process
     announced: dict[str, Any] | None = None  # our own: its start-up line
+    # The server's operator_token, to read its push counters (/v1/operator/push): made up
+    # for a server of our own, --operator-token for one given by --url (None: not read).
+    operator_token: str | None = None
 
     def server_env(self, grace_s: float) -> dict[str, str]:
         """The `OBROL_*` settings that make a server send its pushes here."""
@@ -48,7 +52,7 @@ class Standin:
         if a is None:
             raise StandinError("only a stand-in of our own has credentials to hand out")
         port = urlsplit(self.url).port or 443
-        return {
+        env = {
             "OBROL_APNS_KEY_FILE": str(a["apns_key_file"]),
             "OBROL_APNS_KEY_ID": str(a["apns_key_id"]),
             "OBROL_APNS_TEAM_ID": str(a["apns_team_id"]),
@@ -61,6 +65,9 @@ class Standin:
             "OBROL_PUSH_CA_FILE": str(a["ca_file"]),
             "OBROL_PUSH_GRACE_S": repr(float(grace_s)),
         }
+        if self.operator_token is not None:
+            env["OBROL_OPERATOR_TOKEN"] = self.operator_token
+        return env
 
 
 @asynccontextmanager
@@ -84,6 +91,7 @@ async def standin_process(directory: Path, log_path: Path) -> AsyncIterator[Stan
             ca_file=Path(announced["ca_file"]),
             pid=process.pid,
             announced=announced,
+            operator_token=secrets.token_urlsafe(32),  # for the server we start with it
         )
     finally:
         await _stop(process)

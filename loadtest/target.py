@@ -75,7 +75,11 @@ async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Targ
             standin = await stack.enter_async_context(standin_process(folder, log))
             display.note(f"stand-in up: {standin.url}")
         elif config.standin_url is not None and config.standin_ca is not None:
-            standin = Standin(config.standin_url.rstrip("/"), config.standin_ca)
+            standin = Standin(
+                config.standin_url.rstrip("/"),
+                config.standin_ca,
+                operator_token=config.operator_token,
+            )
         if config.url is not None:
             gateway = config.gateway_url or default_gateway_url(config.url)
             yield Target(config.url.rstrip("/"), gateway, None, config.ca_file, standin)

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("operator_token")
+    @classmethod
+    def _operator_token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 24:
+            raise ValueError("must be at least 24 characters (a long random secret)")
+        return value
+
     @model_validator(mode="after")
     def _push_lease_outlasts_sends(self) -> Settings:
         if self.push_lease_s < 3 * self.push_send_timeout_s:
