@@ -30,7 +30,7 @@ class PushConfig:
     """The push settings, as the server's settings give them (push/ reads no settings)."""
 
     worker: WorkerConfig = field(default_factory=WorkerConfig)
-    workers: int = 2  # outbox loops in this process
+    workers: int = 4  # outbox loops in this process
     send_timeout_s: float = 10.0
     ca_file: Path | None = None  # an extra CA to trust (a stand-in's)
     apns_key_file: Path | None = None

@@ -36,7 +36,7 @@ OUTAGE_POLL_S = 1.0  # how often a worker tries the database again while it is a
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    batch: int = 500  # jobs claimed at once
+    batch: int = 100  # jobs claimed at once
     settle_chunk: int = 50  # pushes sent and recorded together
     lease_s: float = 30.0  # a claim expires after this (a dead worker's jobs come back)
     idle_poll_s: float = 0.2  # how often an idle worker looks for due jobs

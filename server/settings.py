@@ -86,8 +86,8 @@ class Settings(BaseSettings):
     # The push bridge (README, "Push notifications"). A provider with no credentials is off:
     # registrations for it are refused.
     push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device
-    push_workers: int = Field(2, ge=0, le=32)  # outbox loops in this process (0: none)
-    push_batch: int = Field(500, ge=1, le=5000)
+    push_workers: int = Field(4, ge=0, le=32)  # outbox loops in this process (0: none)
+    push_batch: int = Field(100, ge=1, le=5000)
     push_lease_s: float = Field(60.0, ge=5)  # at least 3 x push_send_timeout_s
     push_max_attempts: int = Field(8, ge=1, le=100)
     push_backoff_base_s: float = Field(1.0, gt=0)
