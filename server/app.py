@@ -11,12 +11,13 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, conversations, files, me, meta, orgs, push
+from server.api import auth, consent, conversations, files, me, meta, orgs, push
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
 from server.services import Services
+from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,21 @@ def _unwrap(exc: Exception) -> Exception:
     return exc
 
 
+def _refusal(exc: Exception) -> ApiError | None:
+    """The ApiError for a storage rule that refused a change (None: not one of those)."""
+    if isinstance(exc, NotFoundError):
+        return ApiError(ApiErrorCode.NOT_FOUND, str(exc))
+    if isinstance(exc, ConsentError):
+        code = ApiErrorCode.PURPOSE_SWITCHED_OFF
+        if exc.reason == "not_granted":
+            code = ApiErrorCode.CONSENT_NOT_GRANTED
+        return ApiError(code, str(exc))
+    if isinstance(exc, ConflictError):
+        details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
+        return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
+    return None
+
+
 def as_api_error(exc: Exception) -> ApiError:
     """Map any exception to the ApiError a client sees. Unexpected ones are logged.
 
@@ -62,11 +78,9 @@ def as_api_error(exc: Exception) -> ApiError:
     exc = _unwrap(exc)
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, NotFoundError):
-        return ApiError(ApiErrorCode.NOT_FOUND, str(exc))
-    if isinstance(exc, ConflictError):
-        details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
-        return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
+    refused = _refusal(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, DatabaseUnavailableError):
         logger.warning("database unavailable: %s", exc)
         return ApiError(ApiErrorCode.DATABASE_UNAVAILABLE, "the database is unavailable")
@@ -97,7 +111,8 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.extensions["obrol"] = ApiContext(services)
     tls = services.settings.tls_enabled
-    for blueprint in (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp, push.bp):
+    blueprints = (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp, push.bp, consent.bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
 
     @app.before_request

@@ -33,6 +33,8 @@ class ApiErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     SIGNUP_CLOSED = "signup_closed"
     PUSH_PROVIDER_UNAVAILABLE = "push_provider_unavailable"
+    PURPOSE_SWITCHED_OFF = "purpose_switched_off"
+    CONSENT_NOT_GRANTED = "consent_not_granted"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -56,6 +58,8 @@ STATUS = {
     ApiErrorCode.RATE_LIMITED: 429,
     ApiErrorCode.SIGNUP_CLOSED: 403,
     ApiErrorCode.PUSH_PROVIDER_UNAVAILABLE: 422,
+    ApiErrorCode.PURPOSE_SWITCHED_OFF: 403,
+    ApiErrorCode.CONSENT_NOT_GRANTED: 409,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

@@ -14,6 +14,7 @@ from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
 from storage.accounts import AccountStore
+from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
 from storage.devices import DeviceStore
@@ -77,6 +78,7 @@ class Services:
     blobs: BlobStore = field(init=False)
     push_registrations: PushRegistrationStore = field(init=False)
     push: PushBridge = field(init=False)
+    consent: ConsentStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -90,4 +92,5 @@ class Services:
         self.receipts = ReceiptStore(self.db, self.settings.push_grace_s)
         self.blobs = BlobStore(self.settings.data_dir / "files")
         self.push_registrations = PushRegistrationStore(self.db)
+        self.consent = ConsentStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

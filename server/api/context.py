@@ -13,6 +13,7 @@ from quart import current_app, request
 from server.api.forwarded import Origin, TrustedProxies
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
+from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
 from server.handlers.orgs import OrgHandler
@@ -35,6 +36,7 @@ class ApiContext:
     conversations: ConversationHandler = field(init=False)
     files: FileHandler = field(init=False)
     push: PushHandler = field(init=False)
+    consent: ConsentHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,6 +47,7 @@ class ApiContext:
         self.conversations = ConversationHandler(self.services)
         self.files = FileHandler(self.services, self.conversations)
         self.push = PushHandler(self.services)
+        self.consent = ConsentHandler(self.services)
 
 
 def ctx() -> ApiContext:

@@ -1,0 +1,63 @@
+"""The consent registry for people and their organization's admins.
+
+A person grants and withdraws their own consents (from the device they are using: it is
+recorded). Admins see their members' state and can switch a purpose off for the whole
+organization; nobody grants on someone else's behalf, so there is no call for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from server.errors import forbidden, invalid
+from server.handlers.access import Actor, require_org
+from server.services import Services
+from storage.consent import PURPOSES, ConsentEvent, Grant, MemberGrants
+
+
+def check_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise invalid(f"unknown purpose; one of: {', '.join(PURPOSES)}", "purpose")
+    return purpose
+
+
+class ConsentHandler:
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def mine(self, actor: Actor) -> list[Grant]:
+        return await self._s.consent.state(actor.org_id, actor.account_id)
+
+    async def grant(self, actor: Actor, purpose: str) -> list[Grant]:
+        """purpose_switched_off if the organization switched it off."""
+        return await self._s.consent.grant(
+            actor.org_id, actor.account_id, actor.device_id, check_purpose(purpose), self._s.clock()
+        )
+
+    async def withdraw(self, actor: Actor, purpose: str) -> list[Grant]:
+        """consent_not_granted if there is nothing to withdraw."""
+        return await self._s.consent.withdraw(
+            actor.org_id, actor.account_id, actor.device_id, check_purpose(purpose), self._s.clock()
+        )
+
+    async def history(self, actor: Actor, after_id: int, limit: int) -> list[ConsentEvent]:
+        return await self._s.consent.history(actor.account_id, after_id, limit)
+
+    @staticmethod
+    def _admin(actor: Actor, org_id: uuid.UUID) -> None:
+        require_org(actor, org_id)
+        if not actor.is_admin:
+            raise forbidden("only the organization's admins see its members' consents")
+
+    async def members(
+        self, actor: Actor, org_id: uuid.UUID, after: uuid.UUID | None, limit: int
+    ) -> list[MemberGrants]:
+        self._admin(actor, org_id)
+        return await self._s.consent.members(org_id, after, limit)
+
+    async def switch(self, actor: Actor, org_id: uuid.UUID, purpose: str, off: bool) -> None:
+        """Switch a purpose off for everyone (every grant of it is withdrawn) or on again."""
+        self._admin(actor, org_id)
+        await self._s.consent.switch(
+            org_id, check_purpose(purpose), off, actor.account_id, self._s.clock()
+        )
