@@ -203,15 +203,6 @@ async def _switch(
         await _record(conn, holder["account_id"], purpose, False, at, None, "org_switched_off")
 
 
-async def _holds(conn: Any, account_id: uuid.UUID, purpose: str) -> bool:
-    granted = await conn.fetchval(
-        "SELECT granted FROM consent_grants WHERE account_id = $1 AND purpose = $2",
-        account_id,
-        purpose,
-    )
-    return granted is True
-
-
 class ConsentStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -263,7 +254,3 @@ class ConsentStore:
         self, org_id: uuid.UUID, purpose: str, off: bool, by: uuid.UUID, at: datetime
     ) -> None:
         await self._db.transaction(_switch, org_id, purpose, off, by, at)
-
-    async def holds(self, account_id: uuid.UUID, purpose: str) -> bool:
-        """Whether the account holds an active grant for `purpose` right now."""
-        return await self._db.read(_holds, account_id, purpose)
