@@ -132,7 +132,7 @@ async def local_server(
                 ca_file=None if certificate is None else certificate.ca_file,
             )
         finally:
-            await _stop(process)
+            await stop_child(process)
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -163,11 +163,12 @@ async def _wait_for_banner(process: trio.Process, log_path: Path) -> dict[str, s
     return found
 
 
-async def _stop(process: trio.Process) -> None:
+async def stop_child(process: trio.Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGINT, then SIGKILL if it has not exited within `timeout_s`; shielded."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
             process.send_signal(signal.SIGINT)
-            with trio.move_on_after(STOP_TIMEOUT_S):
+            with trio.move_on_after(timeout_s):
                 await process.wait()
             if process.returncode is None:
                 process.kill()

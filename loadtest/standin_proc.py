@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from loadtest.localserver import open_log
+from loadtest.localserver import open_log, stop_child
 from protocol.errors import ObrolError
 
 START_TIMEOUT_S = 60.0
@@ -120,13 +119,7 @@ async def _announcement(process: trio.Process, log_path: Path) -> dict[str, Any]
 
 
 async def _stop(process: trio.Process) -> None:
-    with trio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            with trio.move_on_after(STOP_TIMEOUT_S):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        if process.stdout is not None:
+    await stop_child(process, STOP_TIMEOUT_S)
+    if process.stdout is not None:
+        with trio.CancelScope(shield=True):
             await process.stdout.aclose()

@@ -19,6 +19,7 @@ from push.providers import Provider, PushConfigError
 from push.registration import RegistrationSpec, check_registration
 from push.worker import PushWorker, WorkerConfig
 from storage.bridge import AsyncioBridge
+from storage.outages import OutageLog
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import NewRegistration
 
@@ -143,6 +144,7 @@ class PushBridge:
         self.start_providers(bridge)
         try:
             async with trio.open_nursery() as nursery:
+                outage = OutageLog(logger, "push outbox")  # one line per outage, not per loop
                 for _ in range(self.config.workers):
                     worker = PushWorker(
                         self.outbox,
@@ -150,6 +152,7 @@ class PushBridge:
                         self.unavailable,
                         self.config.worker,
                         self.metrics,
+                        outage,
                     )
                     nursery.start_soon(worker.run, stop)
         finally:

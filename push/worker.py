@@ -69,17 +69,19 @@ class PushWorker:
         unavailable: Mapping[str, str],
         config: WorkerConfig,
         metrics: PushMetrics,
+        outage: OutageLog | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         """`unavailable`: providers that could not be set up, with why; their jobs are
-        retried (an operator may fix the configuration) and then dead-lettered."""
+        retried (an operator may fix the configuration) and then dead-lettered. `outage`:
+        the database-outage log, shared by a process's workers (one line per outage)."""
         self._outbox = outbox
         self._providers = providers
         self._unavailable = unavailable
         self._config = config
         self._metrics = metrics
         self._clock = clock
-        self._outage = OutageLog(logger, "push outbox")
+        self._outage = outage or OutageLog(logger, "push outbox")
 
     async def run(self, stop: trio.Event) -> None:
         """Work until `stop` is set (the batch in flight is finished and recorded, so a

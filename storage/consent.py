@@ -108,6 +108,16 @@ async def _record(
     )
 
 
+async def _granted(conn: Any, account_id: uuid.UUID, purpose: str) -> bool:
+    """Whether the grant is active, its row locked for the change that follows."""
+    current = await conn.fetchval(
+        "SELECT granted FROM consent_grants WHERE account_id = $1 AND purpose = $2 FOR UPDATE",
+        account_id,
+        purpose,
+    )
+    return current is True
+
+
 async def _grant(
     conn: Any,
     org_id: uuid.UUID,
@@ -121,12 +131,7 @@ async def _grant(
     )
     if off is not None:
         raise ConsentError(f"your organization switched {purpose} off", "switched_off")
-    current = await conn.fetchval(
-        "SELECT granted FROM consent_grants WHERE account_id = $1 AND purpose = $2 FOR UPDATE",
-        account_id,
-        purpose,
-    )
-    if current is not True:  # granting again changes nothing and records nothing
+    if not await _granted(conn, account_id, purpose):  # granting again records nothing
         await _record(conn, account_id, purpose, True, at, device_id)
     return await _state(conn, org_id, account_id)
 
@@ -139,12 +144,7 @@ async def _withdraw(
     purpose: str,
     at: datetime,
 ) -> list[Grant]:
-    current = await conn.fetchval(
-        "SELECT granted FROM consent_grants WHERE account_id = $1 AND purpose = $2 FOR UPDATE",
-        account_id,
-        purpose,
-    )
-    if current is not True:
+    if not await _granted(conn, account_id, purpose):
         raise ConsentError(f"{purpose} is not granted: nothing to withdraw", "not_granted")
     await _record(conn, account_id, purpose, False, at, device_id)
     return await _state(conn, org_id, account_id)
