@@ -47,6 +47,10 @@ class ProvisionError(ObrolError):
     """The server refused or failed a provisioning request; the message says which."""
 
 
+CONSENTS = ("media_share", "location_share")
+"""The purposes every load-test user grants: the mix sends file and location messages."""
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -251,6 +255,8 @@ class Provisioner:
         async def one(user: int) -> None:
             if user >= len(entry.users) or entry.users[user] is None:
                 await self._add_user(user)
+            if not entry.users[user].get("consents"):
+                await self._grant_consents(user)
             need = len(topology.devices_of(user))
             have = entry.users[user]["devices"]
             if len(have) < need:
@@ -276,6 +282,16 @@ class Provisioner:
             entry.users.append(None)
         jobs = [partial(one, u) for u in range(topology.users)]
         await run_all(jobs, done, "users", self._report_progress)
+
+    async def _grant_consents(self, user: int) -> None:
+        """The user's own grants for what the traffic mix shares (file and location
+        messages are refused without them), recorded in the cache once given."""
+        token = await self._token(user)
+        for purpose in CONSENTS:
+            await self.api.call(
+                f"granting {purpose}", "PUT", f"/v1/me/consents/{purpose}", token=token
+            )
+        self.entry.users[user]["consents"] = True
 
     async def _add_user(self, user: int) -> None:
         entry = self.entry

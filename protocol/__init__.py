@@ -7,7 +7,7 @@ and bytes come out; PROTOCOL.md is the specification.
     channel    SecureChannel.seal(batch) / .open(message)   (one WebSocket message each)
     codec      encode(frame), encode_batch(frames), decode_client_batch, decode_server_batch
                (decode_server_frame: one frame of a batch split by the caller)
-    frames     the frame dataclasses
+    frames     the frame dataclasses (frames_live: consent grants and live location)
     codes      ErrorCode, CloseCode
     errors     ObrolError > ProtocolError > RemoteProtocolError | LocalProtocolError
     keys       SigningKeyPair (server identity and device keys)
@@ -55,7 +55,18 @@ from protocol.frames import (
     TextBody,
     Typing,
     TypingNotice,
-    Withdrawn,
+)
+from protocol.frames_live import (
+    ConsentGet,
+    ConsentRevoked,
+    Consents,
+    ConsentSet,
+    GrantState,
+    LiveEnd,
+    LiveOk,
+    LivePos,
+    LiveStart,
+    LiveStop,
 )
 from protocol.handshake import ClientHandshake, ServerHandshake
 from protocol.keys import SigningKeyPair
@@ -77,10 +88,20 @@ __all__ = [
     "ClientHandshake",
     "CloseCode",
     "Consent",
+    "ConsentGet",
+    "ConsentRevoked",
+    "ConsentSet",
+    "Consents",
     "Err",
     "ErrorCode",
     "FileBody",
     "Frame",
+    "GrantState",
+    "LiveEnd",
+    "LiveOk",
+    "LivePos",
+    "LiveStart",
+    "LiveStop",
     "LocalProtocolError",
     "LocationBody",
     "MessageKind",
@@ -110,7 +131,6 @@ __all__ = [
     "TextBody",
     "Typing",
     "TypingNotice",
-    "Withdrawn",
     "decode_client_batch",
     "decode_client_batch_lenient",
     "decode_server_batch",

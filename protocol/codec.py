@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 
 from protocol import frames as f
+from protocol import frames_live as fl
 from protocol.codes import ErrorCode
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.fields import MAX_THUMB_BYTES, check_cid, invalid
@@ -138,6 +139,16 @@ def _push_reg_to_wire(x: f.PushRegister) -> Wire:
     return wire
 
 
+def _consents_to_wire(x: fl.Consents) -> Wire:
+    grants = []
+    for g in x.grants:
+        grant: Wire = {"purpose": g.purpose, "on": g.on}
+        _optional(grant, "at", g.at)
+        grant["off"] = g.off
+        grants.append(grant)
+    return {"t": "consents", "cid": x.cid, "grants": grants}
+
+
 _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
     f.Send: _send_to_wire,
     f.Ack: lambda x: {"t": "ack", "pos": x.pos},
@@ -162,8 +173,35 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
     f.Synced: lambda x: {"t": "synced", "pos": x.pos},
     f.Resync: lambda x: {"t": "resync"},
     f.Pong: lambda x: {"t": "pong"},
-    f.Withdrawn: lambda x: {"t": "withdrawn", "who": x.who, "purpose": x.purpose},
     f.PushOk: lambda x: {"t": "push_ok", "cid": x.cid},
+    fl.ConsentGet: lambda x: {"t": "consent_get", "cid": x.cid},
+    fl.ConsentSet: lambda x: {"t": "consent_set", "cid": x.cid, "purpose": x.purpose, "on": x.on},
+    fl.Consents: _consents_to_wire,
+    fl.ConsentRevoked: lambda x: {
+        "t": "consent_revoked",
+        "who": x.who,
+        "purpose": x.purpose,
+        "conv": x.conv,
+        "ids": list(x.ids),
+        "at": x.at,
+    },
+    fl.LiveStart: lambda x: {
+        "t": "live_start",
+        "cid": x.cid,
+        "conv": x.conv,
+        "scope": x.scope if isinstance(x.scope, str) else list(x.scope),
+        "until": x.until,
+    },
+    fl.LivePos: lambda x: {"t": "live_pos", "id": x.id, "lat": x.lat, "lon": x.lon, "acc": x.acc},
+    fl.LiveStop: lambda x: {"t": "live_stop", "id": x.id},
+    fl.LiveOk: lambda x: {"t": "live_ok", "cid": x.cid, "id": x.id, "until": x.until},
+    fl.LiveEnd: lambda x: {
+        "t": "live_end",
+        "id": x.id,
+        "conv": x.conv,
+        "who": x.who,
+        "reason": x.reason,
+    },
 }
 
 
@@ -321,6 +359,46 @@ def _err_from_wire(w: Wire) -> f.Err:
     return f.Err(code=w["code"], message=w["msg"], ref=w.get("ref"), ref_type=w.get("rt"))
 
 
+def _list(value: object, name: str) -> list[Any]:
+    if type(value) is not list:
+        raise invalid(name, "must be an array")
+    return value
+
+
+def _live_start_from_wire(w: Wire) -> fl.LiveStart:
+    _fields(w, "", ("t", "cid", "conv", "scope", "until"))
+    scope = w["scope"]
+    return fl.LiveStart(
+        cid=w["cid"],
+        conv=w["conv"],
+        scope=tuple(scope) if type(scope) is list else scope,
+        until=w["until"],
+    )
+
+
+def _grant_from_wire(value: object) -> fl.GrantState:
+    wire = _map(value, "grants[]")
+    _fields(wire, "grants[].", ("purpose", "on", "off"), ("at",))
+    return fl.GrantState(purpose=wire["purpose"], on=wire["on"], at=wire.get("at"), off=wire["off"])
+
+
+def _consents_from_wire(w: Wire) -> fl.Consents:
+    _fields(w, "", ("t", "cid", "grants"))
+    grants = tuple(_grant_from_wire(g) for g in _list(w["grants"], "grants"))
+    return fl.Consents(cid=w["cid"], grants=grants)
+
+
+def _consent_revoked_from_wire(w: Wire) -> fl.ConsentRevoked:
+    _fields(w, "", ("t", "who", "purpose", "conv", "ids", "at"))
+    return fl.ConsentRevoked(
+        who=w["who"],
+        purpose=w["purpose"],
+        conv=w["conv"],
+        ids=tuple(_list(w["ids"], "ids")),
+        at=w["at"],
+    )
+
+
 CLIENT_FRAME_DECODERS: dict[str, Callable[[Wire], f.ClientFrame]] = {
     "send": _send_from_wire,
     "ack": _decoder(f.Ack, ("pos",)),
@@ -330,6 +408,11 @@ CLIENT_FRAME_DECODERS: dict[str, Callable[[Wire], f.ClientFrame]] = {
     "ping": _decoder(f.Ping, ()),
     "push_reg": _push_reg_from_wire,
     "push_unreg": _decoder(f.PushUnregister, ("cid",)),
+    "consent_get": _decoder(fl.ConsentGet, ("cid",)),
+    "consent_set": _decoder(fl.ConsentSet, ("cid", "purpose", "on")),
+    "live_start": _live_start_from_wire,
+    "live_pos": _decoder(fl.LivePos, ("id", "lat", "lon", "acc")),
+    "live_stop": _decoder(fl.LiveStop, ("id",)),
 }
 
 SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
@@ -341,8 +424,11 @@ SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
     "synced": _decoder(f.Synced, ("pos",)),
     "resync": _decoder(f.Resync, ()),
     "pong": _decoder(f.Pong, ()),
-    "withdrawn": _decoder(f.Withdrawn, ("who", "purpose")),
     "push_ok": _decoder(f.PushOk, ("cid",)),
+    "consents": _consents_from_wire,
+    "consent_revoked": _consent_revoked_from_wire,
+    "live_ok": _decoder(fl.LiveOk, ("cid", "id", "until")),
+    "live_end": _decoder(fl.LiveEnd, ("id", "conv", "who", "reason")),
 }
 
 

@@ -43,6 +43,9 @@ class ErrorCode(enum.StrEnum):
     CONSENT_REQUIRED = "consent_required"
     CONSENT_INVALID = "consent_invalid"
     CONSENT_NOT_GRANTED = "consent_not_granted"
+    CONSENT_SCOPE_INVALID = "consent_scope_invalid"
+    PURPOSE_SWITCHED_OFF = "purpose_switched_off"
+    LIVE_SESSION_ENDED = "live_session_ended"
     RECONSENT_REQUIRED = "reconsent_required"
     UNKNOWN_FILE = "unknown_file"
     UNKNOWN_MESSAGE = "unknown_message"
@@ -107,6 +110,9 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.CONSENT_REQUIRED: CloseCode.POLICY_VIOLATION,
         ErrorCode.CONSENT_INVALID: CloseCode.POLICY_VIOLATION,
         ErrorCode.CONSENT_NOT_GRANTED: CloseCode.POLICY_VIOLATION,
+        ErrorCode.CONSENT_SCOPE_INVALID: CloseCode.POLICY_VIOLATION,
+        ErrorCode.PURPOSE_SWITCHED_OFF: CloseCode.POLICY_VIOLATION,
+        ErrorCode.LIVE_SESSION_ENDED: CloseCode.POLICY_VIOLATION,
         ErrorCode.RECONSENT_REQUIRED: CloseCode.POLICY_VIOLATION,
         ErrorCode.UNKNOWN_FILE: CloseCode.POLICY_VIOLATION,
         ErrorCode.UNKNOWN_MESSAGE: CloseCode.POLICY_VIOLATION,

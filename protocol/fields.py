@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from protocol.codes import ErrorCode
 from protocol.errors import LocalProtocolError
@@ -41,6 +41,9 @@ _IDENTIFIER_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 _MIME_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
 _MIME_RE = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+Scope = Literal["conversation"] | tuple[bytes, ...]
+"""Who may see consent-tagged data: the whole conversation or the listed accounts."""
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -150,3 +153,18 @@ def check_enum(name: str, value: object, enum_type: type[E]) -> E:
     except ValueError:
         allowed = ", ".join(m.value for m in enum_type)
         raise invalid(name, f"must be one of: {allowed}") from None
+
+
+def check_scope(name: str, value: object, code: ErrorCode = ErrorCode.INVALID_FIELD) -> None:
+    """Refuse a scope that is neither "conversation" nor 1..MAX_SCOPE_MEMBERS distinct
+    account ids."""
+    if type(value) is str and value == "conversation":
+        return
+    if type(value) is not tuple or not 1 <= len(value) <= MAX_SCOPE_MEMBERS:
+        raise invalid(
+            name, f'must be "conversation" or a list of 1..{MAX_SCOPE_MEMBERS} account ids', code
+        )
+    for member in value:
+        check_id(f"{name}[]", member, code)
+    if len(set(value)) != len(value):
+        raise invalid(name, "must not repeat an account id", code)

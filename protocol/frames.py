@@ -4,10 +4,12 @@ Building a frame with contents the protocol forbids raises `LocalProtocolError`,
 that exists is a frame that may go on the wire. `protocol.codec` maps frames to and from
 msgpack maps; PROTOCOL.md lists the wire keys, types and limits of each.
 
-Client -> server: `Send`, `Ack`, `Sync`, `Receipt`, `Typing`, `Ping`.
+Client -> server: `Send`, `Ack`, `Sync`, `Receipt`, `Typing`, `Ping`, `PushRegister`,
+`PushUnregister`, and (protocol.frames_live) consent and live-location frames.
 Server -> client: `Msg`, `Sent`, `Err`, `ReceiptNotice`, `TypingNotice`, `Synced`, `Resync`,
-`Pong`, `Withdrawn`. `Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type
-("receipt", "typing") but carry different fields in each direction.
+`Pong`, `PushOk`, and (protocol.frames_live) consent and live-location frames.
+`Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type ("receipt",
+"typing") but carry different fields in each direction.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from protocol.fields import (
     MAX_ERR_MESSAGE_CHARS,
     MAX_FILE_NAME_CHARS,
     MAX_RETENTION_S,
-    MAX_SCOPE_MEMBERS,
     MAX_TEXT_CHARS,
     MAX_THUMB_BYTES,
+    Scope,
     check_bool,
     check_bytes,
     check_cid,
@@ -36,8 +38,20 @@ from protocol.fields import (
     check_int,
     check_mime,
     check_optional_int,
+    check_scope,
     check_text,
     invalid,
+)
+from protocol.frames_live import (
+    ConsentGet,
+    ConsentRevoked,
+    Consents,
+    ConsentSet,
+    LiveEnd,
+    LiveOk,
+    LivePos,
+    LiveStart,
+    LiveStop,
 )
 
 
@@ -57,11 +71,14 @@ class ReceiptStatus(enum.StrEnum):
     READ = "read"
 
 
-Scope = Literal["conversation"] | tuple[bytes, ...]
-"""Who may see a consent-tagged message: the whole conversation or the listed accounts."""
-
-Retention = Literal["ephemeral", "default"] | int
+Retention = Literal["ephemeral", "default", "until_withdrawn"] | int
 """How long a consent-tagged message is kept: never stored, org default, or seconds."""
+
+
+# The retention words a consent tag may carry besides a number of seconds: `ephemeral`
+# (never stored), `default` (the organization's retention), `until_withdrawn` (stored until
+# the sender withdraws the grant of the tag's purpose).
+RETENTION_WORDS = ("ephemeral", "default", "until_withdrawn")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,18 +93,8 @@ class Consent:
     def __post_init__(self) -> None:
         bad = ErrorCode.CONSENT_INVALID
         check_identifier("consent.purpose", self.purpose, bad)
-        if not (type(self.scope) is str and self.scope == "conversation"):
-            if type(self.scope) is not tuple or not 1 <= len(self.scope) <= MAX_SCOPE_MEMBERS:
-                raise invalid(
-                    "consent.scope",
-                    f'must be "conversation" or a list of 1..{MAX_SCOPE_MEMBERS} account ids',
-                    bad,
-                )
-            for member in self.scope:
-                check_id("consent.scope[]", member, bad)
-            if len(set(self.scope)) != len(self.scope):
-                raise invalid("consent.scope", "must not repeat an account id", bad)
-        if not (type(self.retention) is str and self.retention in ("ephemeral", "default")):
+        check_scope("consent.scope", self.scope, bad)
+        if not (type(self.retention) is str and self.retention in RETENTION_WORDS):
             check_int("consent.retention", self.retention, 1, MAX_RETENTION_S, bad)
         if self.expires_at is not None:
             check_int("consent.expires_at", self.expires_at, code=bad)
@@ -466,19 +473,6 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Withdrawn:
-    """Account `who` withdrew consent for `purpose`: drop live data tagged with it."""
-
-    TYPE: ClassVar[str] = "withdrawn"
-    who: bytes
-    purpose: str
-
-    def __post_init__(self) -> None:
-        check_id("who", self.who)
-        check_identifier("purpose", self.purpose)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class PushOk:
     """The `push_reg` or `push_unreg` with this `cid` is done."""
 
@@ -489,8 +483,34 @@ class PushOk:
         check_cid("cid", self.cid)
 
 
-ClientFrame = Send | Ack | Sync | Receipt | Typing | Ping | PushRegister | PushUnregister
+ClientFrame = (
+    Send
+    | Ack
+    | Sync
+    | Receipt
+    | Typing
+    | Ping
+    | PushRegister
+    | PushUnregister
+    | ConsentGet
+    | ConsentSet
+    | LiveStart
+    | LivePos
+    | LiveStop
+)
 ServerFrame = (
-    Msg | Sent | Err | ReceiptNotice | TypingNotice | Synced | Resync | Pong | Withdrawn | PushOk
+    Msg
+    | Sent
+    | Err
+    | ReceiptNotice
+    | TypingNotice
+    | Synced
+    | Resync
+    | Pong
+    | PushOk
+    | Consents
+    | ConsentRevoked
+    | LiveOk
+    | LiveEnd
 )
 Frame = ClientFrame | ServerFrame

@@ -38,6 +38,7 @@ from server.identity import fingerprint, load_or_create_identity, public_key_b64
 from server.passwords import PasswordHasher
 from server.services import Services, utc_now
 from server.settings import Settings
+from server.sweeper import run_sweeper
 from server.tls import ServerTls
 from storage.bridge import AsyncioBridge
 from storage.database import Database
@@ -349,6 +350,7 @@ async def _run_gateway(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(committer.run)
         nursery.start_soon(cursors.run)
+        nursery.start_soon(run_sweeper, services)
         port = settings.effective_gateway_port
         with listening("WebSocket gateway", settings.host, port, "--gateway-port"):
             port = await nursery.start(gateway.serve, settings.host, port)

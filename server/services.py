@@ -18,7 +18,9 @@ from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
 from storage.devices import DeviceStore
+from storage.erasure import ErasureStore
 from storage.files import BlobStore, FileStore
+from storage.live import LiveStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.orgs import OrgStore
@@ -79,6 +81,8 @@ class Services:
     push_registrations: PushRegistrationStore = field(init=False)
     push: PushBridge = field(init=False)
     consent: ConsentStore = field(init=False)
+    live: LiveStore = field(init=False)
+    erasure: ErasureStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -93,4 +97,6 @@ class Services:
         self.blobs = BlobStore(self.settings.data_dir / "files")
         self.push_registrations = PushRegistrationStore(self.db)
         self.consent = ConsentStore(self.db)
+        self.live = LiveStore(self.db)
+        self.erasure = ErasureStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     # believed: a TLS-terminating proxy in front. Empty: both headers are ignored.
     trusted_proxies: list[str] = Field(default_factory=list)
 
+    # Consent (README, "Privacy by construction"): the longest live-location session, and
+    # the sweeper that erases consent-tagged data whose clock ran out and ends expired
+    # sessions (every process runs one; they skip each other's rows).
+    live_location_max_s: int = Field(8 * 3600, ge=60, le=7 * 24 * 3600)
+    sweep_interval_s: float = Field(5.0, gt=0, le=3600)
+    sweep_batch: int = Field(500, ge=1, le=100_000)  # rows per transaction: short locks
+
     # The push bridge (README, "Push notifications"). A provider with no credentials is off:
     # registrations for it are refused.
     push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device

@@ -14,6 +14,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import StorageError
+from storage.revocation import Revocation, revoke
 
 PURPOSES = ("location_share", "attendance", "media_share", "contacts_sync")
 
@@ -108,6 +109,15 @@ async def _record(
     )
 
 
+async def _holds(conn: Any, account_id: uuid.UUID, purpose: str) -> bool:
+    granted = await conn.fetchval(
+        "SELECT granted FROM consent_grants WHERE account_id = $1 AND purpose = $2",
+        account_id,
+        purpose,
+    )
+    return granted is True
+
+
 async def _granted(conn: Any, account_id: uuid.UUID, purpose: str) -> bool:
     """Whether the grant is active, its row locked for the change that follows."""
     current = await conn.fetchval(
@@ -143,11 +153,12 @@ async def _withdraw(
     device_id: uuid.UUID,
     purpose: str,
     at: datetime,
-) -> list[Grant]:
+) -> tuple[list[Grant], Revocation]:
     if not await _granted(conn, account_id, purpose):
         raise ConsentError(f"{purpose} is not granted: nothing to withdraw", "not_granted")
     await _record(conn, account_id, purpose, False, at, device_id)
-    return await _state(conn, org_id, account_id)
+    revocation = await revoke(conn, account_id, purpose, at)
+    return await _state(conn, org_id, account_id), revocation
 
 
 async def _history(conn: Any, account_id: uuid.UUID, after_id: int, limit: int) -> Any:
@@ -176,14 +187,14 @@ async def _members(conn: Any, org_id: uuid.UUID, after: uuid.UUID | None, limit:
 
 async def _switch(
     conn: Any, org_id: uuid.UUID, purpose: str, off: bool, by: uuid.UUID, at: datetime
-) -> None:
+) -> list[Revocation]:
     """Switch a purpose off (every active grant of it in the org withdrawn, recorded with
     the reason) or back on (nobody's grant comes back by itself)."""
     if not off:
         await conn.execute(
             "DELETE FROM org_purposes_off WHERE org_id = $1 AND purpose = $2", org_id, purpose
         )
-        return
+        return []
     await conn.execute(
         """INSERT INTO org_purposes_off (org_id, purpose, off_at, by_account)
            VALUES ($1, $2, $3, $4) ON CONFLICT (org_id, purpose) DO NOTHING""",
@@ -199,8 +210,11 @@ async def _switch(
         org_id,
         purpose,
     )
+    revocations = []
     for holder in holders:
         await _record(conn, holder["account_id"], purpose, False, at, None, "org_switched_off")
+        revocations.append(await revoke(conn, holder["account_id"], purpose, at))
+    return revocations
 
 
 class ConsentStore:
@@ -210,6 +224,10 @@ class ConsentStore:
     async def state(self, org_id: uuid.UUID, account_id: uuid.UUID) -> list[Grant]:
         """Every purpose, granted or not, and whether the org switched it off."""
         return await self._db.transaction(_state, org_id, account_id)
+
+    async def holds(self, account_id: uuid.UUID, purpose: str) -> bool:
+        """Whether the account holds an active grant for `purpose` now."""
+        return await self._db.read(_holds, account_id, purpose)
 
     async def grant(
         self,
@@ -230,8 +248,9 @@ class ConsentStore:
         device_id: uuid.UUID,
         purpose: str,
         at: datetime,
-    ) -> list[Grant]:
-        """Withdraw `purpose`; ConsentError "not_granted" if it is not granted."""
+    ) -> tuple[list[Grant], Revocation]:
+        """Withdraw `purpose` and erase and end what that requires (storage.revocation);
+        ConsentError "not_granted" if it is not granted."""
         return await self._db.transaction(_withdraw, org_id, account_id, device_id, purpose, at)
 
     async def history(
@@ -252,5 +271,6 @@ class ConsentStore:
 
     async def switch(
         self, org_id: uuid.UUID, purpose: str, off: bool, by: uuid.UUID, at: datetime
-    ) -> None:
-        await self._db.transaction(_switch, org_id, purpose, off, by, at)
+    ) -> list[Revocation]:
+        """Switch `purpose` off (every grant withdrawn, as `withdraw` does) or on again."""
+        return await self._db.transaction(_switch, org_id, purpose, off, by, at)

@@ -20,6 +20,7 @@ import trio
 
 from storage.database import Database
 from storage.errors import NotFoundError, StorageError
+from storage.visible import VISIBLE
 
 
 class BlobTooLargeError(StorageError):
@@ -150,6 +151,18 @@ async def _get(conn: Any, file_id: uuid.UUID) -> FileRecord:
     return _record(row)
 
 
+async def _visible_to(conn: Any, file_id: uuid.UUID, account_id: uuid.UUID) -> bool:
+    return bool(
+        await conn.fetchval(
+            f"""SELECT EXISTS (SELECT 1 FROM messages m JOIN conversation_members cm
+                    ON cm.conversation_id = m.conversation_id AND cm.account_id = $2
+                WHERE m.file_id = $1 AND {VISIBLE})""",
+            file_id,
+            account_id,
+        )
+    )
+
+
 class FileStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -160,3 +173,8 @@ class FileStore:
     async def get(self, file_id: uuid.UUID) -> FileRecord:
         """NotFoundError for an unknown id."""
         return await self._db.read(_get, file_id)
+
+    async def visible_to(self, file_id: uuid.UUID, account_id: uuid.UUID) -> bool:
+        """Whether the account may see a message that shares the file (its consent scope,
+        and its membership when the message was stored)."""
+        return await self._db.read(_visible_to, file_id, account_id)

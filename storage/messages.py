@@ -30,6 +30,10 @@ class NewMessage:
     consent: bytes | None
     sent_at: datetime
     scope: tuple[uuid.UUID, ...] | None = None  # who may see it besides the sender
+    purpose: str | None = None  # the consent tag's purpose: the sender must hold the grant
+    erase_at: datetime | None = None  # the sweeper erases it then (the tag's retention)
+    until_withdrawn: bool = False  # erased when the sender withdraws the grant
+    file_id: uuid.UUID | None = None  # the file a `file` message shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class Outcome(Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # same sender device and client id as a stored message
     NOT_MEMBER = "not_member"
+    CONSENT_NOT_GRANTED = "consent_not_granted"  # no active grant for the tag's purpose
+    SCOPE_INVALID = "scope_invalid"  # the tag's scope names someone who is not a member
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +146,12 @@ async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
                 m.consent,
                 None if m.scope is None else list(m.scope),
                 m.sent_at,
+                item.purpose,
+                item.erase_at,
+                item.until_withdrawn,
+                item.file_id,
             )
-            for m in stored
+            for m, item in zip(stored, items, strict=True)
         ],
         columns=[
             "id",
@@ -156,9 +166,45 @@ async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
             "consent",
             "scope",
             "sent_at",
+            "purpose",
+            "erase_at",
+            "until_withdrawn",
+            "file_id",
         ],
     )
     return stored
+
+
+async def _with_grants(
+    conn: Any, items: list[NewMessage], fresh: list[int], results: list[AppendResult | None]
+) -> list[int]:
+    """The `fresh` items whose sender holds an active grant for their tag's purpose; the
+    others are answered CONSENT_NOT_GRANTED. The grants are read FOR SHARE: a withdrawal
+    (FOR UPDATE) either commits before this batch reads them, and the batch sees it, or
+    waits for the batch to commit, and then erases what the batch stored under the grant.
+    No statement at all for a batch without tagged messages."""
+    wanted = {(items[i].sender_id, items[i].purpose) for i in fresh if items[i].purpose}
+    if not wanted:
+        return fresh
+    held = {
+        (r["account_id"], r["purpose"])
+        for r in await conn.fetch(
+            """SELECT g.account_id, g.purpose FROM consent_grants g
+               JOIN unnest($1::uuid[], $2::text[]) AS want(a, p)
+                 ON g.account_id = want.a AND g.purpose = want.p
+               WHERE g.granted ORDER BY g.account_id, g.purpose FOR SHARE OF g""",
+            [a for a, _ in wanted],
+            [p for _, p in wanted],
+        )
+    }
+    kept = []
+    for index in fresh:
+        item = items[index]
+        if item.purpose and (item.sender_id, item.purpose) not in held:
+            results[index] = AppendResult(Outcome.CONSENT_NOT_GRANTED, None)
+        else:
+            kept.append(index)
+    return kept
 
 
 async def _append(
@@ -207,11 +253,14 @@ async def _append(
             results[index] = AppendResult(Outcome.DUPLICATE, existing[key])
         elif item.sender_id not in members[item.conversation_id]:
             results[index] = AppendResult(Outcome.NOT_MEMBER, None)
+        elif item.scope is not None and not members[item.conversation_id].issuperset(item.scope):
+            results[index] = AppendResult(Outcome.SCOPE_INVALID, None)
         elif key in claimed:
             continue  # a repeat inside this batch: answered with the first one below
         else:
             claimed[key] = index
             fresh.append(index)
+    fresh = await _with_grants(conn, items, fresh, results)
     if fresh:
         stored = await _store(conn, [items[i] for i in fresh])
         for index, message in zip(fresh, stored, strict=True):
@@ -220,8 +269,9 @@ async def _append(
     for index, item in enumerate(items):
         if results[index] is None:  # an in-batch repeat
             first = results[claimed[(item.sender_device_id, item.client_id)]]
-            assert first is not None and first.message is not None
-            results[index] = AppendResult(Outcome.DUPLICATE, first.message)
+            assert first is not None
+            refused = first.message is None
+            results[index] = first if refused else AppendResult(Outcome.DUPLICATE, first.message)
     done = [r for r in results if r is not None]
     return AppendBatch(
         done,

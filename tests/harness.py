@@ -18,6 +18,7 @@ import trio
 from nacl.signing import SigningKey
 
 from loadtest.client import DeviceIdentity, DeviceState, GatewayClient, connect
+from protocol import ConsentGet, ConsentSet, LiveStart, Send, ServerFrame
 from server.runner import Running, serve
 from server.settings import Settings, load_settings
 
@@ -97,6 +98,20 @@ class Harness:
 
     async def connect(self, session: Session) -> GatewayClient:
         return await connect(self.gateway_url, session.identity(self.server_key))
+
+    async def answer(
+        self, session: Session, frame: Send | ConsentGet | ConsentSet | LiveStart
+    ) -> ServerFrame:
+        """Send one frame with a `cid` from a fresh connection of `session`; the server's
+        answer to it (`sent`, `err`, `consents`, `live_ok`, ...)."""
+        cid = frame.cid
+        async with await self.connect(session) as client:
+            await client.send(frame)
+            with trio.fail_after(10):
+                while True:
+                    for got in await client.receive():
+                        if getattr(got, "cid", None) == cid or getattr(got, "ref", None) == cid:
+                            return got
 
     async def group(self, owner: Session, *members: Session, title: str = "Team") -> uuid.UUID:
         response = await self.client.post(
@@ -181,6 +196,12 @@ class Harness:
             assert response.status_code == 204, response.text
             session.account["password_change_required"] = False
         return session
+
+    async def grant(self, session: Session, *purposes: str) -> None:
+        """The person's own consent grants (file and location messages need them)."""
+        for purpose in purposes:
+            response = await self.client.put(f"/v1/me/consents/{purpose}", headers=session.headers)
+            assert response.status_code == 200, response.text
 
     async def department(self, admin: Session, name: str, parent: str | None = None) -> str:
         response = await self.client.post(

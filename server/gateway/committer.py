@@ -76,6 +76,16 @@ def recipients(
 
 
 NOT_MEMBER_TEXT = "no such conversation, or you are not a member"
+CONSENT_NOT_GRANTED_TEXT = "you have not granted (or have withdrawn) the tag's purpose"
+SCOPE_INVALID_TEXT = "the tag's scope names someone who is not a member of the conversation"
+
+# How a send the store refused is answered.
+REFUSALS = {
+    Outcome.NOT_MEMBER: (ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT),
+    Outcome.CONSENT_NOT_GRANTED: (ErrorCode.CONSENT_NOT_GRANTED, CONSENT_NOT_GRANTED_TEXT),
+    Outcome.SCOPE_INVALID: (ErrorCode.CONSENT_SCOPE_INVALID, SCOPE_INVALID_TEXT),
+}
+
 # Sends of failed commits kept to be looked up (see Committer._refuse). Only commits that
 # reached the database can have stored anything: the first ones of an outage, kept first.
 MAX_UNSURE = 100_000
@@ -202,8 +212,9 @@ class Committer:
 def acknowledge(p: PendingSend, result: AppendResult) -> StoredMessage | None:
     """Answer one committed send; returns the message if it is new (to fan out)."""
     message = result.message
-    if result.outcome is Outcome.NOT_MEMBER or message is None:
-        p.conn.reply(err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, p.message.client_id, "send"))
+    if message is None:
+        code, text = REFUSALS[result.outcome]
+        p.conn.reply(err_frame(code, text, p.message.client_id, "send"))
         return None
     p.conn.reply(
         encode(

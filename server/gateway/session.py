@@ -11,8 +11,13 @@ import trio
 from protocol import (
     Ack,
     ClientFrame,
+    ConsentGet,
+    ConsentSet,
     ErrorCode,
     FileBody,
+    LivePos,
+    LiveStart,
+    LiveStop,
     Msg,
     Ping,
     Pong,
@@ -32,8 +37,11 @@ from protocol import (
 )
 from protocol.codec import decode_body, decode_consent, encode_body, encode_consent
 from push.registration import RegistrationError, RegistrationSpec
+from server.gateway import live
 from server.gateway.committer import (
+    CONSENT_NOT_GRANTED_TEXT,
     NOT_MEMBER_TEXT,
+    SCOPE_INVALID_TEXT,
     Committer,
     PendingSend,
     err_frame,
@@ -41,6 +49,7 @@ from server.gateway.committer import (
     recipients,
 )
 from server.gateway.connection import Connection
+from server.gateway.consent import purpose_mismatch, retention, scope_accounts
 from server.gateway.cursors import CursorSaver
 from server.gateway.hub import Hub
 from server.services import Services
@@ -87,6 +96,7 @@ class Session:
         self.gw = gw
         self.account_id: uuid.UUID = conn.account_id
         self.device_id: uuid.UUID = conn.device_id
+        self.org_id: uuid.UUID = conn.org_id
         self._nursery = nursery
         self._catch_up: trio.CancelScope | None = None
 
@@ -97,7 +107,7 @@ class Session:
             await self._handle(frame)
         except DatabaseUnavailableError as exc:
             self.gw.reads.failed(1, exc)
-            cid = frame.cid if isinstance(frame, Send | PushRegister | PushUnregister) else None
+            cid = getattr(frame, "cid", None)
             self.conn.reply(
                 err_frame(
                     ErrorCode.UNAVAILABLE,
@@ -123,6 +133,16 @@ class Session:
             await self._receipt(frame)
         elif isinstance(frame, PushRegister | PushUnregister):
             await self._push_registration(frame)
+        elif isinstance(frame, ConsentGet):
+            await live.consent_get(self, frame.cid)
+        elif isinstance(frame, ConsentSet):
+            await live.consent_set(self, frame)
+        elif isinstance(frame, LiveStart):
+            await live.live_start(self, frame)
+        elif isinstance(frame, LivePos):
+            await live.live_pos(self, frame)
+        elif isinstance(frame, LiveStop):
+            await live.live_stop(self, frame)
 
     async def _push_registration(self, frame: PushRegister | PushUnregister) -> None:
         """Register or drop this device's push token (the same rules as over REST)."""
@@ -158,11 +178,17 @@ class Session:
             )
             return
         scope = None
-        if consent is not None and consent.scope != "conversation":
-            scope = tuple(uuid.UUID(bytes=a) for a in consent.scope)
+        if consent is not None:
+            mismatch = purpose_mismatch(body.KIND.value, consent)
+            if mismatch is not None:
+                self.conn.reply(err_frame(ErrorCode.CONSENT_INVALID, mismatch, frame.cid, "send"))
+                return
+            scope = scope_accounts(consent.scope)
         if consent is not None and consent.ephemeral:
             await self._send_ephemeral(frame, conversation_id, scope)
             return
+        sent_at = self.gw.services.clock()
+        kept = None if consent is None else retention(consent, sent_at)
         message = NewMessage(
             conversation_id=conversation_id,
             sender_id=self.account_id,
@@ -171,8 +197,12 @@ class Session:
             kind=body.KIND.value,
             body=encode_body(body),
             consent=None if consent is None else encode_consent(consent),
-            sent_at=self.gw.services.clock(),
+            sent_at=sent_at,
             scope=scope,
+            purpose=None if consent is None else consent.purpose,
+            erase_at=None if kept is None else kept.erase_at,
+            until_withdrawn=kept is not None and kept.until_withdrawn,
+            file_id=uuid.UUID(bytes=body.file_id) if isinstance(body, FileBody) else None,
         )
         await self.gw.committer.submit(PendingSend(message, body, consent, self.conn))
 
@@ -183,7 +213,7 @@ class Session:
             return False
         return record.conversation_id == conversation_id
 
-    async def _members(self, conversation_id: uuid.UUID) -> frozenset[uuid.UUID] | None:
+    async def members(self, conversation_id: uuid.UUID) -> frozenset[uuid.UUID] | None:
         """Active members, or None if the conversation is unknown or we are not in it."""
         try:
             conversation = await self.gw.services.conversations.get(conversation_id)
@@ -193,20 +223,30 @@ class Session:
         members = frozenset(conversation.member_ids)
         return members if self.account_id in members else None
 
+    async def tag_refusal(
+        self, members: frozenset[uuid.UUID], scope: tuple[uuid.UUID, ...] | None, purpose: str
+    ) -> tuple[ErrorCode, str] | None:
+        """Why data tagged with `purpose` for `scope` may not go out now, or None. The grant
+        is read from the store every time: a withdrawal counts from the very next frame."""
+        if scope is not None and not members.issuperset(scope):
+            return ErrorCode.CONSENT_SCOPE_INVALID, SCOPE_INVALID_TEXT
+        if not await self.gw.services.consent.holds(self.account_id, purpose):
+            return ErrorCode.CONSENT_NOT_GRANTED, CONSENT_NOT_GRANTED_TEXT
+        return None
+
     async def _send_ephemeral(
         self, frame: Send, conversation_id: uuid.UUID, scope: tuple[uuid.UUID, ...] | None
     ) -> None:
-        """Never stored: delivered to the devices online now, then gone."""
-        members = await self._members(conversation_id)
+        """Never stored: delivered to the devices online now, then gone. The same rules as
+        a stored send (membership, scope, the grant, read now: no cache), checked first."""
+        assert frame.consent is not None
+        members = await self.members(conversation_id)
         if members is None:
-            self.conn.reply(
-                err_frame(
-                    ErrorCode.NOT_MEMBER,
-                    NOT_MEMBER_TEXT,
-                    frame.cid,
-                    "send",
-                )
-            )
+            self.conn.reply(err_frame(ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT, frame.cid, "send"))
+            return
+        refusal = await self.tag_refusal(members, scope, frame.consent.purpose)
+        if refusal is not None:
+            self.conn.reply(err_frame(*refusal, frame.cid, "send"))
             return
         message_id = uuid.uuid4().bytes
         sent_at = int(self.gw.services.clock().timestamp() * 1000)
@@ -296,7 +336,7 @@ class Session:
     async def _typing(self, frame: Typing) -> None:
         """Typing notices go to the other members' live devices; never stored."""
         conversation_id = uuid.UUID(bytes=frame.conv)
-        members = await self._members(conversation_id)
+        members = await self.members(conversation_id)
         if members is None:
             self.conn.reply(err_frame(ErrorCode.NOT_MEMBER, "not a member", None, "typing"))
             return
@@ -308,7 +348,7 @@ class Session:
         may see the message (its consent scope), the sender's other devices too. A receipt
         for a message this account cannot see is refused: it would tell others an id."""
         conversation_id = uuid.UUID(bytes=frame.conv)
-        members = await self._members(conversation_id)
+        members = await self.members(conversation_id)
         if members is None:
             self.conn.reply(err_frame(ErrorCode.NOT_MEMBER, "not a member", None, "receipt"))
             return

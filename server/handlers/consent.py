@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from server.errors import forbidden, invalid
+from server.gateway.announce import announce_revocation
 from server.handlers.access import Actor, require_org
 from server.services import Services
 from storage.consent import PURPOSES, ConsentEvent, Grant, MemberGrants
@@ -30,15 +31,32 @@ class ConsentHandler:
 
     async def grant(self, actor: Actor, purpose: str) -> list[Grant]:
         """purpose_switched_off if the organization switched it off."""
-        return await self._s.consent.grant(
-            actor.org_id, actor.account_id, actor.device_id, check_purpose(purpose), self._s.clock()
-        )
+        return await self.change(actor.org_id, actor.account_id, actor.device_id, purpose, True)
 
     async def withdraw(self, actor: Actor, purpose: str) -> list[Grant]:
         """consent_not_granted if there is nothing to withdraw."""
-        return await self._s.consent.withdraw(
-            actor.org_id, actor.account_id, actor.device_id, check_purpose(purpose), self._s.clock()
+        return await self.change(actor.org_id, actor.account_id, actor.device_id, purpose, False)
+
+    async def change(
+        self,
+        org_id: uuid.UUID,
+        account_id: uuid.UUID,
+        device_id: uuid.UUID,
+        purpose: str,
+        on: bool,
+    ) -> list[Grant]:
+        """Grant or withdraw `purpose` from the person's device (REST and the channel both
+        come here). A withdrawal erases what it must and tells the devices that saw data
+        under the grant before it returns. Raises ApiError (an unknown purpose) or
+        ConsentError."""
+        s, purpose = self._s, check_purpose(purpose)
+        if on:
+            return await s.consent.grant(org_id, account_id, device_id, purpose, s.clock())
+        grants, revocation = await s.consent.withdraw(
+            org_id, account_id, device_id, purpose, s.clock()
         )
+        await announce_revocation(s, revocation)
+        return grants
 
     async def history(self, actor: Actor, after_id: int, limit: int) -> list[ConsentEvent]:
         return await self._s.consent.history(actor.account_id, after_id, limit)
@@ -58,6 +76,8 @@ class ConsentHandler:
     async def switch(self, actor: Actor, org_id: uuid.UUID, purpose: str, off: bool) -> None:
         """Switch a purpose off for everyone (every grant of it is withdrawn) or on again."""
         self._admin(actor, org_id)
-        await self._s.consent.switch(
+        revocations = await self._s.consent.switch(
             org_id, check_purpose(purpose), off, actor.account_id, self._s.clock()
         )
+        for revocation in revocations:
+            await announce_revocation(self._s, revocation)

@@ -101,11 +101,11 @@ class FileHandler:
             raise
 
     async def for_download(self, actor: Actor, file_id: uuid.UUID) -> FileRecord:
-        """The file if the actor is a member of its conversation (or uploaded it)."""
+        """The file if the actor uploaded it or may see a message that shares it (the
+        message's consent scope decides, as for the message itself)."""
         record = await self._s.files.get(file_id)
-        if record.uploader_id != actor.account_id:
-            try:
-                await self._conversations.get(actor, record.conversation_id)
-            except ApiError:
-                raise ApiError(ApiErrorCode.NOT_FOUND, "no such file") from None
+        if record.uploader_id != actor.account_id and not await self._s.files.visible_to(
+            file_id, actor.account_id
+        ):
+            raise ApiError(ApiErrorCode.NOT_FOUND, "no such file")
         return record

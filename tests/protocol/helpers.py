@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol import frames as f
+from protocol import frames_live as fl
 from protocol.channel import DEFAULT_REKEY, RekeyPolicy, SecureChannel
 from protocol.codes import ErrorCode
 from protocol.handshake import ClientHandshake, ServerHandshake
@@ -72,6 +73,12 @@ CLIENT_FRAMES: list[f.ClientFrame] = [
     f.PushRegister(cid="p1", provider="apns", token="ab" * 32, env="sandbox", topic="org.x.app"),
     f.PushRegister(cid="p2", provider="fcm", token="tok:en", project="proj", preview=True),
     f.PushUnregister(cid="p3"),
+    fl.ConsentGet(cid="g1"),
+    fl.ConsentSet(cid="g2", purpose="location_share", on=False),
+    fl.LiveStart(cid="l1", conv=CONV, scope=(ALICE,), until=1_700_000_600_000),
+    fl.LiveStart(cid="l2", conv=CONV, scope="conversation", until=1),
+    fl.LivePos(id=MSG_ID, lat=-6.2, lon=106.816666, acc=12.5),
+    fl.LiveStop(id=MSG_ID),
 ]
 
 SERVER_FRAMES: list[f.ServerFrame] = [
@@ -130,5 +137,15 @@ SERVER_FRAMES: list[f.ServerFrame] = [
     f.Resync(),
     f.Pong(),
     f.PushOk(cid="p1"),
-    f.Withdrawn(who=ALICE, purpose="location_share"),
+    fl.Consents(
+        cid="g1",
+        grants=(
+            fl.GrantState(purpose="location_share", on=True, at=1_700_000_000_000, off=False),
+            fl.GrantState(purpose="attendance", on=False, at=None, off=True),
+        ),
+    ),
+    fl.ConsentRevoked(who=ALICE, purpose="location_share", conv=CONV, ids=(MSG_ID,), at=6),
+    fl.ConsentRevoked(who=ALICE, purpose="media_share", conv=CONV, ids=(), at=7),
+    fl.LiveOk(cid="l1", id=MSG_ID, until=1_700_000_600_000),
+    fl.LiveEnd(id=MSG_ID, conv=CONV, who=ALICE, reason="withdrawn"),
 ]

@@ -235,3 +235,7 @@ def test_the_sample_plaintexts_are_the_documented_frames() -> None:
         assert codec.decode_client_batch(DOCUMENTED[f"c2s_{i}_plaintext"]) == frames
     for i, server_frames in enumerate(v.SERVER_BATCHES, 1):
         assert codec.decode_server_batch(DOCUMENTED[f"s2c_{i}_plaintext"]) == server_frames
+    consent_c2s = DOCUMENTED["consent_live_c2s_plaintext"]
+    assert codec.decode_client_batch(consent_c2s) == v.CONSENT_LIVE_C2S
+    consent_s2c = DOCUMENTED["consent_live_s2c_plaintext"]
+    assert codec.decode_server_batch(consent_s2c) == v.CONSENT_LIVE_S2C

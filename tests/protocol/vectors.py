@@ -13,6 +13,7 @@ import nacl.bindings as sodium
 
 from protocol import channel as ch
 from protocol import frames as f
+from protocol import frames_live as fl
 from protocol.codec import encode_batch
 from protocol.codes import ErrorCode
 from protocol.handshake import ClientHandshake, ServerHandshake
@@ -93,6 +94,31 @@ SERVER_BATCHES: list[list[f.ServerFrame]] = [
 ]
 """s2c batch 1 is tagged MESSAGE, batch 2 REKEY, batch 3 FINAL."""
 
+CONSENT_LIVE_C2S: list[f.ClientFrame] = [
+    fl.ConsentGet(cid="g-0001"),
+    fl.ConsentSet(cid="g-0002", purpose="location_share", on=True),
+    fl.LiveStart(cid="l-0001", conv=CONV, scope="conversation", until=SENT_AT_MS + 3_600_000),
+    fl.LivePos(id=MESSAGE_ID, lat=-6.2, lon=106.816666, acc=12.5),
+    fl.LiveStop(id=MESSAGE_ID),
+]
+CONSENT_LIVE_S2C: list[f.ServerFrame] = [
+    fl.Consents(
+        cid="g-0002",
+        grants=(
+            fl.GrantState(purpose="location_share", on=True, at=SENT_AT_MS, off=False),
+            fl.GrantState(purpose="attendance", on=False, at=None, off=False),
+            fl.GrantState(purpose="media_share", on=False, at=SENT_AT_MS - 1_000, off=False),
+            fl.GrantState(purpose="contacts_sync", on=False, at=None, off=True),
+        ),
+    ),
+    fl.LiveOk(cid="l-0001", id=MESSAGE_ID, until=SENT_AT_MS + 3_600_000),
+    fl.LiveEnd(id=MESSAGE_ID, conv=CONV, who=ALICE, reason="withdrawn"),
+    fl.ConsentRevoked(
+        who=ALICE, purpose="media_share", conv=CONV, ids=(MESSAGE_ID[::-1],), at=SENT_AT_MS
+    ),
+]
+"""§10.3: the consent and live-location frames, as plaintext batches (seal them as any)."""
+
 PULL_KEY = bytes(range(0x60, 0x80))
 PULL_HEADER = bytes(range(0x80, 0x98))
 PULL_MESSAGES: list[tuple[int, list[f.ServerFrame]]] = [
@@ -172,6 +198,8 @@ def compute_vectors() -> dict[str, bytes]:
         vectors[f"s2c_{i}_ciphertext"] = server_channel.seal(plaintext, final=final)
         assert client_channel.open(vectors[f"s2c_{i}_ciphertext"]) == plaintext
     vectors.update(pull_vectors())
+    vectors["consent_live_c2s_plaintext"] = encode_batch(CONSENT_LIVE_C2S)
+    vectors["consent_live_s2c_plaintext"] = encode_batch(CONSENT_LIVE_S2C)
     return vectors
 
 

@@ -118,6 +118,7 @@ async def test_previews_only_where_opted_in_and_never_for_locations(
     olivia, bob, phone, conv = await team(server)
     await register(server, phone, provider="apns", token=APNS_PHONE, preview=True)
     await register(server, bob, provider="fcm", token=FCM_PHONE)  # no preview on this one
+    await server.grant(olivia, "location_share")
     async with await server.connect(olivia) as sender:
         await synced(sender)
         await send_texts(sender, conv, "lunch at noon?")
@@ -390,6 +391,7 @@ async def test_files_show_no_name_and_ephemeral_messages_make_no_push(
     file_id = uuid.UUID(upload.json()["id"])
     media = Consent(purpose="media_share", scope="conversation", retention="default")
     gone = Consent(purpose="location_share", scope="conversation", retention="ephemeral")
+    await server.grant(olivia, "media_share", "location_share")
     async with await server.connect(olivia) as sender:
         await synced(sender)
         body = FileBody(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import trio
 
+from protocol import Consent, Err, ErrorCode, FileBody, Send, Sent
 from tests.harness import Harness, Session, assert_error, start_harness
 
 BAD_NAMES = (
@@ -32,6 +34,22 @@ async def group(server: Harness, owner: Session, *members: Session) -> str:
         json={"kind": "group", "title": "Files", "member_ids": [m.id for m in members]},
     )
     return str(response.json()["id"])
+
+
+def share(conversation: str, file_id: str, *scope: Session) -> Send:
+    """A `file` message sharing the uploaded file with the conversation (or `scope`)."""
+    return Send(
+        cid=f"share-{uuid.uuid4()}",
+        conv=uuid.UUID(conversation).bytes,
+        body=FileBody(
+            file_id=uuid.UUID(file_id).bytes, name="plan.png", size=len(PNG), mime="image/png"
+        ),
+        consent=Consent(
+            purpose="media_share",
+            scope=tuple(m.account_uuid.bytes for m in scope) or "conversation",
+            retention="default",
+        ),
+    )
 
 
 def stored_blobs(server: Harness) -> list[Path]:
@@ -58,7 +76,14 @@ async def test_upload_and_download_by_members_only(server: Harness) -> None:
     )
     assert record["sha256"] == hashlib.sha256(PNG).hexdigest()
 
-    download = await server.client.get(f"/v1/files/{record['id']}", headers=maria.headers)
+    file_id = record["id"]
+    # Uploaded, not yet shared: only the uploader reaches it.
+    assert_error(
+        await server.client.get(f"/v1/files/{file_id}", headers=maria.headers), 404, "not_found"
+    )
+    await server.grant(owner, "media_share")
+    assert isinstance(await server.answer(owner, share(conversation, file_id)), Sent)
+    download = await server.client.get(f"/v1/files/{file_id}", headers=maria.headers)
     assert download.status_code == 200 and download.content == PNG
     assert download.headers["Content-Type"] == "image/png"
     assert "attachment" in download.headers["Content-Disposition"]
@@ -73,6 +98,28 @@ async def test_upload_and_download_by_members_only(server: Harness) -> None:
     )
     assert_error(response, 404, "not_found")
     assert len(stored_blobs(server)) == 1
+
+
+async def test_a_file_shared_with_a_scope_downloads_only_inside_it(server: Harness) -> None:
+    owner = await server.create_org()
+    maria = await server.add_member(owner, "maria")
+    ian = await server.add_member(owner, "ian")
+    conversation = await group(server, owner, maria, ian)
+    response = await server.client.post(
+        f"/v1/conversations/{conversation}/files?name=plan.png",
+        headers={**owner.headers, "Content-Type": "image/png"},
+        content=PNG,
+    )
+    file_id = response.json()["id"]
+    refused = await server.answer(owner, share(conversation, file_id, maria))
+    assert isinstance(refused, Err) and refused.code == ErrorCode.CONSENT_NOT_GRANTED
+    await server.grant(owner, "media_share")
+    assert isinstance(await server.answer(owner, share(conversation, file_id, maria)), Sent)
+    download = await server.client.get(f"/v1/files/{file_id}", headers=maria.headers)
+    assert download.status_code == 200 and download.content == PNG
+    assert_error(
+        await server.client.get(f"/v1/files/{file_id}", headers=ian.headers), 404, "not_found"
+    )
 
 
 async def test_bad_uploads_leave_nothing_behind(server: Harness) -> None:

@@ -127,8 +127,8 @@ async def test_login_rest_and_files_over_https(
             content=PNG,
         )
         assert upload.status_code == 201, upload.text
-        download = await server.client.get(
-            f"/v1/files/{upload.json()['id']}", headers=maria.headers
+        download = await server.client.get(  # the uploader (sharing is test_files' part)
+            f"/v1/files/{upload.json()['id']}", headers=owner.headers
         )
         assert download.status_code == 200 and download.content == PNG
         assert download.headers["Strict-Transport-Security"] == HSTS
