@@ -14,6 +14,7 @@ from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
 from storage.accounts import AccountStore
+from storage.attendance import AttendanceStore
 from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
@@ -79,6 +80,7 @@ class Services:
     push_registrations: PushRegistrationStore = field(init=False)
     push: PushBridge = field(init=False)
     consent: ConsentStore = field(init=False)
+    attendance: AttendanceStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -93,4 +95,5 @@ class Services:
         self.blobs = BlobStore(self.settings.data_dir / "files")
         self.push_registrations = PushRegistrationStore(self.db)
         self.consent = ConsentStore(self.db)
+        self.attendance = AttendanceStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))
