@@ -11,12 +11,13 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, consent, conversations, files, me, meta, orgs, push
+from server.api import attendance, auth, consent, conversations, files, me, meta, orgs, push
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
 from server.services import Services
+from storage.attendance import NoSitesError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 
@@ -64,6 +65,8 @@ def _refusal(exc: Exception) -> ApiError | None:
         if exc.reason == "not_granted":
             code = ApiErrorCode.CONSENT_NOT_GRANTED
         return ApiError(code, str(exc))
+    if isinstance(exc, NoSitesError):
+        return ApiError(ApiErrorCode.NO_SITES, str(exc))
     if isinstance(exc, ConflictError):
         details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
         return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
@@ -111,7 +114,17 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.extensions["obrol"] = ApiContext(services)
     tls = services.settings.tls_enabled
-    blueprints = (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp, push.bp, consent.bp)
+    blueprints = (
+        meta.bp,
+        auth.bp,
+        orgs.bp,
+        me.bp,
+        conversations.bp,
+        files.bp,
+        push.bp,
+        consent.bp,
+        attendance.bp,
+    )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
 

@@ -35,6 +35,7 @@ class ApiErrorCode(StrEnum):
     PUSH_PROVIDER_UNAVAILABLE = "push_provider_unavailable"
     PURPOSE_SWITCHED_OFF = "purpose_switched_off"
     CONSENT_NOT_GRANTED = "consent_not_granted"
+    NO_SITES = "no_sites"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -60,6 +61,7 @@ STATUS = {
     ApiErrorCode.PUSH_PROVIDER_UNAVAILABLE: 422,
     ApiErrorCode.PURPOSE_SWITCHED_OFF: 403,
     ApiErrorCode.CONSENT_NOT_GRANTED: 409,
+    ApiErrorCode.NO_SITES: 409,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

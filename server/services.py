@@ -14,6 +14,7 @@ from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
 from storage.accounts import AccountStore
+from storage.attendance import AttendanceStore
 from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
@@ -83,6 +84,7 @@ class Services:
     consent: ConsentStore = field(init=False)
     live: LiveStore = field(init=False)
     erasure: ErasureStore = field(init=False)
+    attendance: AttendanceStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -99,4 +101,5 @@ class Services:
         self.consent = ConsentStore(self.db)
         self.live = LiveStore(self.db)
         self.erasure = ErasureStore(self.db)
+        self.attendance = AttendanceStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

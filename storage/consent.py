@@ -274,3 +274,23 @@ class ConsentStore:
     ) -> list[Revocation]:
         """Switch `purpose` off (every grant withdrawn, as `withdraw` does) or on again."""
         return await self._db.transaction(_switch, org_id, purpose, off, by, at)
+
+
+async def require_grant(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, purpose: str) -> None:
+    """Inside the caller's transaction: raise ConsentError unless the account holds an active
+    grant of `purpose` ("switched_off" if its org switched the purpose off, "not_granted"
+    otherwise). The grant row stays share-locked until the caller commits, so a withdrawal
+    (which locks it for update) waits for the work done under the grant and holds for
+    everything after it."""
+    off = await conn.fetchval(
+        "SELECT 1 FROM org_purposes_off WHERE org_id = $1 AND purpose = $2", org_id, purpose
+    )
+    if off is not None:
+        raise ConsentError(f"your organization switched {purpose} off", "switched_off")
+    granted = await conn.fetchval(
+        "SELECT granted FROM consent_grants WHERE account_id = $1 AND purpose = $2 FOR SHARE",
+        account_id,
+        purpose,
+    )
+    if granted is not True:
+        raise ConsentError(f"this needs your {purpose} consent: grant it first", "not_granted")

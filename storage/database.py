@@ -47,6 +47,8 @@ CONSTRAINT_FIELDS = {
     "departments_name_unique": "name",
     "departments_parent_fk": "parent_id",
     "devices_public_key_unique": "public_key",
+    "attendance_sites_name_unique": "name",
+    "attendance_sites_department_fk": "department_id",
 }
 
 

@@ -35,8 +35,9 @@ def with_database(url: str, name: str) -> str:
 
 
 class TestCluster:
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, postgres: EmbeddedPostgres | None = None) -> None:
         self.admin_url = admin_url
+        self.postgres = postgres  # None: a server given by OBROL_TEST_DATABASE_URL
         self.prefix = f"obrol_test_{os.getpid()}_"
 
     async def _admin(self, *statements: str) -> None:
@@ -82,7 +83,7 @@ def test_cluster() -> Iterator[TestCluster]:
     pg = EmbeddedPostgres(folder / "pg", durable=False)
     try:
         url = pg.start()
-        cluster = TestCluster(with_database(url, "postgres"))
+        cluster = TestCluster(with_database(url, "postgres"), pg)
         cluster.prepare_template()
         yield cluster
     finally:
@@ -100,8 +101,9 @@ def database_url(test_cluster: TestCluster) -> Iterator[str]:
 
 @pytest.fixture
 async def server(
-    nursery: trio.Nursery, database_url: str, tmp_path: Path
+    nursery: trio.Nursery, database_url: str, tmp_path: Path, test_cluster: TestCluster
 ) -> AsyncIterator[Harness]:
     """The real server (HTTP API over a real socket on 127.0.0.1) on this test's database."""
     async with start_harness(nursery, database_url, tmp_path) as harness:
+        harness.postgres = test_cluster.postgres
         yield harness

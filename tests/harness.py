@@ -21,6 +21,7 @@ from loadtest.client import DeviceIdentity, DeviceState, GatewayClient, connect
 from protocol import ConsentGet, ConsentSet, LiveStart, Send, ServerFrame
 from server.runner import Running, serve
 from server.settings import Settings, load_settings
+from storage.embedded import EmbeddedPostgres
 
 PASSWORD = "Sunny-Harbour-42"
 INITIAL_PASSWORD = "Given-By-Admin-17"  # what add_member sets; changed at first login
@@ -82,6 +83,9 @@ class Harness:
     client: httpx.AsyncClient
     clock: FakeClock
     settings: Settings
+    # The embedded cluster the tests run (None with OBROL_TEST_DATABASE_URL): where its
+    # files and log are, for tests that search them (tests/privacy_search.py).
+    postgres: EmbeddedPostgres | None = None
     _emails: int = field(default=0)
 
     @property

@@ -13,6 +13,7 @@ from quart import current_app, request
 from server.api.forwarded import Origin, TrustedProxies
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
+from server.handlers.attendance import AttendanceHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
@@ -37,6 +38,7 @@ class ApiContext:
     files: FileHandler = field(init=False)
     push: PushHandler = field(init=False)
     consent: ConsentHandler = field(init=False)
+    attendance: AttendanceHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +50,7 @@ class ApiContext:
         self.files = FileHandler(self.services, self.conversations)
         self.push = PushHandler(self.services)
         self.consent = ConsentHandler(self.services)
+        self.attendance = AttendanceHandler(self.services)
 
 
 def ctx() -> ApiContext:

@@ -224,3 +224,35 @@ class MuteIn(Strict):
 
 class RedriveIn(Strict):
     ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=1000)]
+
+
+class CircleIn(Strict):
+    """Numbers are checked by the handler (server.handlers.geofence), whose messages name
+    the rule and never the value."""
+
+    lat: object
+    lon: object
+    radius_m: object
+
+
+class PointIn(Strict):
+    lat: object
+    lon: object
+
+
+class SiteIn(Strict):
+    """An attendance site: a circle or a polygon (exactly one)."""
+
+    name: Name
+    department_id: uuid.UUID | None = None
+    circle: CircleIn | None = None
+    polygon: list[PointIn] | None = Field(default=None, max_length=1000)
+
+
+class CheckIn(Strict):
+    """A one-shot check-in or out; the position is judged and dropped, never stored."""
+
+    action: Literal["in", "out"]
+    lat: object
+    lon: object
+    acc: object = None  # metres, optional
