@@ -164,6 +164,12 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
     f.Pong: lambda x: {"t": "pong"},
     f.Withdrawn: lambda x: {"t": "withdrawn", "who": x.who, "purpose": x.purpose},
     f.PushOk: lambda x: {"t": "push_ok", "cid": x.cid},
+    f.PolicyNotice: lambda x: {
+        "t": "policy",
+        "version": x.version,
+        "material": x.material,
+        "at": x.at,
+    },
 }
 
 
@@ -343,6 +349,7 @@ SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
     "pong": _decoder(f.Pong, ()),
     "withdrawn": _decoder(f.Withdrawn, ("who", "purpose")),
     "push_ok": _decoder(f.PushOk, ("cid",)),
+    "policy": _decoder(f.PolicyNotice, ("version", "material", "at")),
 }
 
 

@@ -6,7 +6,7 @@ msgpack maps; PROTOCOL.md lists the wire keys, types and limits of each.
 
 Client -> server: `Send`, `Ack`, `Sync`, `Receipt`, `Typing`, `Ping`.
 Server -> client: `Msg`, `Sent`, `Err`, `ReceiptNotice`, `TypingNotice`, `Synced`, `Resync`,
-`Pong`, `Withdrawn`. `Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type
+`Pong`, `Withdrawn`, `PushOk`, `PolicyNotice`. `Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type
 ("receipt", "typing") but carry different fields in each direction.
 """
 
@@ -36,6 +36,7 @@ from protocol.fields import (
     check_int,
     check_mime,
     check_optional_int,
+    check_policy_version,
     check_text,
     invalid,
 )
@@ -489,8 +490,34 @@ class PushOk:
         check_cid("cid", self.cid)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyNotice:
+    """The organization published privacy-policy version `version` at unix ms `at`. With
+    `material`, the account must accept it (over the HTTP API) before it may send again."""
+
+    TYPE: ClassVar[str] = "policy"
+    version: str
+    material: bool
+    at: int
+
+    def __post_init__(self) -> None:
+        check_policy_version("version", self.version)
+        check_bool("material", self.material)
+        check_int("at", self.at)
+
+
 ClientFrame = Send | Ack | Sync | Receipt | Typing | Ping | PushRegister | PushUnregister
 ServerFrame = (
-    Msg | Sent | Err | ReceiptNotice | TypingNotice | Synced | Resync | Pong | Withdrawn | PushOk
+    Msg
+    | Sent
+    | Err
+    | ReceiptNotice
+    | TypingNotice
+    | Synced
+    | Resync
+    | Pong
+    | Withdrawn
+    | PushOk
+    | PolicyNotice
 )
 Frame = ClientFrame | ServerFrame

@@ -131,4 +131,6 @@ SERVER_FRAMES: list[f.ServerFrame] = [
     f.Pong(),
     f.PushOk(cid="p1"),
     f.Withdrawn(who=ALICE, purpose="location_share"),
+    f.PolicyNotice(version="2026-01", material=True, at=1_767_225_600_000),
+    f.PolicyNotice(version="v3.1_en-draft", material=False, at=0),
 ]
