@@ -11,7 +11,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, consent, conversations, files, me, meta, orgs, push
+from server.api import auth, consent, conversations, files, me, meta, orgs, policies, push
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
@@ -19,6 +19,7 @@ from server.logs import request_id
 from server.services import Services
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.policies import PolicyError
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ def _refusal(exc: Exception) -> ApiError | None:
         code = ApiErrorCode.PURPOSE_SWITCHED_OFF
         if exc.reason == "not_granted":
             code = ApiErrorCode.CONSENT_NOT_GRANTED
+        return ApiError(code, str(exc))
+    if isinstance(exc, PolicyError):
+        code = ApiErrorCode.UNKNOWN_POLICY
+        if exc.reason == "not_current":
+            code = ApiErrorCode.POLICY_NOT_CURRENT
         return ApiError(code, str(exc))
     if isinstance(exc, ConflictError):
         details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
@@ -111,7 +117,17 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.extensions["obrol"] = ApiContext(services)
     tls = services.settings.tls_enabled
-    blueprints = (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp, push.bp, consent.bp)
+    blueprints = (
+        meta.bp,
+        auth.bp,
+        orgs.bp,
+        me.bp,
+        conversations.bp,
+        files.bp,
+        push.bp,
+        consent.bp,
+        policies.bp,
+    )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
 

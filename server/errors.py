@@ -35,6 +35,9 @@ class ApiErrorCode(StrEnum):
     PUSH_PROVIDER_UNAVAILABLE = "push_provider_unavailable"
     PURPOSE_SWITCHED_OFF = "purpose_switched_off"
     CONSENT_NOT_GRANTED = "consent_not_granted"
+    RECONSENT_REQUIRED = "reconsent_required"
+    UNKNOWN_POLICY = "unknown_policy"
+    POLICY_NOT_CURRENT = "policy_not_current"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -60,6 +63,9 @@ STATUS = {
     ApiErrorCode.PUSH_PROVIDER_UNAVAILABLE: 422,
     ApiErrorCode.PURPOSE_SWITCHED_OFF: 403,
     ApiErrorCode.CONSENT_NOT_GRANTED: 409,
+    ApiErrorCode.RECONSENT_REQUIRED: 403,
+    ApiErrorCode.UNKNOWN_POLICY: 404,
+    ApiErrorCode.POLICY_NOT_CURRENT: 409,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

@@ -52,6 +52,9 @@ from storage.receipts import ReceiptRecord
 logger = logging.getLogger(__name__)
 
 PONG = encode(Pong())
+# What an account may not do while a material privacy-policy version awaits its acceptance
+# (PROTOCOL.md 6.6); ping, ack, sync and push_unreg go on, so the device can still read.
+GATED_BY_POLICY = (Send, Receipt, Typing, PushRegister)
 # Catch-up pauses when this share of the connection's outbound limit is buffered, until it
 # drains below a quarter of that: catch-up alone never makes a connection overflow.
 CATCH_UP_HIGH_WATER_SHARE = 0.5
@@ -109,6 +112,9 @@ class Session:
             )
 
     async def _handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, GATED_BY_POLICY) and self.gw.hub.policy_blocked(self.conn):
+            self._refuse_until_accepted(frame)
+            return
         if isinstance(frame, Send):
             await self._send(frame)
         elif isinstance(frame, Ack):
@@ -123,6 +129,20 @@ class Session:
             await self._receipt(frame)
         elif isinstance(frame, PushRegister | PushUnregister):
             await self._push_registration(frame)
+
+    def _refuse_until_accepted(self, frame: Send | Receipt | Typing | PushRegister) -> None:
+        """A material privacy-policy version awaits this account's acceptance: the frame
+        is refused and nothing of it is stored or forwarded (`Hub.policy_blocked` decides,
+        from memory: no database read per frame)."""
+        cid = frame.cid if isinstance(frame, Send | PushRegister) else None
+        self.conn.reply(
+            err_frame(
+                ErrorCode.RECONSENT_REQUIRED,
+                "accept the current privacy policy first (POST /v1/me/policy/accept)",
+                cid,
+                frame.TYPE,
+            )
+        )
 
     async def _push_registration(self, frame: PushRegister | PushUnregister) -> None:
         """Register or drop this device's push token (the same rules as over REST)."""
