@@ -6,8 +6,9 @@ msgpack maps; PROTOCOL.md lists the wire keys, types and limits of each.
 
 Client -> server: `Send`, `Ack`, `Sync`, `Receipt`, `Typing`, `Ping`.
 Server -> client: `Msg`, `Sent`, `Err`, `ReceiptNotice`, `TypingNotice`, `Synced`, `Resync`,
-`Pong`, `Withdrawn`, `PushOk`, `PolicyNotice`. `Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type
-("receipt", "typing") but carry different fields in each direction.
+`Pong`, `Withdrawn`, `PushOk`, `PolicyNotice`. `Receipt`/`ReceiptNotice` and
+`Typing`/`TypingNotice` share a wire type ("receipt", "typing") but carry different fields
+in each direction.
 """
 
 from __future__ import annotations

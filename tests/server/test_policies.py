@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +32,14 @@ from protocol import (
     Typing,
     TypingNotice,
 )
-from tests.harness import Harness, Session, assert_error
+from tests.harness import (
+    INITIAL_PASSWORD,
+    PASSWORD,
+    Harness,
+    Session,
+    assert_error,
+    start_harness,
+)
 
 POLICY_TEXT = "We process your messages to deliver them.\n\nLocation only with your consent."
 
@@ -77,7 +85,9 @@ async def accept(server: Harness, who: Session, version: str) -> httpx.Response:
 
 
 async def listed(server: Harness, who: Session, query: str = "") -> list[str]:
-    response = await server.client.get(f"/v1/orgs/{who.org_id}/policies{query}", headers=who.headers)
+    response = await server.client.get(
+        f"/v1/orgs/{who.org_id}/policies{query}", headers=who.headers
+    )
     assert response.status_code == 200, response.text
     return [p["version"] for p in response.json()["policies"]]
 
@@ -105,6 +115,11 @@ async def synced(server: Harness, who: Session) -> GatewayClient:
 
 def text(conv: uuid.UUID, cid: str) -> Send:
     return Send(cid=cid, conv=conv.bytes, body=TextBody(text=cid))
+
+
+def sent_as(cid: str) -> Callable[[list[ServerFrame]], bool]:
+    """Until the `sent` for `cid` arrived."""
+    return lambda frames: any(isinstance(f, Sent) and f.cid == cid for f in frames)
 
 
 def errs(frames: list[ServerFrame]) -> list[Err]:
@@ -198,9 +213,7 @@ async def test_a_material_version_blocks_the_api_until_accepted(server: Harness)
 
     for who in (maria, owner):  # the admin who published it too
         assert_error(await conversations(server, who), 403, "reconsent_required")
-    profile = await server.client.patch(
-        "/v1/me", headers=maria.headers, json={"display_name": "M"}
-    )
+    profile = await server.client.patch("/v1/me", headers=maria.headers, json={"display_name": "M"})
     assert_error(profile, 403, "reconsent_required")
     state = await my_policy(server, maria)
     assert state["reconsent_required"] is True and state["accepted"] is None
@@ -228,9 +241,34 @@ async def test_a_material_version_blocks_the_api_until_accepted(server: Harness)
     again = await accept(server, maria, "2026-01")  # accepting twice changes nothing
     assert again.json()["accepted"] == state["accepted"]
 
-    # Logging out stays possible while blocked.
+    # Stopping things is never made to wait for an acceptance: withdrawing a consent,
+    # dropping the push registration, logging out.
+    withdraw = await server.client.delete("/v1/me/consents/media_share", headers=owner.headers)
+    assert_error(withdraw, 409, "consent_not_granted")  # past the gate: nothing to withdraw
+    unregister = await server.client.delete("/v1/push/registration", headers=owner.headers)
+    assert unregister.status_code == 204, unregister.text
+    grant = await server.client.put("/v1/me/consents/media_share", headers=owner.headers)
+    assert_error(grant, 403, "reconsent_required")
     logout = await server.client.post("/v1/logout", headers=owner.headers)
     assert logout.status_code == 204, logout.text
+
+
+async def test_a_new_member_changes_the_password_then_accepts(server: Harness) -> None:
+    owner = await server.create_org()
+    await published(server, owner, "2026-01", material=True)
+    assert (await accept(server, owner, "2026-01")).status_code == 200
+    nina = await server.add_member(owner, "nina", change_password=False)
+    assert_error(await conversations(server, nina), 403, "password_change_required")
+    assert_error(await accept(server, nina, "2026-01"), 403, "password_change_required")
+    changed = await server.client.post(
+        "/v1/me/password",
+        headers=nina.headers,
+        json={"current_password": INITIAL_PASSWORD, "new_password": PASSWORD},
+    )
+    assert changed.status_code == 204, changed.text  # the policy does not stand in the way
+    assert_error(await conversations(server, nina), 403, "reconsent_required")
+    assert (await accept(server, nina, "2026-01")).status_code == 200
+    assert (await conversations(server, nina)).status_code == 200
 
 
 async def test_only_the_current_version_can_be_accepted(server: Harness) -> None:
@@ -255,7 +293,7 @@ async def test_a_non_material_version_blocks_nobody(server: Harness) -> None:
     client = await synced(server, maria)
     await published(server, owner, "2026-01-typo", material=False)
     frames = await receive_until(client, lambda fs: any(isinstance(f, PolicyNotice) for f in fs))
-    assert [f for f in frames if isinstance(f, PolicyNotice)][0].material is False
+    assert next(f for f in frames if isinstance(f, PolicyNotice)).material is False
     assert (await conversations(server, maria)).status_code == 200
     state = await my_policy(server, maria)
     assert state["reconsent_required"] is False and state["accepted_current"] is False
@@ -282,7 +320,9 @@ async def test_a_material_version_blocks_the_channel_until_accepted(server: Harn
         at=int(datetime.fromisoformat(version).timestamp() * 1000),
     )
     for client in (bob_client, owner_client):  # every connected member hears of it
-        frames = await receive_until(client, lambda fs: any(isinstance(f, PolicyNotice) for f in fs))
+        frames = await receive_until(
+            client, lambda fs: any(isinstance(f, PolicyNotice) for f in fs)
+        )
         assert notice in frames
 
     # While blocked: send, receipt and typing are refused; ping still works.
@@ -313,9 +353,7 @@ async def test_a_material_version_blocks_the_channel_until_accepted(server: Harn
     await bob_client.send(text(conv, "after"))
     await phone_client.send(text(conv, "after-phone"))
     for client, cid in ((bob_client, "after"), (phone_client, "after-phone")):
-        frames = await receive_until(
-            client, lambda fs, cid=cid: any(isinstance(f, Sent) and f.cid == cid for f in fs)
-        )
+        frames = await receive_until(client, sent_as(cid))
         assert not errs(frames)
     # Nothing of the refused frames went to the owner: the typing notice and the receipt
     # would have come before bob's next message, which comes after them in his stream.
@@ -332,3 +370,32 @@ async def test_a_material_version_blocks_the_channel_until_accepted(server: Harn
     assert await history(server, bob, conv) == ["after", "after-phone", "before"]
     for client in (bob_client, phone_client, owner_client):
         await client.aclose()
+
+
+async def test_after_a_restart_the_channel_gate_comes_from_the_store(
+    nursery: trio.Nursery, database_url: str, tmp_path: Path
+) -> None:
+    """The hub starts empty: each handshake reads the gate with the device's credentials."""
+    async with start_harness(nursery, database_url, tmp_path) as server:
+        owner = await server.create_org()
+        bob = await server.add_member(owner, "bob")
+        maria = await server.add_member(owner, "maria")
+        conv = await server.group(owner, bob, maria)
+        await published(server, owner, "2026-01", material=True)
+        assert (await accept(server, maria, "2026-01")).status_code == 200
+    async with start_harness(nursery, database_url, tmp_path) as server:
+        bob_client = await synced(server, bob)
+        maria_client = await synced(server, maria)
+        await bob_client.send(text(conv, "bob-blocked"), Ping())
+        frames = await receive_until(bob_client, lambda fs: any(isinstance(f, Pong) for f in fs))
+        assert [e.code for e in errs(frames)] == [ErrorCode.RECONSENT_REQUIRED]
+        await maria_client.send(text(conv, "maria-accepted"))
+        frames = await receive_until(maria_client, lambda fs: any(isinstance(f, Sent) for f in fs))
+        assert not errs(frames)
+        assert (await accept(server, bob, "2026-01")).status_code == 200
+        await bob_client.send(text(conv, "bob-accepted"))
+        frames = await receive_until(bob_client, lambda fs: any(isinstance(f, Sent) for f in fs))
+        assert not errs(frames)
+        assert await history(server, bob, conv) == ["bob-accepted", "maria-accepted"]
+        for client in (bob_client, maria_client):
+            await client.aclose()
