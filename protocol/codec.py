@@ -202,6 +202,12 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
         "who": x.who,
         "reason": x.reason,
     },
+    f.PolicyNotice: lambda x: {
+        "t": "policy",
+        "version": x.version,
+        "material": x.material,
+        "at": x.at,
+    },
 }
 
 
@@ -429,6 +435,7 @@ SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
     "consent_revoked": _consent_revoked_from_wire,
     "live_ok": _decoder(fl.LiveOk, ("cid", "id", "until")),
     "live_end": _decoder(fl.LiveEnd, ("id", "conv", "who", "reason")),
+    "policy": _decoder(f.PolicyNotice, ("version", "material", "at")),
 }
 
 

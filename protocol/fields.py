@@ -35,12 +35,17 @@ MAX_SCOPE_MEMBERS = 1_000
 MAX_RETENTION_S = 2**32 - 1
 MAX_IDENTIFIER_CHARS = 64
 MAX_ACCURACY_M = 10_000_000.0
+MAX_POLICY_VERSION_CHARS = 32
+POLICY_VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
+"""A privacy-policy version label: 1..32 ASCII letters, digits, '.', '_', '-' (e.g.
+"2026-01", "v3.1"), starting with a letter or digit."""
 
 _CID_RE = re.compile(r"[\x21-\x7e]{1,64}\Z")
 _IDENTIFIER_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 _MIME_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
 _MIME_RE = re.compile(rf"{_MIME_TOKEN}/{_MIME_TOKEN}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_POLICY_VERSION_RE = re.compile(POLICY_VERSION_PATTERN + r"\Z")
 
 Scope = Literal["conversation"] | tuple[bytes, ...]
 """Who may see consent-tagged data: the whole conversation or the listed accounts."""
@@ -134,6 +139,13 @@ def check_identifier(name: str, value: object, code: ErrorCode = ErrorCode.INVAL
     """Return `value` if it matches [a-z][a-z0-9_]{0,63}; raise otherwise."""
     if type(value) is not str or not _IDENTIFIER_RE.match(value):
         raise invalid(name, "must match [a-z][a-z0-9_]{0,63}", code)
+    return value
+
+
+def check_policy_version(name: str, value: object) -> str:
+    """Return `value` if it is a privacy-policy version label (POLICY_VERSION_PATTERN)."""
+    if type(value) is not str or not _POLICY_VERSION_RE.match(value):
+        raise invalid(name, "must match [A-Za-z0-9][A-Za-z0-9._-]{0,31}")
     return value
 
 

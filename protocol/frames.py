@@ -7,8 +7,8 @@ msgpack maps; PROTOCOL.md lists the wire keys, types and limits of each.
 Client -> server: `Send`, `Ack`, `Sync`, `Receipt`, `Typing`, `Ping`, `PushRegister`,
 `PushUnregister`, and (protocol.frames_live) consent and live-location frames.
 Server -> client: `Msg`, `Sent`, `Err`, `ReceiptNotice`, `TypingNotice`, `Synced`, `Resync`,
-`Pong`, `PushOk`, and (protocol.frames_live) consent and live-location frames.
-`Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type ("receipt",
+`Pong`, `PushOk`, `PolicyNotice`, and (protocol.frames_live) consent and live-location
+frames. `Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type ("receipt",
 "typing") but carry different fields in each direction.
 """
 
@@ -38,6 +38,7 @@ from protocol.fields import (
     check_int,
     check_mime,
     check_optional_int,
+    check_policy_version,
     check_scope,
     check_text,
     invalid,
@@ -483,6 +484,22 @@ class PushOk:
         check_cid("cid", self.cid)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyNotice:
+    """The organization published privacy-policy version `version` at unix ms `at`. With
+    `material`, the account must accept it (over the HTTP API) before it may send again."""
+
+    TYPE: ClassVar[str] = "policy"
+    version: str
+    material: bool
+    at: int
+
+    def __post_init__(self) -> None:
+        check_policy_version("version", self.version)
+        check_bool("material", self.material)
+        check_int("at", self.at)
+
+
 ClientFrame = (
     Send
     | Ack
@@ -512,5 +529,6 @@ ServerFrame = (
     | ConsentRevoked
     | LiveOk
     | LiveEnd
+    | PolicyNotice
 )
 Frame = ClientFrame | ServerFrame

@@ -11,7 +11,18 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import attendance, auth, consent, conversations, files, me, meta, orgs, push
+from server.api import (
+    attendance,
+    auth,
+    consent,
+    conversations,
+    files,
+    me,
+    meta,
+    orgs,
+    policies,
+    push,
+)
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
@@ -20,6 +31,7 @@ from server.services import Services
 from storage.attendance import NoSitesError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.policies import PolicyError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +79,11 @@ def _refusal(exc: Exception) -> ApiError | None:
         return ApiError(code, str(exc))
     if isinstance(exc, NoSitesError):
         return ApiError(ApiErrorCode.NO_SITES, str(exc))
+    if isinstance(exc, PolicyError):
+        code = ApiErrorCode.UNKNOWN_POLICY
+        if exc.reason == "not_current":
+            code = ApiErrorCode.POLICY_NOT_CURRENT
+        return ApiError(code, str(exc))
     if isinstance(exc, ConflictError):
         details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
         return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
@@ -124,6 +141,7 @@ def create_app(services: Services) -> QuartTrio:
         push.bp,
         consent.bp,
         attendance.bp,
+        policies.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

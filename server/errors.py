@@ -36,6 +36,9 @@ class ApiErrorCode(StrEnum):
     PURPOSE_SWITCHED_OFF = "purpose_switched_off"
     CONSENT_NOT_GRANTED = "consent_not_granted"
     NO_SITES = "no_sites"
+    RECONSENT_REQUIRED = "reconsent_required"
+    UNKNOWN_POLICY = "unknown_policy"
+    POLICY_NOT_CURRENT = "policy_not_current"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -62,6 +65,9 @@ STATUS = {
     ApiErrorCode.PURPOSE_SWITCHED_OFF: 403,
     ApiErrorCode.CONSENT_NOT_GRANTED: 409,
     ApiErrorCode.NO_SITES: 409,
+    ApiErrorCode.RECONSENT_REQUIRED: 403,
+    ApiErrorCode.UNKNOWN_POLICY: 404,
+    ApiErrorCode.POLICY_NOT_CURRENT: 409,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

@@ -25,6 +25,7 @@ from storage.live import LiveStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.orgs import OrgStore
+from storage.policies import PolicyStore
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import PushRegistrationStore
 from storage.receipts import ReceiptStore
@@ -85,6 +86,7 @@ class Services:
     live: LiveStore = field(init=False)
     erasure: ErasureStore = field(init=False)
     attendance: AttendanceStore = field(init=False)
+    policies: PolicyStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -102,4 +104,5 @@ class Services:
         self.live = LiveStore(self.db)
         self.erasure = ErasureStore(self.db)
         self.attendance = AttendanceStore(self.db)
+        self.policies = PolicyStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

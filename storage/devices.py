@@ -9,6 +9,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import ConflictError, NotFoundError
+from storage.policies import gate_columns
 from storage.push_registrations import drop_registrations
 
 COLUMNS = "id, account_id, name, platform, public_key, created_at, last_seen_at, revoked_at"
@@ -38,6 +39,8 @@ class Credentials:
     account_active: bool  # its account is active (not deactivated)
     password_change_required: bool  # the account must change its initial password first
     signed_out: bool  # its session was ended elsewhere: it must log in again
+    material_policy: int = 0  # the org's newest material policy version (storage.policies)
+    accepted_policy: int = 0  # the newest one its account accepted
 
 
 def _device(row: Any) -> Device:
@@ -87,9 +90,10 @@ async def _list(conn: Any, account_id: uuid.UUID) -> list[Device]:
 
 async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
     row = await conn.fetchrow(
-        """SELECT d.account_id, a.org_id, d.public_key,
+        f"""SELECT d.account_id, a.org_id, d.public_key,
                   d.revoked_at IS NOT NULL AS revoked, a.status = 'active' AS account_active,
-                  a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out
+                  a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out,
+                  {gate_columns("a.org_id", "a.id")}
            FROM devices d JOIN accounts a ON a.id = d.account_id
            WHERE d.id = $1""",
         device_id,
@@ -105,6 +109,8 @@ async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
         row["account_active"],
         row["password_change_required"],
         row["signed_out"],
+        row["material_policy"],
+        row["accepted_policy"],
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from storage.database import Database
 from storage.devices import Device, enroll_device
 from storage.logins import settle_login
+from storage.policies import gate_columns
 from storage.push_registrations import drop_registrations
 
 
@@ -45,6 +46,7 @@ class TokenCheck:
     role: str | None = None
     admin_department_id: uuid.UUID | None = None
     password_change_required: bool = False
+    policy_blocked: bool = False  # a material privacy-policy version awaits acceptance
 
 
 async def issue_tokens(
@@ -76,9 +78,9 @@ async def issue_tokens(
 
 async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tuple[TokenCheck, Any]:
     row = await conn.fetchrow(
-        """SELECT t.family, t.expires_at, t.revoked_at, t.device_id, t.account_id,
+        f"""SELECT t.family, t.expires_at, t.revoked_at, t.device_id, t.account_id,
                   d.revoked_at AS device_revoked_at, a.org_id, a.role, a.admin_department_id,
-                  a.status, a.password_change_required
+                  a.status, a.password_change_required, {gate_columns("a.org_id", "a.id")}
            FROM auth_tokens t JOIN devices d ON d.id = t.device_id
                 JOIN accounts a ON a.id = t.account_id
            WHERE t.token_hash = $1 AND t.kind = $2""",
@@ -105,6 +107,7 @@ async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tupl
         row["role"],
         row["admin_department_id"],
         row["password_change_required"],
+        row["material_policy"] > row["accepted_policy"],
     )
     return check, row
 

@@ -18,6 +18,7 @@ from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
 from server.handlers.orgs import OrgHandler
+from server.handlers.policies import PolicyHandler
 from server.handlers.profile import ProfileHandler
 from server.handlers.push import PushHandler
 from server.handlers.sessions import SessionHandler
@@ -39,6 +40,7 @@ class ApiContext:
     push: PushHandler = field(init=False)
     consent: ConsentHandler = field(init=False)
     attendance: AttendanceHandler = field(init=False)
+    policies: PolicyHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,7 @@ class ApiContext:
         self.push = PushHandler(self.services)
         self.consent = ConsentHandler(self.services)
         self.attendance = AttendanceHandler(self.services)
+        self.policies = PolicyHandler(self.services)
 
 
 def ctx() -> ApiContext:
@@ -109,15 +112,41 @@ async def body(model: type[M]) -> M:
         ) from None
 
 
+# The views an account may use while a material privacy-policy version awaits its
+# acceptance (every other authenticated call is 403 reconsent_required): reading and
+# accepting the policy; what a password change needs (a new member may have to do both, in
+# that order); and stopping things - logging out, withdrawing a consent, dropping this
+# device's push registration - which is never made to wait for an acceptance.
+BEFORE_POLICY_ACCEPTANCE = frozenset(
+    {
+        "policies.mine",
+        "policies.accept",
+        "policies.versions",
+        "policies.version",
+        "auth.logout",
+        "me.me",
+        "me.change_password",
+        "consent.withdraw",
+        "push.unregister",
+    }
+)
+
+
 async def actor(*, before_password_change: bool = False) -> Actor:
     """The authenticated caller; unauthenticated / token_expired / token_revoked otherwise.
 
+    Every authenticated view comes through here, so this is where both gates are.
     A caller who must still change their initial password is refused with
     password_change_required, except where `before_password_change` (the few views they may
-    use: reading their profile, changing the password, logging out).
+    use: reading their profile, changing the password, logging out). A caller who must
+    accept a new material privacy policy is refused with reconsent_required, except in the
+    views of BEFORE_POLICY_ACCEPTANCE (by endpoint name, so a new view is gated unless it
+    is listed there).
     """
     return await ctx().sessions.authenticate(
-        request.headers.get("Authorization"), before_password_change=before_password_change
+        request.headers.get("Authorization"),
+        before_password_change=before_password_change,
+        before_policy_acceptance=request.endpoint in BEFORE_POLICY_ACCEPTANCE,
     )
 
 

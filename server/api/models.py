@@ -18,9 +18,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
 )
 
+from protocol.fields import POLICY_VERSION_PATTERN
 from server.text import text_problem
 
 
@@ -256,3 +258,38 @@ class CheckIn(Strict):
     lat: object
     lon: object
     acc: object = None  # metres, optional
+
+
+PolicyVersionLabel = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=f"^{POLICY_VERSION_PATTERN}$")
+]
+Language = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"),
+]
+MAX_POLICY_TEXT_CHARS = 200_000
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class PolicyIn(Strict):
+    """A privacy-policy version to publish: `version` is its label (unique in the org),
+    `language` a BCP 47 tag such as "id" or "en-GB"."""
+
+    version: PolicyVersionLabel
+    language: Language
+    material: StrictBool
+    text: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_POLICY_TEXT_CHARS),
+        AnyText,
+        AfterValidator(_not_blank),
+    ]
+
+
+class PolicyAcceptIn(Strict):
+    version: PolicyVersionLabel

@@ -68,6 +68,9 @@ class Connection:
         self.account_id: uuid.UUID | None = None
         self.device_id: uuid.UUID | None = None
         self.org_id: uuid.UUID | None = None
+        self.accepted_policy = 0
+        """The newest privacy-policy version (id) its account accepted, as far as this
+        process knows: the gate of `Hub.policy_blocked`."""
         self._flusher = flusher
         self._stats = stats if stats is not None else GatewayStats()
         self.max_outbound_bytes = max_outbound_bytes

@@ -14,20 +14,33 @@ logger = logging.getLogger(__name__)
 
 
 class Hub:
-    """The live connections of this process, by account and by device."""
+    """The live connections of this process, by account, by device and by organization.
+
+    It also holds what the privacy-policy gate needs (see `policy_blocked`)."""
 
     def __init__(self) -> None:
         self._by_account: dict[uuid.UUID, set[Connection]] = {}
         self._by_device: dict[uuid.UUID, set[Connection]] = {}
+        self._by_org: dict[uuid.UUID, set[Connection]] = {}
+        self._material_policy: dict[uuid.UUID, int] = {}
+        self.policy_acceptances = 0
+        """How many acceptances this process has seen: a handshake that read its account's
+        acceptance while this moved reads it again (`Gateway._handshake`)."""
         self.stats = GatewayStats()
 
     def attach(self, conn: Connection) -> None:
         assert conn.account_id is not None and conn.device_id is not None
+        assert conn.org_id is not None
         self._by_account.setdefault(conn.account_id, set()).add(conn)
         self._by_device.setdefault(conn.device_id, set()).add(conn)
+        self._by_org.setdefault(conn.org_id, set()).add(conn)
 
     def detach(self, conn: Connection) -> None:
-        for index, key in ((self._by_account, conn.account_id), (self._by_device, conn.device_id)):
+        for index, key in (
+            (self._by_account, conn.account_id),
+            (self._by_device, conn.device_id),
+            (self._by_org, conn.org_id),
+        ):
             if key is None:
                 continue
             conns = index.get(key)
@@ -54,6 +67,53 @@ class Hub:
                     conn.deliver(pos, frame)
                 handed += len(conns)
         return handed
+
+    # -- the privacy-policy gate -----------------------------------------------------------
+
+    def policy_blocked(self, conn: Connection) -> bool:
+        """Must `conn`'s account accept a material privacy-policy version before it may
+        send, mark receipts or type?
+
+        Decided without the database, so a frame costs a dict lookup and a comparison:
+        the hub keeps, per organization, the id of the newest material version it knows
+        of, and each connection the id of the newest version its account accepted
+        (storage.policies: ids follow publication order). Both are read in the
+        handshake's one statement (`note_policy`) and only ever grow: `policy_published`
+        raises the first, `policy_accepted` the second on every connection of the account.
+        Since both moves are maxima, the order in which concurrent publications and
+        acceptances reach the hub does not matter. One process only, like the rest of
+        the hub: several processes will need these two events on the bus.
+        """
+        assert conn.org_id is not None
+        return self._material_policy.get(conn.org_id, 0) > conn.accepted_policy
+
+    def note_policy(self, conn: Connection, material_policy: int, accepted_policy: int) -> None:
+        """What the handshake read: the org's newest material version, the account's
+        newest accepted one."""
+        assert conn.org_id is not None
+        if material_policy > self._material_policy.get(conn.org_id, 0):
+            self._material_policy[conn.org_id] = material_policy
+        conn.accepted_policy = max(conn.accepted_policy, accepted_policy)
+
+    def policy_published(
+        self, org_id: uuid.UUID, policy_id: int, material: bool, frame: bytes
+    ) -> int:
+        """A version was published (committed): a material one blocks the org's accounts
+        at once; every live connection of the org gets `frame` (the `policy` notice).
+        Returns the number of connections it was handed to."""
+        if material and policy_id > self._material_policy.get(org_id, 0):
+            self._material_policy[org_id] = policy_id
+        conns = list(self._by_org.get(org_id, ()))
+        for conn in conns:
+            conn.deliver(None, frame)
+        return len(conns)
+
+    def policy_accepted(self, account_id: uuid.UUID, policy_id: int) -> None:
+        """The account accepted the version `policy_id` (committed): its connections are
+        let through again, without reconnecting."""
+        self.policy_acceptances += 1
+        for conn in self._by_account.get(account_id, ()):
+            conn.accepted_policy = max(conn.accepted_policy, policy_id)
 
     def disconnect_device(self, device_id: uuid.UUID, *, signed_out: bool = False) -> None:
         """Close the live connections of a device: revoked (4005, the device wipes itself),

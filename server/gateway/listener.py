@@ -242,6 +242,8 @@ class Gateway:
         except RemoteProtocolError as error:
             self._refuse(conn, error)
         device_id = uuid.UUID(bytes=hs.device_id)
+        hub = self.gw.hub
+        acceptances = hub.policy_acceptances
         try:
             device = await self.gw.services.devices.credentials(device_id)
         except NotFoundError:
@@ -255,7 +257,17 @@ class Gateway:
             device.org_id,
             device.device_id,
         )
-        self.gw.hub.attach(conn)
+        hub.attach(conn)
+        hub.note_policy(conn, device.material_policy, device.accepted_policy)
+        if hub.policy_acceptances != acceptances:
+            # An acceptance reached the hub while the credentials were read, before this
+            # connection joined it, and the read may predate it: read the gate again (rare).
+            try:
+                gate = await self.gw.services.policies.gate(device.org_id, device.account_id)
+            except DatabaseUnavailableError:
+                conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
+                raise _Closed from None
+            hub.note_policy(conn, *gate)
         conn.send_plain(hs.server_hello())
         try:
             channel = hs.receive_client_auth(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from protocol import (
     Consent,
+    ConsentGet,
     Consents,
     ConsentSet,
     ErrorCode,
@@ -46,6 +47,21 @@ CONSENT_ERRORS = {
 }
 
 
+async def handle(
+    session: Session, frame: ConsentGet | ConsentSet | LiveStart | LivePos | LiveStop
+) -> None:
+    if isinstance(frame, ConsentGet):
+        await consent_get(session, frame.cid)
+    elif isinstance(frame, ConsentSet):
+        await consent_set(session, frame)
+    elif isinstance(frame, LiveStart):
+        await live_start(session, frame)
+    elif isinstance(frame, LivePos):
+        await live_pos(session, frame)
+    else:
+        await live_stop(session, frame)
+
+
 def ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
@@ -76,6 +92,10 @@ async def consent_set(session: Session, frame: ConsentSet) -> None:
     if frame.purpose not in PURPOSES:
         text = f"purpose: unknown; one of: {', '.join(PURPOSES)}"
         session.conn.reply(err_frame(ErrorCode.INVALID_FIELD, text, frame.cid, frame.TYPE))
+        return
+    if frame.on and session.gw.hub.policy_blocked(session.conn):
+        text = "accept the current privacy policy first (POST /v1/me/policy/accept)"
+        session.conn.reply(err_frame(ErrorCode.RECONSENT_REQUIRED, text, frame.cid, frame.TYPE))
         return
     handler = ConsentHandler(session.gw.services)
     try:

@@ -61,6 +61,11 @@ from storage.receipts import ReceiptRecord
 logger = logging.getLogger(__name__)
 
 PONG = encode(Pong())
+# What an account may not do while a material privacy-policy version awaits its acceptance
+# (PROTOCOL.md 6.6); ping, ack, sync and push_unreg go on, so the device can still read.
+# What waits for a material privacy policy's acceptance: anything that shares or processes
+# data (withdrawing a consent, reading, acks and catch-up never wait).
+GATED_BY_POLICY = (Send, Receipt, Typing, PushRegister, LiveStart, LivePos)
 # Catch-up pauses when this share of the connection's outbound limit is buffered, until it
 # drains below a quarter of that: catch-up alone never makes a connection overflow.
 CATCH_UP_HIGH_WATER_SHARE = 0.5
@@ -119,6 +124,9 @@ class Session:
             )
 
     async def _handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, GATED_BY_POLICY) and self.gw.hub.policy_blocked(self.conn):
+            self._refuse_until_accepted(frame)
+            return
         if isinstance(frame, Send):
             await self._send(frame)
         elif isinstance(frame, Ack):
@@ -133,16 +141,22 @@ class Session:
             await self._receipt(frame)
         elif isinstance(frame, PushRegister | PushUnregister):
             await self._push_registration(frame)
-        elif isinstance(frame, ConsentGet):
-            await live.consent_get(self, frame.cid)
-        elif isinstance(frame, ConsentSet):
-            await live.consent_set(self, frame)
-        elif isinstance(frame, LiveStart):
-            await live.live_start(self, frame)
-        elif isinstance(frame, LivePos):
-            await live.live_pos(self, frame)
-        elif isinstance(frame, LiveStop):
-            await live.live_stop(self, frame)
+        elif isinstance(frame, ConsentGet | ConsentSet | LiveStart | LivePos | LiveStop):
+            await live.handle(self, frame)
+
+    def _refuse_until_accepted(self, frame: ClientFrame) -> None:
+        """A material privacy-policy version awaits this account's acceptance: the frame
+        is refused and nothing of it is stored or forwarded (`Hub.policy_blocked` decides,
+        from memory: no database read per frame)."""
+        cid = getattr(frame, "cid", None)
+        self.conn.reply(
+            err_frame(
+                ErrorCode.RECONSENT_REQUIRED,
+                "accept the current privacy policy first (POST /v1/me/policy/accept)",
+                cid,
+                frame.TYPE,
+            )
+        )
 
     async def _push_registration(self, frame: PushRegister | PushUnregister) -> None:
         """Register or drop this device's push token (the same rules as over REST)."""

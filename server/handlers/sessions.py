@@ -115,14 +115,21 @@ class SessionHandler:
         return self._dummy_hash
 
     async def authenticate(
-        self, authorization: str | None, *, before_password_change: bool = False
+        self,
+        authorization: str | None,
+        *,
+        before_password_change: bool = False,
+        before_policy_acceptance: bool = False,
     ) -> Actor:
         """The actor behind an `Authorization: Bearer <access token>` header.
 
         An account that must still change its initial password gets password_change_required
         unless `before_password_change` (reading one's profile, changing the password,
-        logging out). Raises ApiError: unauthenticated, token_expired, token_revoked,
-        password_change_required.
+        logging out). An account whose organization published a material privacy-policy
+        version it has not accepted gets reconsent_required unless
+        `before_policy_acceptance` (what it needs to read and accept the policy). Both come
+        from the token check's one statement. Raises ApiError: unauthenticated,
+        token_expired, token_revoked, password_change_required, reconsent_required.
         """
         if not authorization or not authorization.startswith("Bearer "):
             raise ApiError(ApiErrorCode.UNAUTHENTICATED, "send 'Authorization: Bearer <token>'")
@@ -134,6 +141,12 @@ class SessionHandler:
             raise ApiError(
                 ApiErrorCode.PASSWORD_CHANGE_REQUIRED,
                 "change your initial password first (POST /v1/me/password)",
+            )
+        if check.policy_blocked and not before_policy_acceptance:
+            raise ApiError(
+                ApiErrorCode.RECONSENT_REQUIRED,
+                "your organization published a new privacy policy: read it (GET /v1/me/policy)"
+                " and accept it (POST /v1/me/policy/accept) first",
             )
         return Actor(
             check.account_id,

@@ -81,6 +81,51 @@ def test_exact_bytes_of_small_frames() -> None:
     )
 
 
+def test_exact_bytes_of_the_policy_frame() -> None:
+    """`policy` (server -> client): a new privacy-policy version, keys in PROTOCOL.md order."""
+    notice = f.PolicyNotice(version="2026-01", material=True, at=1_767_225_600_000)
+    wire = bytes.fromhex(
+        "84a174a6706f6c696379"  # {"t": "policy",
+        "a776657273696f6ea7323032362d3031"  # "version": "2026-01",
+        "a86d6174657269616cc3"  # "material": true,
+        "a26174cf0000019b76daa800"  # "at": 1767225600000}
+    )
+    assert encode(notice) == wire
+    assert decode_server_batch(wire) == [notice]
+    minor = f.PolicyNotice(version="v2", material=False, at=5)
+    assert encode(minor) == bytes.fromhex(
+        "84a174a6706f6c696379a776657273696f6ea27632a86d6174657269616cc2a2617405"
+    )
+    assert decode_server_batch(encode(minor)) == [minor]
+
+
+POLICY: dict[str, Any] = {"t": "policy", "version": "2026-01", "material": True, "at": 1}
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (with_(POLICY, version=""), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, version="v 2"), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, version="-v2"), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, version="v" * 33), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, version=b"v2"), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, material=1), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, at=-1), ErrorCode.INVALID_FIELD),
+        (with_(POLICY, material=...), ErrorCode.MISSING_FIELD),
+        (with_(POLICY, text="..."), ErrorCode.UNKNOWN_FIELD),
+    ],
+)
+def test_a_malformed_policy_frame_is_refused(wire: Any, code: ErrorCode) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_server_batch(pack(wire))
+    assert info.value.code is code
+
+
+def test_a_client_cannot_send_a_policy_frame() -> None:
+    assert client_error(pack(POLICY)).code is ErrorCode.UNKNOWN_FRAME_TYPE
+
+
 @pytest.mark.parametrize("frame", CLIENT_FRAMES, ids=repr)
 def test_every_client_frame_round_trips(frame: f.ClientFrame) -> None:
     assert decode_client_batch(encode(frame)) == [frame]
