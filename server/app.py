@@ -11,7 +11,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from server.api import auth, consent, conversations, files, me, meta, orgs, push
+from server.api import auth, consent, conversations, files, me, meta, minors, orgs, push
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
 from server.errors import ApiError, ApiErrorCode
@@ -19,6 +19,7 @@ from server.logs import request_id
 from server.services import Services
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.minors import GuardianError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ def _unwrap(exc: Exception) -> Exception:
     return exc
 
 
+GUARDIAN_REFUSALS = {
+    "not_a_minor": ApiErrorCode.GUARDIAN_CONSENT_NOT_REQUIRED,
+    "not_serving_children": ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN,
+    "withdrawn": ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN,
+}
+
+
 def _refusal(exc: Exception) -> ApiError | None:
     """The ApiError for a storage rule that refused a change (None: not one of those)."""
     if isinstance(exc, NotFoundError):
@@ -64,6 +72,8 @@ def _refusal(exc: Exception) -> ApiError | None:
         if exc.reason == "not_granted":
             code = ApiErrorCode.CONSENT_NOT_GRANTED
         return ApiError(code, str(exc))
+    if isinstance(exc, GuardianError):
+        return ApiError(GUARDIAN_REFUSALS[exc.reason], str(exc))
     if isinstance(exc, ConflictError):
         details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
         return ApiError(ApiErrorCode.CONFLICT, str(exc), details=details)
@@ -111,7 +121,17 @@ def create_app(services: Services) -> QuartTrio:
     )
     app.extensions["obrol"] = ApiContext(services)
     tls = services.settings.tls_enabled
-    blueprints = (meta.bp, auth.bp, orgs.bp, me.bp, conversations.bp, files.bp, push.bp, consent.bp)
+    blueprints = (
+        meta.bp,
+        auth.bp,
+        orgs.bp,
+        me.bp,
+        conversations.bp,
+        files.bp,
+        push.bp,
+        consent.bp,
+        minors.bp,
+    )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
 

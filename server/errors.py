@@ -35,6 +35,10 @@ class ApiErrorCode(StrEnum):
     PUSH_PROVIDER_UNAVAILABLE = "push_provider_unavailable"
     PURPOSE_SWITCHED_OFF = "purpose_switched_off"
     CONSENT_NOT_GRANTED = "consent_not_granted"
+    GUARDIAN_CONSENT_REQUIRED = "guardian_consent_required"
+    GUARDIAN_CONSENT_NOT_REQUIRED = "guardian_consent_not_required"
+    GUARDIAN_CONSENT_WITHDRAWN = "guardian_consent_withdrawn"
+    ORG_DOES_NOT_SERVE_CHILDREN = "org_does_not_serve_children"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -60,6 +64,10 @@ STATUS = {
     ApiErrorCode.PUSH_PROVIDER_UNAVAILABLE: 422,
     ApiErrorCode.PURPOSE_SWITCHED_OFF: 403,
     ApiErrorCode.CONSENT_NOT_GRANTED: 409,
+    ApiErrorCode.GUARDIAN_CONSENT_REQUIRED: 403,
+    ApiErrorCode.GUARDIAN_CONSENT_NOT_REQUIRED: 409,
+    ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN: 409,
+    ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN: 409,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

@@ -21,6 +21,7 @@ from storage.devices import DeviceStore
 from storage.files import BlobStore, FileStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
+from storage.minors import MinorStore
 from storage.orgs import OrgStore
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import PushRegistrationStore
@@ -79,6 +80,7 @@ class Services:
     push_registrations: PushRegistrationStore = field(init=False)
     push: PushBridge = field(init=False)
     consent: ConsentStore = field(init=False)
+    minors: MinorStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -93,4 +95,5 @@ class Services:
         self.blobs = BlobStore(self.settings.data_dir / "files")
         self.push_registrations = PushRegistrationStore(self.db)
         self.consent = ConsentStore(self.db)
+        self.minors = MinorStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

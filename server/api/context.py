@@ -16,6 +16,7 @@ from server.handlers.access import Actor
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
+from server.handlers.minors import MinorHandler
 from server.handlers.orgs import OrgHandler
 from server.handlers.profile import ProfileHandler
 from server.handlers.push import PushHandler
@@ -37,6 +38,7 @@ class ApiContext:
     files: FileHandler = field(init=False)
     push: PushHandler = field(init=False)
     consent: ConsentHandler = field(init=False)
+    minors: MinorHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +50,7 @@ class ApiContext:
         self.files = FileHandler(self.services, self.conversations)
         self.push = PushHandler(self.services)
         self.consent = ConsentHandler(self.services)
+        self.minors = MinorHandler(self.services)
 
 
 def ctx() -> ApiContext:
