@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     ACCOUNT_DEACTIVATED = "account_deactivated"
     PASSWORD_CHANGE_REQUIRED = "password_change_required"
     SIGNED_OUT = "signed_out"
+    GUARDIAN_CONSENT_REQUIRED = "guardian_consent_required"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     # Encrypted channel.
     DECRYPT_FAILED = "decrypt_failed"
@@ -84,6 +85,7 @@ class CloseCode(enum.IntEnum):
     PASSWORD_CHANGE_REQUIRED = 4011
     ACCOUNT_DEACTIVATED = 4012
     SIGNED_OUT = 4013
+    GUARDIAN_CONSENT_REQUIRED = 4014
 
 
 CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
@@ -103,6 +105,7 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.ACCOUNT_DEACTIVATED: CloseCode.ACCOUNT_DEACTIVATED,
         ErrorCode.PASSWORD_CHANGE_REQUIRED: CloseCode.PASSWORD_CHANGE_REQUIRED,
         ErrorCode.SIGNED_OUT: CloseCode.SIGNED_OUT,
+        ErrorCode.GUARDIAN_CONSENT_REQUIRED: CloseCode.GUARDIAN_CONSENT_REQUIRED,
         ErrorCode.HANDSHAKE_TIMEOUT: CloseCode.HANDSHAKE_TIMEOUT,
         ErrorCode.DECRYPT_FAILED: CloseCode.DECRYPT_FAILED,
         ErrorCode.CHANNEL_CLOSED: CloseCode.DECRYPT_FAILED,

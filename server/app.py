@@ -19,6 +19,7 @@ from server.api import (
     files,
     me,
     meta,
+    minors,
     orgs,
     policies,
     push,
@@ -31,6 +32,7 @@ from server.services import Services
 from storage.attendance import NoSitesError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.minors import GuardianError
 from storage.policies import PolicyError
 
 logger = logging.getLogger(__name__)
@@ -68,21 +70,25 @@ def _unwrap(exc: Exception) -> Exception:
     return exc
 
 
+# The code of each domain rule that refuses a change: (exception type, its reason).
+RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
+    (ConsentError, "not_granted"): ApiErrorCode.CONSENT_NOT_GRANTED,
+    (ConsentError, "switched_off"): ApiErrorCode.PURPOSE_SWITCHED_OFF,
+    (PolicyError, "unknown"): ApiErrorCode.UNKNOWN_POLICY,
+    (PolicyError, "not_current"): ApiErrorCode.POLICY_NOT_CURRENT,
+    (GuardianError, "not_a_minor"): ApiErrorCode.GUARDIAN_CONSENT_NOT_REQUIRED,
+    (GuardianError, "not_serving_children"): ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN,
+    (GuardianError, "withdrawn"): ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN,
+    (NoSitesError, None): ApiErrorCode.NO_SITES,
+}
+
+
 def _refusal(exc: Exception) -> ApiError | None:
     """The ApiError for a storage rule that refused a change (None: not one of those)."""
     if isinstance(exc, NotFoundError):
         return ApiError(ApiErrorCode.NOT_FOUND, str(exc))
-    if isinstance(exc, ConsentError):
-        code = ApiErrorCode.PURPOSE_SWITCHED_OFF
-        if exc.reason == "not_granted":
-            code = ApiErrorCode.CONSENT_NOT_GRANTED
-        return ApiError(code, str(exc))
-    if isinstance(exc, NoSitesError):
-        return ApiError(ApiErrorCode.NO_SITES, str(exc))
-    if isinstance(exc, PolicyError):
-        code = ApiErrorCode.UNKNOWN_POLICY
-        if exc.reason == "not_current":
-            code = ApiErrorCode.POLICY_NOT_CURRENT
+    code = RULE_CODES.get((type(exc), getattr(exc, "reason", None)))
+    if code is not None:
         return ApiError(code, str(exc))
     if isinstance(exc, ConflictError):
         details = None if exc.field is None else [{"field": exc.field, "problem": "taken"}]
@@ -142,6 +148,7 @@ def create_app(services: Services) -> QuartTrio:
         consent.bp,
         attendance.bp,
         policies.bp,
+        minors.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

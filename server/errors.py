@@ -39,6 +39,10 @@ class ApiErrorCode(StrEnum):
     RECONSENT_REQUIRED = "reconsent_required"
     UNKNOWN_POLICY = "unknown_policy"
     POLICY_NOT_CURRENT = "policy_not_current"
+    GUARDIAN_CONSENT_REQUIRED = "guardian_consent_required"
+    GUARDIAN_CONSENT_NOT_REQUIRED = "guardian_consent_not_required"
+    GUARDIAN_CONSENT_WITHDRAWN = "guardian_consent_withdrawn"
+    ORG_DOES_NOT_SERVE_CHILDREN = "org_does_not_serve_children"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -68,6 +72,10 @@ STATUS = {
     ApiErrorCode.RECONSENT_REQUIRED: 403,
     ApiErrorCode.UNKNOWN_POLICY: 404,
     ApiErrorCode.POLICY_NOT_CURRENT: 409,
+    ApiErrorCode.GUARDIAN_CONSENT_REQUIRED: 403,
+    ApiErrorCode.GUARDIAN_CONSENT_NOT_REQUIRED: 409,
+    ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN: 409,
+    ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN: 409,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

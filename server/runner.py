@@ -34,6 +34,7 @@ from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
 from server.gateway.listener import Gateway, GatewaySettings
 from server.gateway.session import GatewayContext
+from server.handlers.minors import settle_at_start
 from server.identity import fingerprint, load_or_create_identity, public_key_b64
 from server.passwords import PasswordHasher
 from server.services import Services, utc_now
@@ -131,6 +132,7 @@ async def serve(
                 hasher = PasswordHasher(settings.password_hash_strength)
                 services = Services(settings, db, identity, hasher, clock)
                 await trio.to_thread.run_sync(services.blobs.make_private)
+                await settle_at_start(services)  # the age settings may have changed
                 async with trio.open_nursery() as pushing:
                     stop_pushing = trio.Event()
                     pushing.start_soon(services.push.run, bridge, stop_pushing)

@@ -24,6 +24,7 @@ from storage.files import BlobStore, FileStore
 from storage.live import LiveStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
+from storage.minors import MinorStore
 from storage.orgs import OrgStore
 from storage.policies import PolicyStore
 from storage.push_outbox import PushOutbox
@@ -87,6 +88,7 @@ class Services:
     erasure: ErasureStore = field(init=False)
     attendance: AttendanceStore = field(init=False)
     policies: PolicyStore = field(init=False)
+    minors: MinorStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -105,4 +107,5 @@ class Services:
         self.erasure = ErasureStore(self.db)
         self.attendance = AttendanceStore(self.db)
         self.policies = PolicyStore(self.db)
+        self.minors = MinorStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         "interactive"
     )
     allow_org_signup: bool = False  # first org: `obrol org create`
+    # Minors (README, "Minors and guardians"): a member younger than this, by the birth date
+    # an admin gave, needs a recorded guardian consent before the account can be used. The
+    # defaults are the strictest the privacy policies name (18; children under 14).
+    age_of_consent_years: int = Field(18, ge=1, le=25)
+    # Younger than this, the organization must also have declared it serves children (0: no
+    # such rule).
+    child_age_years: int = Field(14, ge=0, le=25)
 
     handshake_timeout_s: float = Field(10.0, gt=0)
     idle_timeout_s: float = Field(90.0, gt=0)
@@ -155,6 +162,14 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 24:
             raise ValueError("must be at least 24 characters (a long random secret)")
         return value
+
+    @model_validator(mode="after")
+    def _child_age_within_minority(self) -> Settings:
+        if self.child_age_years > self.age_of_consent_years:
+            raise ValueError(
+                "child_age_years cannot be above age_of_consent_years: every child is a minor"
+            )
+        return self
 
     @model_validator(mode="after")
     def _push_lease_outlasts_sends(self) -> Settings:

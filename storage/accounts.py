@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from storage.database import Database
@@ -14,9 +14,10 @@ from storage.push_registrations import drop_registrations
 
 COLUMNS = """id, org_id, account_name, work_email, display_name, phone, department_id,
     position, role, admin_department_id, status, password_change_required,
-    created_at, updated_at"""
+    created_at, updated_at, birth_date"""
 
-# Fields `update` may change; everything else is fixed or has its own operation.
+# Fields `update` may change; everything else is fixed or has its own operation (the birth
+# date: storage.minors, which applies the guardian rule with it).
 UPDATABLE = frozenset(
     {
         "account_name",
@@ -43,6 +44,8 @@ class NewAccount:
     position: str | None = None
     admin_department_id: uuid.UUID | None = None
     password_change_required: bool = False
+    birth_date: date | None = None
+    status: str = "active"  # "pending_guardian": a minor without a guardian's consent yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class Account:
     password_change_required: bool
     created_at: datetime
     updated_at: datetime
+    birth_date: date | None  # shown only to the person and the org's owners and admins
 
 
 def _account(row: Any) -> Account:
@@ -72,8 +76,8 @@ async def insert_account(conn: Any, org_id: uuid.UUID, new: NewAccount) -> Accou
     row = await conn.fetchrow(
         f"""INSERT INTO accounts (id, org_id, account_name, work_email, display_name, phone,
                 department_id, position, role, admin_department_id, password_hash,
-                password_change_required)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                password_change_required, birth_date, status)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             RETURNING {COLUMNS}""",
         uuid.uuid4(),
         org_id,
@@ -87,11 +91,14 @@ async def insert_account(conn: Any, org_id: uuid.UUID, new: NewAccount) -> Accou
         new.admin_department_id,
         new.password_hash,
         new.password_change_required,
+        new.birth_date,
+        new.status,
     )
     return _account(row)
 
 
-async def _get(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+async def get_account(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+    """The member `account_id` of `org_id` (on an open transaction); NotFoundError."""
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM accounts WHERE org_id = $1 AND id = $2", org_id, account_id
     )
@@ -138,14 +145,15 @@ async def _list(
     return [_account(r) for r in rows]
 
 
-async def _update(
+async def update_account(
     conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
 ) -> Account:
+    """Change fields named in UPDATABLE (on an open transaction)."""
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     if not changes:
-        return await _get(conn, org_id, account_id)
+        return await get_account(conn, org_id, account_id)
     names = sorted(changes)
     assignments = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(names))
     row = await conn.fetchrow(
@@ -224,7 +232,7 @@ class AccountStore:
 
     async def get(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
         """NotFoundError unless the account exists in `org_id`."""
-        return await self._db.read(_get, org_id, account_id)
+        return await self._db.read(get_account, org_id, account_id)
 
     async def find_for_login(self, email: str) -> tuple[Account, bytes] | None:
         """The account with this work email (any case) and its password hash."""
@@ -243,7 +251,7 @@ class AccountStore:
         self, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
     ) -> Account:
         """Change fields named in UPDATABLE. ConflictError / NotFoundError as for `add`."""
-        return await self._db.transaction(_update, org_id, account_id, changes)
+        return await self._db.transaction(update_account, org_id, account_id, changes)
 
     async def change_password(
         self,

@@ -36,7 +36,8 @@ class Credentials:
     org_id: uuid.UUID
     public_key: bytes
     revoked: bool  # the device was revoked (it must wipe itself)
-    account_active: bool  # its account is active (not deactivated)
+    account_active: bool  # its account is active (not deactivated, not waiting for a guardian)
+    guardian_consent_required: bool  # its account is a minor's, waiting for a guardian's consent
     password_change_required: bool  # the account must change its initial password first
     signed_out: bool  # its session was ended elsewhere: it must log in again
     material_policy: int = 0  # the org's newest material policy version (storage.policies)
@@ -92,6 +93,7 @@ async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
     row = await conn.fetchrow(
         f"""SELECT d.account_id, a.org_id, d.public_key,
                   d.revoked_at IS NOT NULL AS revoked, a.status = 'active' AS account_active,
+                  a.status = 'pending_guardian' AS guardian_consent_required,
                   a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out,
                   {gate_columns("a.org_id", "a.id")}
            FROM devices d JOIN accounts a ON a.id = d.account_id
@@ -107,6 +109,7 @@ async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
         bytes(row["public_key"]),
         row["revoked"],
         row["account_active"],
+        row["guardian_consent_required"],
         row["password_change_required"],
         row["signed_out"],
         row["material_policy"],

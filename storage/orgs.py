@@ -17,6 +17,14 @@ class Org:
     id: uuid.UUID
     name: str
     created_at: datetime
+    serves_children: bool  # declared by its owners or admins (storage.minors)
+
+
+ORG_COLUMNS = "id, name, created_at, serves_children"
+
+
+def org_from_row(row: Any) -> Org:
+    return Org(row["id"], row["name"], row["created_at"], row["serves_children"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +43,17 @@ def _department(row: Any) -> Department:
 async def _create_org(conn: Any, name: str, owner: NewAccount) -> tuple[Org, Account]:
     org_id = uuid.uuid4()
     row = await conn.fetchrow(
-        "INSERT INTO orgs (id, name) VALUES ($1, $2) RETURNING id, name, created_at", org_id, name
+        f"INSERT INTO orgs (id, name) VALUES ($1, $2) RETURNING {ORG_COLUMNS}", org_id, name
     )
     account = await insert_account(conn, org_id, owner)
-    return Org(row["id"], row["name"], row["created_at"]), account
+    return org_from_row(row), account
 
 
 async def _get_org(conn: Any, org_id: uuid.UUID) -> Org:
-    row = await conn.fetchrow("SELECT id, name, created_at FROM orgs WHERE id = $1", org_id)
+    row = await conn.fetchrow(f"SELECT {ORG_COLUMNS} FROM orgs WHERE id = $1", org_id)
     if row is None:
         raise NotFoundError("no such organization")
-    return Org(row["id"], row["name"], row["created_at"])
+    return org_from_row(row)
 
 
 async def _create_department(

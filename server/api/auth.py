@@ -33,7 +33,7 @@ async def login() -> tuple[dict[str, Any], int]:
         req.email, req.password, device, ip=client_ip(), user_agent=user_agent()
     )
     return {
-        "account": account_json(result.account),
+        "account": account_json(result.account, birth_date=True),  # the person's own
         "device": device_json(result.device),
         "server_key": public_key_b64(ctx().services.identity),
         **tokens_json(result.tokens),

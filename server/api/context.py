@@ -17,6 +17,7 @@ from server.handlers.attendance import AttendanceHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
+from server.handlers.minors import MinorHandler
 from server.handlers.orgs import OrgHandler
 from server.handlers.policies import PolicyHandler
 from server.handlers.profile import ProfileHandler
@@ -41,6 +42,7 @@ class ApiContext:
     consent: ConsentHandler = field(init=False)
     attendance: AttendanceHandler = field(init=False)
     policies: PolicyHandler = field(init=False)
+    minors: MinorHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +56,7 @@ class ApiContext:
         self.consent = ConsentHandler(self.services)
         self.attendance = AttendanceHandler(self.services)
         self.policies = PolicyHandler(self.services)
+        self.minors = MinorHandler(self.services)
 
 
 def ctx() -> ApiContext:

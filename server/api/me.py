@@ -8,22 +8,29 @@ from typing import Any
 from quart import Blueprint
 
 from server.api.context import actor, body, client_ip, ctx, user_agent
+from server.api.minors import own_guardian_json
 from server.api.models import DeviceIn, PasswordChangeIn, ProfilePatch
 from server.api.present import account_json, device_json, login_json
 from server.errors import invalid
 from server.handlers.profile import ADMIN_CONTROLLED_FIELDS
 from server.handlers.sessions import DeviceSpec
+from storage.accounts import Account
 
 bp = Blueprint("me", __name__, url_prefix="/v1")
 
 
-def profile_json(account: Any) -> dict[str, Any]:
-    return {**account_json(account), "admin_controlled_fields": sorted(ADMIN_CONTROLLED_FIELDS)}
+async def profile_json(account: Account) -> dict[str, Any]:
+    """The person's own record, their birth date and standing under the guardian rule."""
+    return {
+        **account_json(account, birth_date=True),
+        "guardian": own_guardian_json(await ctx().minors.own(account)),
+        "admin_controlled_fields": sorted(ADMIN_CONTROLLED_FIELDS),
+    }
 
 
 @bp.get("/me")
 async def me() -> dict[str, Any]:
-    return profile_json(await ctx().profile.me(await actor(before_password_change=True)))
+    return await profile_json(await ctx().profile.me(await actor(before_password_change=True)))
 
 
 @bp.patch("/me")
@@ -34,7 +41,7 @@ async def correct_me() -> dict[str, Any]:
         changes = req.changes()
     except ValueError as exc:
         raise invalid(str(exc)) from None
-    return profile_json(await ctx().profile.correct(who, changes))
+    return await profile_json(await ctx().profile.correct(who, changes))
 
 
 @bp.post("/me/password")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -84,6 +85,20 @@ def _ed25519_key(value: object) -> bytes:
 PublicKey = Annotated[bytes, BeforeValidator(_ed25519_key)]
 
 
+def _iso_date(value: object) -> date:
+    """A calendar date written YYYY-MM-DD, nothing else (no numbers, no times)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be a real calendar date (YYYY-MM-DD)") from None
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+Relation = Literal["parent", "legal_guardian", "other"]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,10 +152,12 @@ class MemberIn(Strict):
     position: Name | None = None
     role: Role = "member"
     admin_department_id: uuid.UUID | None = None
+    birth_date: IsoDate | None = None  # owners and admins only
 
 
 class MemberPatch(Strict):
-    """Only the fields sent are changed; `null` clears phone, department or position."""
+    """Only the fields sent are changed; `null` clears phone, department, position or
+    birth date."""
 
     account_name: AccountName | None = None
     work_email: Email | None = None
@@ -150,6 +167,7 @@ class MemberPatch(Strict):
     position: Name | None = None
     role: Role | None = None
     admin_department_id: uuid.UUID | None = None
+    birth_date: IsoDate | None = None  # owners and admins only
 
     def changes(self) -> dict[str, Any]:
         """The fields sent; raises ValueError for a null where a value is required."""
@@ -173,12 +191,29 @@ class ProfilePatch(Strict):
     position: object = None
     role: object = None
     admin_department_id: object = None
+    birth_date: object = None
 
     def changes(self) -> dict[str, Any]:
         sent = self.model_dump(exclude_unset=True)
         if "display_name" in sent and sent["display_name"] is None:
             raise ValueError("display_name cannot be null")
         return sent
+
+
+class OrgPatch(Strict):
+    serves_children: StrictBool  # true or false, not 1 or "yes"
+
+
+class GuardianConsentIn(Strict):
+    """A guardian's consent as an admin records it: who gave it, as what, on which day,
+    and where the proof is kept (a reference such as a document id, never the document)."""
+
+    guardian_name: Name
+    relation: Relation
+    given_on: IsoDate
+    evidence_ref: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), OneLine
+    ]
 
 
 class PasswordChangeIn(Strict):

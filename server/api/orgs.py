@@ -11,7 +11,14 @@ from typing import Any
 from quart import Blueprint
 
 from server.api.context import actor, body, ctx
-from server.api.models import CreateOrgIn, DepartmentIn, DepartmentPatch, MemberIn, MemberPatch
+from server.api.models import (
+    CreateOrgIn,
+    DepartmentIn,
+    DepartmentPatch,
+    MemberIn,
+    MemberPatch,
+    OrgPatch,
+)
 from server.api.params import page_limit, text_arg
 from server.api.present import account_json, department_json, member_json, org_json
 from server.errors import invalid
@@ -38,6 +45,14 @@ async def sign_up() -> tuple[dict[str, Any], int]:
 @bp.get("/<uuid:org_id>")
 async def get_org(org_id: uuid.UUID) -> dict[str, Any]:
     return org_json(await ctx().orgs.get_org(await actor(), org_id))
+
+
+@bp.patch("/<uuid:org_id>")
+async def update_org(org_id: uuid.UUID) -> dict[str, Any]:
+    """Owners and admins: `{"serves_children": true|false}` (README, "Minors and guardians")."""
+    who = await actor()
+    req = await body(OrgPatch)
+    return org_json(await ctx().minors.set_serves_children(who, org_id, req.serves_children))
 
 
 @bp.get("/<uuid:org_id>/departments")
@@ -86,7 +101,7 @@ async def directory(org_id: uuid.UUID) -> dict[str, Any]:
     after = None if cursor is None else _decode_cursor(cursor)
     members, next_key = await ctx().orgs.directory(who, org_id, after, limit)
     return {
-        "members": [member_json(m.account, full=m.full) for m in members],
+        "members": [member_json(m.account, full=m.full, birth_date=m.birth_date) for m in members],
         "next": None if next_key is None else _encode_cursor(next_key),
     }
 
@@ -97,13 +112,13 @@ async def add_member(org_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     req = await body(MemberIn)
     fields = req.model_dump(exclude={"initial_password"})
     member = await ctx().orgs.add_member(who, org_id, fields, req.initial_password)
-    return account_json(member), 201
+    return account_json(member, birth_date=who.is_admin), 201
 
 
 @bp.get("/<uuid:org_id>/members/<uuid:account_id>")
 async def get_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, Any]:
     entry = await ctx().orgs.member(await actor(), org_id, account_id)
-    return member_json(entry.account, full=entry.full)
+    return member_json(entry.account, full=entry.full, birth_date=entry.birth_date)
 
 
 @bp.patch("/<uuid:org_id>/members/<uuid:account_id>")
@@ -114,10 +129,12 @@ async def update_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, A
         changes = req.changes()
     except ValueError as exc:
         raise invalid(str(exc)) from None
-    return account_json(await ctx().orgs.update_member(who, org_id, account_id, changes))
+    member = await ctx().orgs.update_member(who, org_id, account_id, changes)
+    return account_json(member, birth_date=who.is_admin)
 
 
 @bp.post("/<uuid:org_id>/members/<uuid:account_id>/deactivate")
 async def deactivate_member(org_id: uuid.UUID, account_id: uuid.UUID) -> dict[str, Any]:
     who = await actor()
-    return account_json(await ctx().orgs.deactivate_member(who, org_id, account_id))
+    member = await ctx().orgs.deactivate_member(who, org_id, account_id)
+    return account_json(member, birth_date=who.is_admin)

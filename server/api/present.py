@@ -27,7 +27,12 @@ def b64url(data: bytes) -> str:
 
 
 def org_json(org: Org) -> dict[str, Any]:
-    return {"id": str(org.id), "name": org.name, "created_at": iso(org.created_at)}
+    return {
+        "id": str(org.id),
+        "name": org.name,
+        "created_at": iso(org.created_at),
+        "serves_children": org.serves_children,
+    }
 
 
 def department_json(d: Department) -> dict[str, Any]:
@@ -40,8 +45,10 @@ def department_json(d: Department) -> dict[str, Any]:
     }
 
 
-def account_json(a: Account) -> dict[str, Any]:
-    return {
+def account_json(a: Account, *, birth_date: bool = False) -> dict[str, Any]:
+    """The whole record; `birth_date` only when asked (for the person themselves and the
+    org's owners and admins)."""
+    record: dict[str, Any] = {
         "id": str(a.id),
         "org_id": str(a.org_id),
         "account_name": a.account_name,
@@ -59,6 +66,9 @@ def account_json(a: Account) -> dict[str, Any]:
         "created_at": iso(a.created_at),
         "updated_at": iso(a.updated_at),
     }
+    if birth_date:
+        record["birth_date"] = None if a.birth_date is None else a.birth_date.isoformat()
+    return record
 
 
 # What any member of the organization sees of a colleague (README.md, "Who sees what of a
@@ -76,9 +86,10 @@ DIRECTORY_FIELDS = (
 )
 
 
-def member_json(account: Account, *, full: bool) -> dict[str, Any]:
-    """The whole record for those allowed to see it, the directory fields otherwise."""
-    record = account_json(account)
+def member_json(account: Account, *, full: bool, birth_date: bool = False) -> dict[str, Any]:
+    """The whole record for those allowed to see it, the directory fields otherwise; the
+    birth date only with `birth_date`."""
+    record = account_json(account, birth_date=birth_date)
     return record if full else {k: record[k] for k in DIRECTORY_FIELDS}
 
 

@@ -126,12 +126,19 @@ class Hub:
         for conn in list(self._by_device.get(device_id, ())):
             conn.close(code, error, message)
 
-    def disconnect_account(self, account_id: uuid.UUID) -> None:
-        """Close every live connection of a deactivated account."""
+    def disconnect_account(
+        self, account_id: uuid.UUID, *, guardian_consent_required: bool = False
+    ) -> None:
+        """Close every live connection of a deactivated account (4012), or of a minor's
+        account that now waits for a guardian's consent (4014)."""
+        if guardian_consent_required:
+            code, error = CloseCode.GUARDIAN_CONSENT_REQUIRED, ErrorCode.GUARDIAN_CONSENT_REQUIRED
+            message = "a guardian's consent must be recorded first"
+        else:
+            code, error = CloseCode.ACCOUNT_DEACTIVATED, ErrorCode.ACCOUNT_DEACTIVATED
+            message = "account deactivated"
         for conn in list(self._by_account.get(account_id, ())):
-            conn.close(
-                CloseCode.ACCOUNT_DEACTIVATED, ErrorCode.ACCOUNT_DEACTIVATED, "account deactivated"
-            )
+            conn.close(code, error, message)
 
     def close_overdue_resyncs(self, now: float) -> None:
         """Close the connections told to re-sync whose time to do so has passed."""

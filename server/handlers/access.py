@@ -38,6 +38,12 @@ def gateway_refusal(device: Credentials) -> tuple[CloseCode, ErrorCode, str] | N
     or None when it may connect."""
     if device.revoked:
         return CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked"
+    if device.guardian_consent_required:
+        return (
+            CloseCode.GUARDIAN_CONSENT_REQUIRED,
+            ErrorCode.GUARDIAN_CONSENT_REQUIRED,
+            "a guardian's consent must be recorded first",
+        )
     if not device.account_active:
         return CloseCode.ACCOUNT_DEACTIVATED, ErrorCode.ACCOUNT_DEACTIVATED, "account deactivated"
     if device.password_change_required:

@@ -16,6 +16,7 @@ from server.handlers.access import (
     require_org,
     require_role_grant,
 )
+from server.handlers.minors import MinorHandler
 from server.passwords import PasswordHasher, password_problems
 from server.services import Services
 from storage.accounts import Account, NewAccount
@@ -35,6 +36,7 @@ class MemberEntry:
 
     account: Account
     full: bool
+    birth_date: bool = False  # the viewer may see the birth date (themselves, owners, admins)
 
 
 def check_password(password: str, account_name: str, work_email: str) -> None:
@@ -64,6 +66,7 @@ async def create_org(
 class OrgHandler:
     def __init__(self, services: Services) -> None:
         self._s = services
+        self._minors = MinorHandler(services)
 
     def require_signup_open(self) -> None:
         """Raise ApiError signup_closed unless `allow_org_signup`."""
@@ -146,29 +149,35 @@ class OrgHandler:
                         self._s, actor, account.department_id
                     )
                 full = in_scope[account.department_id]
-            entries.append(MemberEntry(account, full))
+            own_or_admin = account.id == actor.account_id or actor.is_admin
+            entries.append(MemberEntry(account, full, birth_date=own_or_admin))
         return entries
 
     async def add_member(
         self, actor: Actor, org_id: uuid.UUID, fields: dict[str, Any], initial_password: str
     ) -> Account:
-        """Add a member who must change the initial password at first login."""
+        """Add a member who must change the initial password at first login. With a birth
+        date (owners and admins only) that makes them a minor, the account waits for a
+        guardian's consent (server.handlers.minors)."""
         require_org(actor, org_id)
         role = fields.get("role", "member")
         require_role_grant(actor, role)
         await self._check_placement(actor, fields, role)
         check_password(initial_password, fields["account_name"], fields["work_email"])
+        status = self._minors.new_member_status(actor, fields.get("birth_date"))
         new = NewAccount(
             **fields,
             password_hash=await self._s.passwords.hash(initial_password),
             password_change_required=True,
+            status=status,
         )
         return await self._s.accounts.add(org_id, new)
 
     async def update_member(
         self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
     ) -> Account:
-        """Correct a member's directory entry, within the actor's rights."""
+        """Correct a member's directory entry, within the actor's rights; a birth date only
+        by owners and admins, and never their own."""
         require_org(actor, org_id)
         target = await self._s.accounts.get(org_id, account_id)
         await require_member_scope(self._s, actor, target)
@@ -184,6 +193,8 @@ class OrgHandler:
             "admin_department_id": target.admin_department_id,
         } | changes
         await self._check_placement(actor, merged, role)
+        if "birth_date" in changes:
+            return await self._minors.update_member(actor, target, changes)
         return await self._s.accounts.update(org_id, account_id, changes)
 
     async def deactivate_member(

@@ -20,7 +20,15 @@ logger = logging.getLogger(__name__)
 # A person corrects these themselves; the rest of the directory entry is the org's.
 SELF_SERVICE_FIELDS = frozenset({"display_name", "phone"})
 ADMIN_CONTROLLED_FIELDS = frozenset(
-    {"account_name", "work_email", "department_id", "position", "role", "admin_department_id"}
+    {
+        "account_name",
+        "work_email",
+        "department_id",
+        "position",
+        "role",
+        "admin_department_id",
+        "birth_date",
+    }
 )
 
 

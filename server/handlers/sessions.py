@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
+from server.handlers.minors import settle_at_login
 from server.services import Services
 from storage.accounts import Account
 from storage.devices import Device
@@ -80,8 +81,9 @@ class SessionHandler:
 
         Every attempt is written to the login records; the rate limit is applied before
         the password is checked (see `admit_password_check`). Raises ApiError:
-        rate_limited, bad_credentials, account_deactivated; ConflictError for a key this
-        account may not use.
+        rate_limited, bad_credentials, guardian_consent_required (a minor's account waiting
+        for a guardian's consent), account_deactivated; ConflictError for a key this account
+        may not use.
         """
         s = self._s
         now = s.clock()
@@ -95,9 +97,18 @@ class SessionHandler:
         if not await s.passwords.verify(stored, password):
             await s.logins.settle(record, "bad_password", account.id)
             raise ApiError(ApiErrorCode.BAD_CREDENTIALS, "wrong email or password")
-        if account.status != "active":
+        status = await settle_at_login(s, account)  # a minor may have come of age
+        if status == "pending_guardian":
+            await s.logins.settle(record, "guardian_consent_required", account.id)
+            raise ApiError(
+                ApiErrorCode.GUARDIAN_CONSENT_REQUIRED,
+                "this account can be used once your organization has recorded a parent's or "
+                "guardian's consent",
+            )
+        if status != "active":
             await s.logins.settle(record, "deactivated", account.id)
             raise ApiError(ApiErrorCode.ACCOUNT_DEACTIVATED, "this account is deactivated")
+        account = replace(account, status=status)
         pair, hashes = _new_pair(s)
         try:
             enrolled = await s.tokens.open_session(
