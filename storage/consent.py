@@ -54,6 +54,13 @@ class MemberGrants:
     granted: dict[str, datetime]  # purpose -> since when
 
 
+# The privacy-policy version the account accepted last (None: none yet): the one a consent
+# change is made under.
+ACCEPTED_POLICY = """SELECT v.version FROM policy_acceptances a
+    JOIN policy_versions v ON v.id = a.policy_id
+    WHERE a.account_id = $1 ORDER BY a.policy_id DESC LIMIT 1"""
+
+
 async def _state(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> list[Grant]:
     grants = {
         r["purpose"]: r
@@ -86,25 +93,31 @@ async def _record(
     device_id: uuid.UUID | None,
     reason: str | None = None,
 ) -> None:
+    policy = await conn.fetchval(ACCEPTED_POLICY, account_id)
     await conn.execute(
-        """INSERT INTO consent_grants (account_id, purpose, granted, changed_at, device_id)
-           VALUES ($1, $2, $3, $4, $5)
+        """INSERT INTO consent_grants
+               (account_id, purpose, granted, changed_at, device_id, policy_version)
+           VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (account_id, purpose) DO UPDATE SET granted = EXCLUDED.granted,
-               changed_at = EXCLUDED.changed_at, device_id = EXCLUDED.device_id""",
+               changed_at = EXCLUDED.changed_at, device_id = EXCLUDED.device_id,
+               policy_version = EXCLUDED.policy_version""",
         account_id,
         purpose,
         granted,
         at,
         device_id,
+        policy,
     )
     await conn.execute(
-        """INSERT INTO consent_history (account_id, purpose, action, at, device_id, reason)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
+        """INSERT INTO consent_history
+               (account_id, purpose, action, at, device_id, policy_version, reason)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
         account_id,
         purpose,
         "granted" if granted else "withdrawn",
         at,
         device_id,
+        policy,
         reason,
     )
 

@@ -116,8 +116,10 @@ CONSENT_LIVE_S2C: list[f.ServerFrame] = [
     fl.ConsentRevoked(
         who=ALICE, purpose="media_share", conv=CONV, ids=(MESSAGE_ID[::-1],), at=SENT_AT_MS
     ),
+    f.PolicyNotice(version="2026-01", material=True, at=SENT_AT_MS),
 ]
-"""§10.3: the consent and live-location frames, as plaintext batches (seal them as any)."""
+"""§10.3: the consent, live-location and policy frames, as plaintext batches (seal them as
+any)."""
 
 PULL_KEY = bytes(range(0x60, 0x80))
 PULL_HEADER = bytes(range(0x80, 0x98))

@@ -237,6 +237,12 @@ async def test_a_material_version_blocks_the_api_until_accepted(server: Harness)
     assert state["accepted"]["device_id"] == maria.device["id"]
     assert datetime.fromisoformat(state["accepted"]["accepted_at"])
     assert (await conversations(server, maria)).status_code == 200
+    # A consent given now is recorded under the version she accepted.
+    assert (
+        await server.client.put("/v1/me/consents/media_share", headers=maria.headers)
+    ).is_success
+    events = await server.client.get("/v1/me/consents/history", headers=maria.headers)
+    assert [e["policy_version"] for e in events.json()["history"]] == ["2026-01"]
     assert_error(await conversations(server, owner), 403, "reconsent_required")  # not hers
     again = await accept(server, maria, "2026-01")  # accepting twice changes nothing
     assert again.json()["accepted"] == state["accepted"]
