@@ -215,9 +215,11 @@ async def _append(
 
     Items whose sender is not an active member of the conversation are refused, and an
     item repeating a stored (sender device, client id) returns the stored message:
-    neither aborts the rest of the batch. Six statements whatever the batch holds (the
-    lock, members, repeats, sequence numbers, positions, the rows) and one more for the
-    push outbox, each a round trip. The `unsure` sends are looked up with the repeats.
+    neither aborts the rest of the batch; nor do tagged items whose scope names a
+    non-member or whose sender lacks the grant (`_with_grants`). Six statements whatever
+    the batch holds (the lock, members, repeats, sequence numbers, positions, the rows),
+    one more for the push outbox and one for the grants when the batch holds tagged
+    messages, each a round trip. The `unsure` sends are looked up with the repeats.
     """
     # The lock first: membership changes take it too, so the member lists read next stay
     # those of the commit, and serve both the sender check and the fan-out.
