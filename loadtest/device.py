@@ -255,9 +255,9 @@ class SimDevice:
     @property
     def outstanding(self) -> int:
         """Sends not yet written, or written and neither acknowledged nor refused; live
-        frames not yet written and starts not yet answered."""
+        frames not yet written, and live starts and stops not yet answered."""
         return (
-            len(self._pending) + len(self.state.outbox) + len(self._retries) + self.live.unwritten
+            len(self._pending) + len(self.state.outbox) + len(self._retries) + self.live.unsettled
         )
 
     def _backoff(self, failures: int) -> float:

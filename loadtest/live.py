@@ -6,7 +6,8 @@ conversation, for an hour) when it has none; the `live_ok` brings the session id
 first update follows. Sessions live on the server, not on a connection (PROTOCOL.md §6.6),
 so they are kept across reconnects; a start whose answer was lost with its connection is
 forgotten and the next pick starts again. Every session is stopped (`live_stop`) when the
-run ends.
+run ends, and the stop is settled when its `live_end` comes back (the sharer's own devices
+are in the audience of their session's end).
 
 Updates are ephemeral `msg` frames without `cid`, `pos` or `seq`: they never enter the
 exact loss check of stored messages and are only counted (`LiveCounts`).
@@ -44,8 +45,8 @@ class LiveSharing:
     """The live sessions of one device, what it owes the server, and what it heard back.
 
     `pick` records a wish; `take` turns wishes into frames when the device writes; `on_ok`,
-    `on_err`, `on_end` apply the server's answers; `on_connection` forgets the starts a
-    new connection will never hear the answer to; `close` stops everything.
+    `on_err`, `on_end` apply the server's answers; `on_connection` gives up on the answers
+    the last connection took with it; `close` stops everything.
     """
 
     def __init__(self, device: int, counts: LiveCounts) -> None:
@@ -58,6 +59,8 @@ class LiveSharing:
         self._starting: dict[str, Target] = {}
         """`live_start` written, answer awaited: cid -> conversation."""
         self._stops: list[bytes] = []
+        self._stopping: set[bytes] = set()
+        """`live_stop` written, `live_end` awaited."""
         self._started = 0
         self._steps: dict[int, int] = {}
         self._closing = False
@@ -75,9 +78,10 @@ class LiveSharing:
         self._wanted[target.index] = target
 
     @property
-    def unwritten(self) -> int:
-        """Frames owed to the server (updates, starts, stops), and starts still unanswered."""
-        return len(self._wanted) + len(self._stops) + len(self._starting)
+    def unsettled(self) -> int:
+        """Frames owed to the server (updates, starts, stops), and starts and stops whose
+        answer has not come yet."""
+        return len(self._wanted) + len(self._stops) + len(self._starting) + len(self._stopping)
 
     @property
     def has_frames(self) -> bool:
@@ -88,7 +92,9 @@ class LiveSharing:
         frames: list[LiveFrame] = []
         counts = self._counts
         while self._stops and len(frames) < limit:
-            frames.append(LiveStop(id=self._stops.pop()))
+            ending = self._stops.pop()
+            frames.append(LiveStop(id=ending))
+            self._stopping.add(ending)
             counts.stops += 1
         while self._wanted and len(frames) < limit:
             index = next(iter(self._wanted))
@@ -155,16 +161,22 @@ class LiveSharing:
                 self._sessions.clear()
             return True
         if frame.ref_type == LiveStop.TYPE:
+            # The session had ended already; which one is not said: wait for none.
             self._counts.stop_refusals[code] += 1
+            self._stopping.clear()
             return True
-        if frame.ref_type is None and frame.code is ErrorCode.RATE_LIMITED and self._starting:
-            # A whole batch was refused: starts in it will never be answered.
-            self.forget_starts()
+        if frame.ref_type is None and frame.code is ErrorCode.RATE_LIMITED:
+            # A whole batch was refused: starts and stops in it will never be answered.
+            self._answers_lost()
         return False
 
     def on_end(self, frame: LiveEnd) -> None:
         """Someone's session in a conversation of ours ended; if it was ours, forget it."""
         self._counts.ends_received += 1
+        if frame.id in self._stopping:
+            self._stopping.remove(frame.id)
+            self._counts.stops_confirmed += 1
+            return
         for index, session in self._sessions.items():
             if session == frame.id:
                 del self._sessions[index]
@@ -173,16 +185,19 @@ class LiveSharing:
     def on_update(self) -> None:
         self._counts.updates_received += 1
 
-    def forget_starts(self) -> None:
-        """Starts whose answer will not come (their connection ended): the next pick of
-        their conversation starts again; a late `live_ok` for one is stopped."""
-        if self._starting:
-            self._counts.starts_unanswered += len(self._starting)
-            self._starting.clear()
-
     def on_connection(self) -> None:
-        """A new connection: answers to starts written on the last one are lost."""
-        self.forget_starts()
+        """A new connection: answers to starts and stops written on the last one are lost."""
+        self._answers_lost()
+
+    def _answers_lost(self) -> None:
+        """Starts and stops written will not be answered. The next pick of a start's
+        conversation starts again (a late `live_ok` for the old one is stopped); the stops
+        are written again (one the first stop ended is refused `live_session_ended`,
+        counted in `stop_refusals`)."""
+        self._counts.starts_unanswered += len(self._starting)
+        self._starting.clear()
+        self._stops.extend(self._stopping)
+        self._stopping.clear()
 
     def close(self) -> None:
         """The run ends: stop every session (and any that starts still bring)."""

@@ -71,9 +71,12 @@ class LiveCounts:
     """Live updates (ephemeral `msg` frames with `live_until`) received by the devices."""
     stops: int = 0
     """`live_stop` written: at the end of the run, or for a session no longer wanted."""
+    stops_confirmed: int = 0
+    """Stops whose `live_end` came back to the stopping device: the session is over."""
     stop_refusals: Counter[str] = field(default_factory=Counter)
     ends_received: int = 0
-    """`live_end` frames received (the audience hears of every session that ends)."""
+    """`live_end` frames received (the audience hears of every session that ends) before
+    the device's run ended."""
     sent_by_conversation: Counter[int] = field(default_factory=Counter)
     """`live_pos` written, per conversation: times its devices make the most the audience
     could have received."""
@@ -90,6 +93,7 @@ class LiveCounts:
             "update_refusals": dict(self.update_refusals),
             "updates_received": self.updates_received,
             "stops": self.stops,
+            "stops_confirmed": self.stops_confirmed,
             "stop_refusals": dict(self.stop_refusals),
             "ends_received": self.ends_received,
             "sent_by_conversation": dict(self.sent_by_conversation),

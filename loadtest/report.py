@@ -309,6 +309,7 @@ LIVE_COUNTS = (
     "updates_sent",
     "updates_received",
     "stops",
+    "stops_confirmed",
     "ends_received",
 )
 LIVE_REFUSALS = ("start_refusals", "update_refusals", "stop_refusals")
@@ -374,7 +375,8 @@ def live_rows(live: dict[str, Any] | None) -> list[tuple[str, str]]:
         (
             "live sessions",
             f"{_n(live['starts'])} started ({_n(live['started'])} ok, "
-            f"{_n(live['starts_refused'])} refused{unanswered}), {_n(live['stops'])} stopped",
+            f"{_n(live['starts_refused'])} refused{unanswered}), {_n(live['stops'])} stopped "
+            f"({_n(live['stops_confirmed'])} confirmed by live_end)",
         ),
         (
             "live updates",

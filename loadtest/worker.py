@@ -284,7 +284,7 @@ class Worker:
 
     async def _wait_for_acks(self) -> None:
         """Until every send handed to a device is acknowledged or refused, and its live
-        frames (the stops) are written (bounded)."""
+        sessions are stopped (`live_end` back) (bounded)."""
         stopped = self.inbox.stopped
         limit = STOPPED_WAIT_S if stopped.is_set() else self.plan.drain_timeout_s
         with trio.move_on_after(limit):

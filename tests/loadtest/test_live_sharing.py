@@ -33,7 +33,7 @@ def test_the_first_pick_starts_a_session_and_its_update_follows_the_live_ok() ->
     assert in_an_hour - 60_000 < start.until <= in_an_hour
     sharing.pick(HOME)  # while the start is under way: one update follows the answer
     assert sharing.take(10) == []
-    assert sharing.unwritten == 1  # the answer is awaited (the drain waits for it)
+    assert sharing.unsettled == 1  # the answer is awaited (the drain waits for it)
 
     session = uuid.uuid4().bytes
     sharing.on_ok(LiveOk(cid=start.cid, id=session, until=start.until))
@@ -46,7 +46,7 @@ def test_the_first_pick_starts_a_session_and_its_update_follows_the_live_ok() ->
     assert abs(second.lat - first.lat) < 1e-3
     assert (counts.picks, counts.merged, counts.starts, counts.started) == (3, 1, 1, 1)
     assert counts.updates_sent == 2 and counts.sent_by_conversation == {HOME.index: 2}
-    assert sharing.unwritten == 0
+    assert sharing.unsettled == 0
 
 
 def test_each_conversation_has_its_own_session_and_updates_wait_for_a_batch() -> None:
@@ -143,7 +143,27 @@ def test_the_end_of_the_run_stops_every_session_even_one_still_starting() -> Non
     team = uuid.uuid4().bytes
     sharing.on_ok(LiveOk(cid=start.cid, id=team, until=start.until))
     assert sharing.take(10) == [LiveStop(id=team)]
-    assert sharing.unwritten == 0 and counts.stops == 2
+    assert counts.stops == 2
+    # A stop is settled when its `live_end` comes back (the drain waits for both).
+    assert sharing.unsettled == 2
+    me = uuid.uuid4().bytes
+    for session in (home, team):
+        sharing.on_end(LiveEnd(id=session, conv=HOME.conv, who=me, reason="stopped"))
+    assert sharing.unsettled == 0 and counts.stops_confirmed == 2
+
+
+def test_stops_whose_answer_went_with_the_connection_are_written_again() -> None:
+    counts = LiveCounts()
+    sharing = LiveSharing(1, counts)
+    home = started(sharing, HOME)
+    sharing.close()
+    assert sharing.take(10) == [LiveStop(id=home)]
+    sharing.on_connection()
+    assert sharing.take(10) == [LiveStop(id=home)]
+    # It had reached the server after all: the second one is refused, and nothing waits.
+    ended = Err(code=ErrorCode.LIVE_SESSION_ENDED, message="ended", ref_type="live_stop")
+    assert sharing.on_err(ended)
+    assert sharing.unsettled == 0 and counts.stop_refusals == {"live_session_ended": 1}
 
 
 def test_a_live_end_of_our_session_forgets_it() -> None:
