@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         default=200.0,
-        help="messages per second sent, all devices together (default 200)",
+        help="messages per second sent, all devices together, live-location updates "
+        "included (default 200)",
     )
     load.add_argument(
         "--arrival",
@@ -133,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--mix",
         default="text=90,file=5,location=5",
-        help="traffic mix as KIND=WEIGHT (default text=90,file=5,location=5)",
+        help="traffic mix as KIND=WEIGHT,... with KIND text, file, location (stored "
+        "messages) or live (an update of the sender device's live-location session in the "
+        "conversation, started on its first pick, stopped at the end; ephemeral, so "
+        "counted apart from the loss check), e.g. text=85,file=5,location=5,live=5 "
+        "(default text=90,file=5,location=5)",
     )
     load.add_argument("--text-chars", type=int, default=100, help="length of text messages")
     load.add_argument(

@@ -18,7 +18,9 @@ GROUP_MEMBERS_MAX = 5000
 """The server's limit on the members of one group (the creator included)."""
 
 MAX_WORKERS = 64
-KINDS = ("text", "file", "location")
+KINDS = ("text", "file", "location", "live")
+"""What a pick of the traffic mix sends: a stored message of kind text, file or location, or
+an update of the device's live-location session in that conversation (`live`; ephemeral)."""
 
 
 class ConfigError(ObrolError):
@@ -35,15 +37,16 @@ class GroupClass:
 
 @dataclass(frozen=True, slots=True)
 class Mix:
-    """Relative weights of the message kinds sent."""
+    """Relative weights of the kinds sent (KINDS, in order)."""
 
     text: int
     file: int
     location: int
+    live: int = 0
 
     @property
-    def weights(self) -> tuple[int, int, int]:
-        return (self.text, self.file, self.location)
+    def weights(self) -> tuple[int, int, int, int]:
+        return (self.text, self.file, self.location, self.live)
 
 
 Arrival = Literal["poisson", "constant"]
@@ -138,7 +141,7 @@ def parse_groups(spec: str, users: int) -> tuple[GroupClass, ...]:
 
 
 def parse_mix(spec: str) -> Mix:
-    """Parse `text=80,file=10,location=10` (weights; missing kinds weigh 0)."""
+    """Parse `text=80,file=10,location=5,live=5` (weights; missing kinds weigh 0)."""
     weights = dict.fromkeys(KINDS, 0)
     for part in spec.split(","):
         kind, sep, value = part.strip().partition("=")
@@ -152,7 +155,7 @@ def parse_mix(spec: str) -> Mix:
             raise ConfigError(f"--mix: weight of {kind} must not be negative")
     if sum(weights.values()) == 0:
         raise ConfigError("--mix: at least one kind needs a positive weight")
-    return Mix(weights["text"], weights["file"], weights["location"])
+    return Mix(*(weights[kind] for kind in KINDS))
 
 
 def check_config(config: RunConfig) -> None:

@@ -69,10 +69,16 @@ def describe_load(config: RunConfig, topology: Topology) -> str:
     """One line saying what the run will do."""
     fan_out = topology.expected_deliveries_per_message()
     groups = ", ".join(f"{g.count}x{g.size}" for g in config.groups)
+    weights = config.mix.weights
+    live = (
+        f", {config.mix.live / sum(weights):.0%} of them live-location updates"
+        if config.mix.live
+        else ""
+    )
     return (
         f"load: {config.devices:,} devices of {config.users:,} users in "
         f"{len(topology.conversations):,} conversations ({groups} users); "
-        f"{config.rate:g} messages/s ({config.arrival}) for {config.duration_s:g} s, "
+        f"{config.rate:g} messages/s ({config.arrival}{live}) for {config.duration_s:g} s, "
         f"~{fan_out:.1f} devices per message = ~{config.rate * fan_out:,.0f} deliveries/s; "
         f"ramp {config.ramp_rate:g} connections/s; {config.workers} worker(s)"
     )

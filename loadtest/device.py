@@ -27,9 +27,24 @@ from loadtest.client import (
 )
 from loadtest.frames import CHECK_EVERY, MsgSeen, read_batch
 from loadtest.ledger import SCHEDULED, WORKER_MASK, Received
+from loadtest.live import LiveFrame, LiveSharing, Target
 from loadtest.observe import TEMPORARY_ERRORS, Observations, now_us
 from loadtest.schedule import KEY_WORKER_BITS, parse_cid
-from protocol import Err, Msg, Ping, ProtocolError, Resync, Send, Sent, Sync, Synced
+from protocol import (
+    Err,
+    LiveEnd,
+    LiveOk,
+    LocationBody,
+    Msg,
+    Ping,
+    ProtocolError,
+    Resync,
+    Send,
+    Sent,
+    ServerFrame,
+    Sync,
+    Synced,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +104,15 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, ValueError)
 
 
+def is_live_update(frame: Msg) -> bool:
+    """A live-location update (PROTOCOL.md §6.6): ephemeral, no `pos`, `live_until` set."""
+    return (
+        frame.pos is None
+        and isinstance(frame.body, LocationBody)
+        and frame.body.live_until is not None
+    )
+
+
 class SimDevice:
     """A device of the run. `run()` keeps it connected until cancelled or it gives up."""
 
@@ -126,6 +150,8 @@ class SimDevice:
         """Highest position received on the current connection."""
         self._caught_up = Received()
         """Messages the current connection brought in catch-up (a live copy may follow)."""
+        self.live = LiveSharing(index, obs.live)
+        """Its live-location sessions (the mix's `live` kind)."""
 
     @property
     def connected(self) -> bool:
@@ -134,6 +160,17 @@ class SimDevice:
     def enqueue(self, send: Send) -> None:
         """Hand a send to the device; it is written as soon as the device is connected."""
         self._pending.append(send)
+        self._wake.set()
+
+    def enqueue_live(self, target: Target) -> None:
+        """A live-location update for `target`'s conversation (a start first, if there is no
+        session yet); written as soon as the device is connected."""
+        self.live.pick(target)
+        self._wake.set()
+
+    def end_live(self) -> None:
+        """The run ends: stop every live-location session of the device."""
+        self.live.close()
         self._wake.set()
 
     @property
@@ -173,6 +210,7 @@ class SimDevice:
                 continue
             failures = 0
             self.connections += 1
+            self.live.on_connection()
             self._connection_pos = 0
             self._caught_up = Received()
             self.obs.counts.connects += 1
@@ -216,8 +254,11 @@ class SimDevice:
 
     @property
     def outstanding(self) -> int:
-        """Sends not yet written, or written and neither acknowledged nor refused."""
-        return len(self._pending) + len(self.state.outbox) + len(self._retries)
+        """Sends not yet written, or written and neither acknowledged nor refused; live
+        frames not yet written, and live starts and stops not yet answered."""
+        return (
+            len(self._pending) + len(self.state.outbox) + len(self._retries) + self.live.unsettled
+        )
 
     def _backoff(self, failures: int) -> float:
         delay: float = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (failures - 1))
@@ -254,33 +295,52 @@ class SimDevice:
 
     async def _receive_loop(self, client: GatewayClient) -> None:
         state = self.state
-        obs = self.obs
+        live = self.live
         check = self.index % CHECK_EVERY == 0
         while True:
             frames = read_batch(await client.receive_plain(), check=check)
             at_us = now_us()
             for frame in frames:
                 if isinstance(frame, MsgSeen):
+                    if frame.live:  # ephemeral: counted, never in the loss check
+                        live.on_update()
+                        continue
                     self._on_msg(frame, at_us)
                     state.note_message(frame.id, frame.pos)
-                    continue
-                if type(frame) is Msg:
+                elif type(frame) is Msg:
+                    if is_live_update(frame):
+                        live.on_update()
+                        continue
                     self._on_msg(frame, at_us)
-                elif type(frame) is Sent:
-                    obs.on_sent(frame, at_us)
-                elif type(frame) is Err:
-                    obs.on_err(frame)
-                    self._on_refusal(frame)
-                elif type(frame) is Synced:
-                    self._on_synced()
-                elif type(frame) is Resync:
-                    obs.counts.errors["resync"] += 1
-                    self._need_sync = True
-                    self._wake.set()
-                state.accept(frame)
+                    state.accept(frame)
+                else:
+                    self._on_frame(frame, at_us)
+                    state.accept(frame)
+            if live.has_frames:  # a session started or must be stopped
+                self._wake.set()
             state.messages.clear()
             if len(state.seen) > SEEN_IDS_KEPT:
                 state.seen.clear()
+
+    def _on_frame(self, frame: ServerFrame, at_us: int) -> None:
+        """Any frame but a `msg`."""
+        obs = self.obs
+        if type(frame) is Sent:
+            obs.on_sent(frame, at_us)
+        elif type(frame) is Err:
+            if not self.live.on_err(frame):
+                obs.on_err(frame)
+                self._on_refusal(frame)
+        elif type(frame) is LiveOk:
+            self.live.on_ok(frame)
+        elif type(frame) is LiveEnd:
+            self.live.on_end(frame)
+        elif type(frame) is Synced:
+            self._on_synced()
+        elif type(frame) is Resync:
+            obs.counts.errors["resync"] += 1
+            self._need_sync = True
+            self._wake.set()
 
     def _on_refusal(self, frame: Err) -> None:
         """A send refused: retried later with the same cid if the refusal is temporary,
@@ -364,7 +424,7 @@ class SimDevice:
     async def _send_loop(self, client: GatewayClient) -> None:
         while True:
             next_retry = self._due_retries()
-            if not self._pending and not self._need_sync:
+            if not self._pending and not self._need_sync and not self.live.has_frames:
                 wait = min(PING_AFTER_S, next_retry)
                 with trio.move_on_after(wait) as idle:
                     await self._wake.wait()
@@ -374,7 +434,7 @@ class SimDevice:
                     continue
                 if idle.cancelled_caught:
                     continue
-            frames: list[Sync | Send] = []
+            frames: list[Sync | Send | LiveFrame] = []
             if self._need_sync:
                 self._need_sync = False
                 self._catching_up = True
@@ -391,5 +451,6 @@ class SimDevice:
                 if sends.state[n] == SCHEDULED:
                     self.obs.counts.sent += 1
                     sends.written(n)
+            frames += self.live.take(MAX_FRAMES_PER_BATCH - len(batch) - len(frames))
             if frames or batch:
                 await client.send(*frames, *batch)

@@ -3,7 +3,8 @@
 A tester device receives as many messages as a whole team, so it spends most of its time
 decoding. Devices picked for checking (`CHECK_EVERY`) read every frame with the reference
 decoder, which checks every field against PROTOCOL.md; the others read `msg` frames for the
-three fields the tester uses (id, pos, cid) and decode any other frame in full. Decryption
+fields the tester uses (id, pos, cid, and whether it is a live-location update) and decode
+any other frame in full. Decryption
 is never skipped: every batch is opened by the device's own secure channel.
 """
 
@@ -33,6 +34,8 @@ class MsgSeen:
     id: bytes
     pos: int | None
     cid: str | None
+    live: bool = False
+    """A live-location update: ephemeral (no `pos`), its body has `live_until`."""
 
 
 def read_batch(plaintext: bytes, *, check: bool) -> list[ServerFrame | MsgSeen]:
@@ -51,7 +54,10 @@ def read_batch(plaintext: bytes, *, check: bool) -> list[ServerFrame | MsgSeen]:
     try:
         for value in unpacker:
             if type(value) is dict and value.get("t") == "msg":
-                frames.append(MsgSeen(bytes(value["id"]), value.get("pos"), value.get("cid")))
+                pos = value.get("pos")
+                body = value.get("body") if pos is None else None
+                live = type(body) is dict and "live_until" in body
+                frames.append(MsgSeen(bytes(value["id"]), pos, value.get("cid"), live))
             else:
                 frames.append(decode_server_frame(value))
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from loadtest.ledger import WORKER_MASK, SendLedger
 from loadtest.metrics import Counts, Latency
@@ -41,6 +42,62 @@ class Duplicates:
     @property
     def violations(self) -> int:
         return self.live + self.stored_twice
+
+
+@dataclass
+class LiveCounts:
+    """Live-location traffic (the mix's `live` kind): ephemeral, so counted here and never
+    in the loss check of stored messages."""
+
+    picks: int = 0
+    """Times the mix picked `live` for a device and conversation."""
+    merged: int = 0
+    """Picks that found an update of that conversation not written yet, or its session
+    still starting: one position goes out for them (the latest, as a real client does)."""
+    starts: int = 0
+    """`live_start` written."""
+    started: int = 0
+    """`live_ok` received."""
+    start_refusals: Counter[str] = field(default_factory=Counter)
+    """`err` answering a `live_start`, by code."""
+    starts_unanswered: int = 0
+    """Starts whose connection ended (or whose batch was refused as a whole) before the
+    answer came: the next pick of the conversation starts again."""
+    updates_sent: int = 0
+    """`live_pos` written."""
+    update_refusals: Counter[str] = field(default_factory=Counter)
+    """`err` refusing a `live_pos` (`rt` = live_pos), by code."""
+    updates_received: int = 0
+    """Live updates (ephemeral `msg` frames with `live_until`) received by the devices."""
+    stops: int = 0
+    """`live_stop` written: at the end of the run, or for a session no longer wanted."""
+    stops_confirmed: int = 0
+    """Stops whose `live_end` came back to the stopping device: the session is over."""
+    stop_refusals: Counter[str] = field(default_factory=Counter)
+    ends_received: int = 0
+    """`live_end` frames received (the audience hears of every session that ends) before
+    the device's run ended."""
+    sent_by_conversation: Counter[int] = field(default_factory=Counter)
+    """`live_pos` written, per conversation: times its devices make the most the audience
+    could have received."""
+
+    def as_wire(self) -> dict[str, Any]:
+        return {
+            "picks": self.picks,
+            "merged": self.merged,
+            "starts": self.starts,
+            "started": self.started,
+            "start_refusals": dict(self.start_refusals),
+            "starts_unanswered": self.starts_unanswered,
+            "updates_sent": self.updates_sent,
+            "update_refusals": dict(self.update_refusals),
+            "updates_received": self.updates_received,
+            "stops": self.stops,
+            "stops_confirmed": self.stops_confirmed,
+            "stop_refusals": dict(self.stop_refusals),
+            "ends_received": self.ends_received,
+            "sent_by_conversation": dict(self.sent_by_conversation),
+        }
 
 
 @dataclass
@@ -82,6 +139,7 @@ class Observations:
     settled: int = 0
     """Devices whose first connection succeeded or finally failed (the ramp waits for all)."""
     refused_errors: Counter[str] = field(default_factory=Counter)
+    live: LiveCounts = field(default_factory=LiveCounts)
 
     def on_sent(self, frame: Sent, at_us: int) -> None:
         tag = parse_cid(frame.cid)

@@ -122,6 +122,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
     server = _server(record, connected, loss["received"] if complete else None)
     tester = _tester(record, finals)
     machine = _machine(record, server, tester)
+    live = _live(record, finals, send_s)
     report: dict[str, Any] = {
         "tool": "obrol loadtest",
         "started_at": datetime.fromtimestamp(record.started_at, UTC).isoformat(),
@@ -154,6 +155,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "duplicate_detail": duplicates,
         "unexpected_deliveries": loss["unexpected"] if complete else None,
         "stale_messages": _sum(finals, "stale"),
+        "live": live,
         "out_of_order": _sum(finals, "out_of_order"),
         "unsettled_sends": unsettled,
         "loss_check": _combined(
@@ -212,6 +214,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
             else []
         )
         + _push_notes(record.push)
+        + _live_notes(live)
         + [f"worker {w} exited unexpectedly" for w in record.dead_workers]
         + (["aborted: no device could connect"] if record.aborted else []),
         "timeline_s": _timeline(record),
@@ -295,6 +298,94 @@ def _push_notes(push: dict[str, Any] | None) -> list[str]:
     if push["standin_error"]:
         notes.append(push["standin_error"])
     return notes
+
+
+LIVE_COUNTS = (
+    "picks",
+    "merged",
+    "starts",
+    "started",
+    "starts_unanswered",
+    "updates_sent",
+    "updates_received",
+    "stops",
+    "stops_confirmed",
+    "ends_received",
+)
+LIVE_REFUSALS = ("start_refusals", "update_refusals", "stop_refusals")
+
+
+def _live(
+    record: RunRecord, finals: list[dict[str, Any]], send_s: float | None
+) -> dict[str, Any] | None:
+    """The live-location traffic (mix kind `live`; None without it). Ephemeral, so outside
+    the loss check: `updates_audience` is how many deliveries the updates sent would make if
+    every member device of their conversations was online when each one arrived - what
+    `updates_received` may reach and never pass."""
+    if record.config.mix.live <= 0:
+        return None
+    parts = [f["live"] for f in finals if f.get("live")]
+    live: dict[str, Any] = {k: sum(p[k] for p in parts) for k in LIVE_COUNTS}
+    for name in LIVE_REFUSALS:
+        refusals: Counter[str] = Counter()
+        for part in parts:
+            refusals.update(part[name])
+        live[name] = dict(sorted(refusals.items()))
+    live["starts_refused"] = sum(live["start_refusals"].values())
+    live["updates_refused"] = sum(live["update_refusals"].values())
+    live["updates_per_s"] = _rate(live["updates_sent"], send_s)
+    live["updates_audience"] = None
+    if record.topology is not None:
+        topology, phones = record.topology, record.phones
+        audience = 0
+        for part in parts:
+            for conv, count in part["sent_by_conversation"].items():
+                members = topology.conversations[int(conv)]
+                devices = sum(1 for u in members for d in topology.devices_of(u) if d not in phones)
+                audience += count * devices
+        live["updates_audience"] = audience
+    return live
+
+
+def _live_notes(live: dict[str, Any] | None) -> list[str]:
+    if live is None:
+        return []
+    notes = []
+    if live["starts_refused"]:
+        notes.append(f"{live['starts_refused']} live_start refused: {live['start_refusals']}")
+    if live["updates_refused"]:
+        notes.append(f"{live['updates_refused']} live_pos refused: {live['update_refusals']}")
+    audience = live["updates_audience"]
+    if audience is not None and live["updates_received"] > audience:
+        notes.append(
+            f"devices received {live['updates_received']} live updates, more than the "
+            f"{audience} their audience could take"
+        )
+    return notes
+
+
+def live_rows(live: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The live-location figures, as (name, value) rows (none without `live` in --mix)."""
+    if live is None:
+        return []
+    unanswered = (
+        f", {_n(live['starts_unanswered'])} unanswered" if live["starts_unanswered"] else ""
+    )
+    return [
+        (
+            "live sessions",
+            f"{_n(live['starts'])} started ({_n(live['started'])} ok, "
+            f"{_n(live['starts_refused'])} refused{unanswered}), {_n(live['stops'])} stopped "
+            f"({_n(live['stops_confirmed'])} confirmed by live_end)",
+        ),
+        (
+            "live updates",
+            f"{_n(live['updates_sent'])} sent ({_n(live['updates_per_s'])}/s, "
+            f"{_n(live['updates_refused'])} refused) of {_n(live['picks'])} picks; "
+            f"{_n(live['updates_received'])} received (at most {_n(live['updates_audience'])}: "
+            "ephemeral, for the devices online then)",
+        ),
+    ]
 
 
 def _storm(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -573,6 +664,7 @@ def summary_table(report: dict[str, Any]) -> str:
             )
         )
     rows += push_rows(report["push"])
+    rows += live_rows(report.get("live"))
     rows.append(("bottleneck", report["bottleneck"]["verdict"]))
     rows.append(("loss check", report["loss_check"]))
     rows += [("note", note) for note in report["notes"]]

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from loadtest.config import Arrival, Mix
+from loadtest.config import KINDS, Arrival, Mix
 
 T = TypeVar("T")
 
@@ -91,6 +91,7 @@ class WeightedChoice(Generic[T]):
 
 
 def kind_picker(mix: Mix, rng: random.Random) -> WeightedChoice[str]:
-    kinds = [k for k, w in zip(("text", "file", "location"), mix.weights, strict=True) if w > 0]
+    """Draws one of KINDS in proportion to the mix's weights (kinds weighing 0 never)."""
+    kinds = [k for k, w in zip(KINDS, mix.weights, strict=True) if w > 0]
     weights = [w for w in mix.weights if w > 0]
     return WeightedChoice(kinds, weights, rng)

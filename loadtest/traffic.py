@@ -2,7 +2,9 @@
 
 Each worker sends its share of the global rate. A send picks a (conversation, member) pair
 with weight 1/size - so every conversation is equally likely overall and any member may be
-the sender - then one of that member's devices and a kind from the traffic mix.
+the sender - then one of that member's devices and a kind from the traffic mix. A `live`
+pick is no stored message: it becomes an update of that device's live-location session in
+that conversation (see loadtest.live), outside the send ledger and its loss check.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trio
 
 from loadtest.config import Arrival, Mix
 from loadtest.device import SimDevice
+from loadtest.live import Target
 from loadtest.observe import Observations
 from loadtest.schedule import WeightedChoice, arrivals, kind_picker, make_cid
 from protocol import Consent, FileBody, LocationBody, Send, TextBody
@@ -76,9 +79,13 @@ class Traffic:
         usable = [d for d in self.devices_of_user[user] if d.failed is None]
         kind = kinds.draw()
         if not usable:  # every device of this member gave up connecting
-            self.obs.sends.abandon(self.obs.sends.schedule(conversation.index, user))
+            if kind != "live":  # a live update owes nothing to the loss check
+                self.obs.sends.abandon(self.obs.sends.schedule(conversation.index, user))
             return
         device = rng.choice(usable)
+        if kind == "live":
+            device.enqueue_live(Target(conversation.index, conversation.id))
+            return
         if kind == "file" and conversation.file_id is None:
             kind = "text"
         n = self.obs.sends.schedule(conversation.index, user)

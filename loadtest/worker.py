@@ -153,6 +153,8 @@ class Worker:
                     self.phase = "send"
                     await self._send_phase(go)
                 self.phase = "drain"
+                for device in self.devices:
+                    device.end_live()  # written while the drain waits for acks
                 await self._wait_for_acks()
                 unsettled = self.obs.sends.by_conversation(SCHEDULED, WRITTEN)
                 self.results["unsettled"] = sum(map(len, unsettled.values()))
@@ -281,7 +283,8 @@ class Worker:
         logger.info("worker %d: storm dropped %d devices", self.plan.worker, dropped)
 
     async def _wait_for_acks(self) -> None:
-        """Until every send handed to a device is acknowledged or refused (bounded)."""
+        """Until every send handed to a device is acknowledged or refused, and its live
+        sessions are stopped (`live_end` back) (bounded)."""
         stopped = self.inbox.stopped
         limit = STOPPED_WAIT_S if stopped.is_set() else self.plan.drain_timeout_s
         with trio.move_on_after(limit):
@@ -400,6 +403,7 @@ class Worker:
                 "stored_twice": obs.duplicates.stored_twice,
             },
             "stale": obs.stale,
+            "live": obs.live.as_wire(),
             "out_of_order": obs.out_of_order,
             "catch_up_deliveries": obs.catch_up_deliveries,
             "disconnects": obs.disconnects,

@@ -62,6 +62,42 @@ def test_a_short_run_on_its_own_server_delivers_every_message_exactly_once(
     assert "loss check" in out.out
 
 
+def test_live_location_updates_flow_beside_stored_messages_and_stay_out_of_the_loss_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `live` picks start a session per device and conversation, then send `live_pos`
+    # updates; the server fans them out as ephemeral `msg` frames (no cid, no pos). The
+    # storm drops devices mid-run: their sessions outlive the reconnect on the server.
+    folder = tmp_path / "report"
+    status = main(
+        [
+            "--devices", "40",
+            "--duration", "5",
+            "--rate", "40",
+            "--mix", "text=4,location=1,live=5",
+            "--storm", "25",
+            "--report", str(folder),
+            "--quiet",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    report = read_report(folder)
+    # Stored messages: every one delivered exactly once, the live updates in no way counted.
+    assert_everything_delivered_once(report, devices=40)
+    assert report["stale_messages"] == 0 and report["errors"] == {}
+    live = report["live"]
+    assert live["starts"] > 0 and live["started"] == live["starts"] - live["starts_unanswered"]
+    assert live["starts_refused"] == 0 and live["start_refusals"] == {}
+    assert live["updates_sent"] > 0 and live["updates_refused"] == 0
+    # Fanned out to the conversations' devices online then: never more than all of them.
+    assert 0 < live["updates_received"] <= live["updates_audience"]
+    # The end of the run stopped every session, and the server said so (`live_end`).
+    assert live["stops"] == live["stops_confirmed"] == live["started"]
+    assert live["stop_refusals"] == {} and live["ends_received"] >= live["stops"]
+    assert "live updates" in out.out
+
+
 def test_a_short_run_over_tls_on_its_own_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from loadtest.cli import build_parser
 from loadtest.config import ConfigError, GroupClass, Mix, RunConfig, parse_groups, parse_mix
 from loadtest.ledger import (
     ACKED,
@@ -19,7 +22,7 @@ from loadtest.ledger import (
     check_device,
 )
 from loadtest.progress import Display, Tick
-from loadtest.schedule import arrivals, make_cid, message_key, parse_cid
+from loadtest.schedule import arrivals, kind_picker, make_cid, message_key, parse_cid
 from loadtest.topology import build_topology
 
 
@@ -56,6 +59,22 @@ def test_groups_and_mix_parse_or_say_what_is_wrong() -> None:
     for bad in ("text", "video=1", "text=-1", "text=0"):
         with pytest.raises(ConfigError, match="--mix"):
             parse_mix(bad)
+
+
+def test_the_mix_takes_live_location_updates_as_a_kind_of_their_own() -> None:
+    assert parse_mix("text=85,file=5,location=5,live=5") == Mix(85, 5, 5, 5)
+    assert parse_mix(" live=3 ") == Mix(0, 0, 0, 3)
+    assert parse_mix("text=9,location=1").live == 0  # a mix without it sends none
+    # The default of every standard run (BENCHMARKS.md) has no live updates.
+    assert parse_mix(build_parser().get_default("mix")) == Mix(90, 5, 5, 0)
+    for bad, says in (("live=-1", "must not be negative"), ("live", "KIND=WEIGHT"),
+                      ("live=x", "whole number"), ("live=0", "positive weight")):  # fmt: skip
+        with pytest.raises(ConfigError, match=says):
+            parse_mix(bad)
+    rng = random.Random(1)
+    assert {kind_picker(Mix(0, 0, 0, 2), rng).draw() for _ in range(50)} == {"live"}
+    drawn = Counter(kind_picker(Mix(1, 0, 0, 1), rng).draw() for _ in range(2000))
+    assert set(drawn) == {"text", "live"} and 800 < drawn["live"] < 1200
 
 
 def test_topology_gives_every_conversation_distinct_members() -> None:
