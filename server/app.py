@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from server.api import (
     attendance,
+    audit,
     auth,
     consent,
     conversations,
@@ -149,6 +150,7 @@ def create_app(services: Services) -> QuartTrio:
         attendance.bp,
         policies.bp,
         minors.bp,
+        audit.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

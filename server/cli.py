@@ -6,11 +6,13 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from protocol.errors import ObrolError
+from server.audit_command import add_audit_commands, run_audit_command
 from server.logs import configure_logging
 from server.org_command import add_org_commands, run_org_command
 from server.runner import Running, serve
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, help="TOML settings file")
     add_org_commands(commands)
+    add_audit_commands(commands)
     commands.add_parser(
         "loadtest",
         help="simulate devices against a server (see `obrol loadtest --help`)",
@@ -115,6 +118,13 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             )
 
 
+# The operator's commands on the database: `obrol org ...`, `obrol audit ...`.
+OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "org": run_org_command,
+    "audit": run_audit_command,
+}
+
+
 def _obrol_errors(exc: BaseException) -> list[ObrolError]:
     """The ObrolErrors inside `exc` (itself, or nested in exception groups)."""
     if isinstance(exc, ObrolError):
@@ -141,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             # migrations) and after (the drain) it must not kill the process.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             trio.run(_serve_until_signalled, args)
-        elif args.command == "org":
-            return run_org_command(args)
+        else:
+            return OPERATOR_COMMANDS[args.command](args)
     except (ObrolError, BaseExceptionGroup) as exc:
         errors = _obrol_errors(exc)
         if not errors:

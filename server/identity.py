@@ -18,21 +18,29 @@ class IdentityKeyError(ObrolError):
     """The identity key file is unreadable, malformed or readable by others."""
 
 
+def load_identity(data_dir: Path) -> SigningKey:
+    """Read the identity key from `data_dir`; IdentityKeyError if it is missing, malformed
+    or readable by others."""
+    path = data_dir / KEY_FILE
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        raise IdentityKeyError(f"no server identity key in {data_dir} ({KEY_FILE})") from None
+    if mode & 0o077:
+        raise IdentityKeyError(f"{path} is readable by other users (mode {mode:o}); chmod 600 it")
+    seed = path.read_bytes()
+    if len(seed) != 32:
+        raise IdentityKeyError(f"{path} must hold a 32-byte Ed25519 seed")
+    return SigningKey(seed)
+
+
 def load_or_create_identity(data_dir: Path) -> SigningKey:
     """Read the identity key from `data_dir`, creating it (mode 0600) on first start."""
     path = data_dir / KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise IdentityKeyError(
-                f"{path} is readable by other users (mode {mode:o}); chmod 600 it"
-            ) from None
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise IdentityKeyError(f"{path} must hold a 32-byte Ed25519 seed") from None
-        return SigningKey(seed)
+        return load_identity(data_dir)
     key = SigningKey.generate()
     with os.fdopen(fd, "wb") as out:
         out.write(bytes(key))

@@ -115,7 +115,7 @@ def _request(args: argparse.Namespace, password: str) -> CreateOrgIn:
 
 async def _create(settings: Settings, request: CreateOrgIn) -> tuple[str, str]:
     owner = request.owner.model_dump(exclude={"password"})
-    async with _database(settings) as db:
+    async with command_database(settings) as db:
         passwords = PasswordHasher(settings.password_hash_strength)
         try:
             org, account = await create_org(
@@ -132,8 +132,9 @@ async def _create(settings: Settings, request: CreateOrgIn) -> tuple[str, str]:
 
 
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[Database]:
-    """The server's database (embedded, started for the command, or by URL), migrated."""
+async def command_database(settings: Settings) -> AsyncIterator[Database]:
+    """The server's database (embedded, started for the command, or by URL), migrated:
+    for the operator's commands (`obrol org`, `obrol audit`)."""
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is not None:
         url = settings.database_url.get_secret_value()

@@ -29,6 +29,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from protocol import GATEWAY_PATH, CloseCode, ErrorCode
 from protocol.errors import ObrolError
 from server.app import create_app
+from server.audit import run_checkpointer
 from server.gateway.budget import FrameLimits
 from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
@@ -136,8 +137,11 @@ async def serve(
                 async with trio.open_nursery() as pushing:
                     stop_pushing = trio.Event()
                     pushing.start_soon(services.push.run, bridge, stop_pushing)
+                    pushing.start_soon(run_checkpointer, services, stop_pushing)
                     await _serve_all(services, tls, shutdown, database, task_status)
-                    stop_pushing.set()  # the batch in flight is sent and recorded first
+                    # The batch in flight is sent and recorded, and the audit log's last
+                    # entries are signed, first.
+                    stop_pushing.set()
             finally:
                 await db.close()
             supervision.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from server.passwords import PasswordHasher
 from server.settings import Settings
 from storage.accounts import AccountStore
 from storage.attendance import AttendanceStore
+from storage.audit import AuditStore
 from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
@@ -89,6 +90,7 @@ class Services:
     attendance: AttendanceStore = field(init=False)
     policies: PolicyStore = field(init=False)
     minors: MinorStore = field(init=False)
+    audit: AuditStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -108,4 +110,5 @@ class Services:
         self.attendance = AttendanceStore(self.db)
         self.policies = PolicyStore(self.db)
         self.minors = MinorStore(self.db)
+        self.audit = AuditStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

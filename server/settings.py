@@ -21,10 +21,14 @@ from pydantic_settings import (
 )
 
 from protocol.errors import ObrolError
+from storage.audit_chain import MIN_RETENTION
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "obrol_config_file", default=None
 )
+
+
+MIN_AUDIT_RETENTION_DAYS = MIN_RETENTION.days
 
 
 class SettingsError(ObrolError):
@@ -97,6 +101,14 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     sweep_batch: int = Field(500, ge=1, le=100_000)  # rows per transaction: short locks
 
+    # The audit log (README, "Audit log"): entries are kept this long (access records: at
+    # least 6 months), then pruned by the sweeper up to a checkpoint. The chain's head is
+    # signed once this many entries are unsigned, or once the oldest unsigned entry is this
+    # old, whichever comes first.
+    audit_retention_days: int = 365
+    audit_checkpoint_entries: int = Field(1000, ge=1, le=1_000_000)
+    audit_checkpoint_interval_s: float = Field(300.0, gt=0, le=24 * 3600)
+
     # The push bridge (README, "Push notifications"). A provider with no credentials is off:
     # registrations for it are refused.
     push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device
@@ -155,6 +167,18 @@ class Settings(BaseSettings):
                 "give both for TLS, or neither"
             )
         return self
+
+    @field_validator("audit_retention_days")
+    @classmethod
+    def _audit_kept_six_months(cls, value: int) -> int:
+        if value < MIN_AUDIT_RETENTION_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_AUDIT_RETENTION_DAYS} days: access records are kept "
+                "at least 6 months"
+            )
+        if value > 100 * 366:
+            raise ValueError("must be at most 100 years")
+        return value
 
     @field_validator("operator_token")
     @classmethod

@@ -1,5 +1,6 @@
 """The retention sweeper: erases consent-tagged messages whose clock ran out (their rows,
-receipts, file rows and blobs) and ends live-location sessions whose time is up.
+receipts, file rows and blobs), ends live-location sessions whose time is up, and prunes
+audit-log entries past `audit_retention_days` (up to a signed checkpoint: server.audit).
 
 Every server process runs one. Each pass works in bounded transactions (`sweep_batch` rows,
 oldest first, rows another process holds skipped): no long lock, no pause of live traffic.
@@ -12,6 +13,7 @@ import logging
 
 import trio
 
+from server.audit import prune_audit
 from server.gateway.announce import announce_live_end
 from server.services import Services
 from storage.errors import DatabaseUnavailableError
@@ -48,6 +50,7 @@ async def run_sweeper(services: Services) -> None:
     while True:
         try:
             messages, files, sessions = await sweep_once(services)
+            audit_entries = await prune_audit(services)
         except DatabaseUnavailableError as exc:
             outage.failed(1, exc)
         else:
@@ -59,4 +62,6 @@ async def run_sweeper(services: Services) -> None:
                     files,
                     sessions,
                 )
+            if audit_entries:
+                logger.info("sweeper: %d audit entries past their retention pruned", audit_entries)
         await trio.sleep(services.settings.sweep_interval_s)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from storage.audit import AuditActor, AuditEvent, append
 from storage.database import Database
 from storage.errors import NotFoundError
 from storage.logins import settle_login
@@ -107,6 +108,43 @@ async def get_account(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Ac
     return _account(row)
 
 
+async def lock_account(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+    """`get_account`, the row locked for the change that follows (on an open transaction)."""
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM accounts WHERE org_id = $1 AND id = $2 FOR UPDATE",
+        org_id,
+        account_id,
+    )
+    if row is None:
+        raise NotFoundError("no such member")
+    return _account(row)
+
+
+def correction_events(before: Account, after: Account, by: AuditActor) -> list[AuditEvent]:
+    """What the audit log records of a member's entry changed by `by`: a new role (or
+    department-admin scope), and the names (never the values) of the other fields that
+    changed."""
+    events = []
+    if (before.role, before.admin_department_id) != (after.role, after.admin_department_id):
+        scope = after.admin_department_id
+        detail = {
+            "from_role": before.role,
+            "to_role": after.role,
+            "admin_department_id": None if scope is None else str(scope),
+        }
+        events.append(AuditEvent("role_changed", by, after.id, after.org_id, detail))
+    fields = [
+        name
+        for name in sorted((UPDATABLE | {"birth_date"}) - {"role", "admin_department_id"})
+        if getattr(before, name) != getattr(after, name)
+    ]
+    if fields:
+        events.append(
+            AuditEvent("member_corrected", by, after.id, after.org_id, {"fields": fields})
+        )
+    return events
+
+
 async def _find_for_login(conn: Any, email: str) -> tuple[Account, bytes] | None:
     row = await conn.fetchrow(
         f"SELECT {COLUMNS}, password_hash FROM accounts WHERE lower(work_email) = lower($1)",
@@ -202,7 +240,23 @@ async def _change_password(
     return signed_out
 
 
-async def _deactivate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+async def _update_member(
+    conn: Any,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    changes: dict[str, Any],
+    by: AuditActor,
+    at: datetime,
+) -> Account:
+    before = await lock_account(conn, org_id, account_id)
+    after = await update_account(conn, org_id, account_id, changes)
+    await append(conn, correction_events(before, after, by), at)
+    return after
+
+
+async def _deactivate(
+    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, by: AuditActor, at: datetime
+) -> Account:
     row = await conn.fetchrow(
         f"""UPDATE accounts SET status = 'deactivated', updated_at = now()
             WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}""",
@@ -218,6 +272,7 @@ async def _deactivate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Ac
     )
     devices = await conn.fetch("SELECT id FROM devices WHERE account_id = $1", account_id)
     await drop_registrations(conn, [d["id"] for d in devices])
+    await append(conn, [AuditEvent("member_deactivated", by, account_id, org_id)], at)
     return _account(row)
 
 
@@ -253,6 +308,18 @@ class AccountStore:
         """Change fields named in UPDATABLE. ConflictError / NotFoundError as for `add`."""
         return await self._db.transaction(update_account, org_id, account_id, changes)
 
+    async def update_member(
+        self,
+        org_id: uuid.UUID,
+        account_id: uuid.UUID,
+        changes: dict[str, Any],
+        by: AuditActor,
+        at: datetime,
+    ) -> Account:
+        """`update` by someone who manages the member: the audit log records a new role
+        and the names of the fields that changed (`correction_events`)."""
+        return await self._db.transaction(_update_member, org_id, account_id, changes, by, at)
+
     async def change_password(
         self,
         account_id: uuid.UUID,
@@ -270,6 +337,9 @@ class AccountStore:
             _change_password, account_id, keep_device_id, password_hash, record_id, now
         )
 
-    async def deactivate(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
-        """Deactivate the member and revoke every token of theirs, in one transaction."""
-        return await self._db.transaction(_deactivate, org_id, account_id)
+    async def deactivate(
+        self, org_id: uuid.UUID, account_id: uuid.UUID, by: AuditActor, at: datetime
+    ) -> Account:
+        """Deactivate the member and revoke every token of theirs, in one transaction that
+        records it in the audit log (done by `by`)."""
+        return await self._db.transaction(_deactivate, org_id, account_id, by, at)

@@ -2,7 +2,7 @@
 
 A grant is the person's own act (from one of their devices); an organization can only
 switch a purpose off for everyone, which withdraws every grant of it and refuses new ones.
-Every change appends to `consent_history` in the same transaction.
+Every change appends to `consent_history`, and to the audit log, in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from storage.audit import AuditEvent, account_actor, append
 from storage.database import Database
 from storage.errors import StorageError
 from storage.revocation import Revocation, revoke
@@ -156,6 +157,14 @@ async def _grant(
         raise ConsentError(f"your organization switched {purpose} off", "switched_off")
     if not await _granted(conn, account_id, purpose):  # granting again records nothing
         await _record(conn, account_id, purpose, True, at, device_id)
+        granted = AuditEvent(
+            "consent_granted",
+            account_actor(account_id, device_id),
+            account_id,
+            org_id,
+            {"purpose": purpose},
+        )
+        await append(conn, [granted], at)
     return await _state(conn, org_id, account_id)
 
 
@@ -171,7 +180,16 @@ async def _withdraw(
         raise ConsentError(f"{purpose} is not granted: nothing to withdraw", "not_granted")
     await _record(conn, account_id, purpose, False, at, device_id)
     revocation = await revoke(conn, account_id, purpose, at)
-    return await _state(conn, org_id, account_id), revocation
+    state = await _state(conn, org_id, account_id)
+    withdrawn = AuditEvent(
+        "consent_withdrawn",
+        account_actor(account_id, device_id),
+        account_id,
+        org_id,
+        {"purpose": purpose},
+    )
+    await append(conn, [withdrawn], at)
+    return state, revocation
 
 
 async def _history(conn: Any, account_id: uuid.UUID, after_id: int, limit: int) -> Any:
@@ -204,11 +222,15 @@ async def _switch(
     """Switch a purpose off (every active grant of it in the org withdrawn, recorded with
     the reason) or back on (nobody's grant comes back by itself)."""
     if not off:
-        await conn.execute(
+        status = await conn.execute(
             "DELETE FROM org_purposes_off WHERE org_id = $1 AND purpose = $2", org_id, purpose
         )
+        if status != "DELETE 0":  # switching on what is on records nothing
+            switched = {"purpose": purpose, "off": False}
+            on = AuditEvent("purpose_switched", account_actor(by), None, org_id, switched)
+            await append(conn, [on], at)
         return []
-    await conn.execute(
+    status = await conn.execute(
         """INSERT INTO org_purposes_off (org_id, purpose, off_at, by_account)
            VALUES ($1, $2, $3, $4) ON CONFLICT (org_id, purpose) DO NOTHING""",
         org_id,
@@ -227,6 +249,27 @@ async def _switch(
     for holder in holders:
         await _record(conn, holder["account_id"], purpose, False, at, None, "org_switched_off")
         revocations.append(await revoke(conn, holder["account_id"], purpose, at))
+    if status != "INSERT 0 0" or holders:  # switching off what is off records nothing
+        events = [
+            AuditEvent(
+                "purpose_switched",
+                account_actor(by),
+                None,
+                org_id,
+                {"purpose": purpose, "off": True, "withdrawn": len(holders)},
+            )
+        ]
+        events += [
+            AuditEvent(
+                "consent_withdrawn",
+                account_actor(by),
+                r.account_id,
+                org_id,
+                {"purpose": purpose, "reason": "org_switched_off"},
+            )
+            for r in revocations
+        ]
+        await append(conn, events, at)
     return revocations
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from storage.audit import ANONYMOUS, AuditEvent, append
 from storage.database import Database
 
 PENDING = "pending"
@@ -81,6 +82,34 @@ async def settle_login(
         account_id,
         device_id,
     )
+
+
+async def _settle_failed(
+    conn: Any,
+    record_id: int,
+    outcome: str,
+    account_id: uuid.UUID | None,
+    device_id: uuid.UUID | None,
+) -> None:
+    await settle_login(conn, record_id, outcome, account_id, device_id)
+    if account_id is None:
+        return  # no account's data: the login record alone keeps the attempt
+    row = await conn.fetchrow(
+        """SELECT r.at, a.org_id FROM login_records r, accounts a
+           WHERE r.id = $1 AND a.id = $2""",
+        record_id,
+        account_id,
+    )
+    if row is None:
+        return
+    failed = AuditEvent(
+        "login_failed",
+        ANONYMOUS,
+        account_id,
+        row["org_id"],
+        {"reason": outcome, "login_record_id": record_id},
+    )
+    await append(conn, [failed], row["at"])
 
 
 async def _reserve(conn: Any, attempt: LoginAttempt, limits: AttemptLimits) -> int | None:
@@ -149,8 +178,10 @@ class LoginRecordStore:
         account_id: uuid.UUID | None = None,
         device_id: uuid.UUID | None = None,
     ) -> None:
-        """The outcome of a reserved attempt."""
-        await self._db.transaction(settle_login, record_id, outcome, account_id, device_id)
+        """The outcome of a reserved attempt that failed. One on an existing account
+        (`account_id`) is recorded in the audit log too: the reason and the login record's
+        id, never the name tried, the address or the user agent."""
+        await self._db.transaction(_settle_failed, record_id, outcome, account_id, device_id)
 
     async def for_account(self, account_id: uuid.UUID, limit: int = 100) -> list[LoginAttempt]:
         """The account's most recent login records, newest first."""

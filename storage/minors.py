@@ -9,8 +9,10 @@ knowing this rule. Every change that can move a member across the line settles t
 status in the same transaction (`settle_guardian_status`); a member it blocks loses every
 token, like a deactivated one.
 
-Guardian consents are never updated: a withdrawal is a row of its own. The ages are the
-server's settings, applied by the caller as an `AgeRule` for one day.
+Guardian consents are never updated: a withdrawal is a row of its own. Recording and
+withdrawing one, and an admin's change of a member's entry, are recorded in the audit log in
+the same transaction. The ages are the server's settings, applied by the caller as an
+`AgeRule` for one day.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from storage.accounts import Account, get_account, update_account
+from storage.accounts import (
+    Account,
+    correction_events,
+    get_account,
+    lock_account,
+    update_account,
+)
+from storage.audit import AuditActor, AuditEvent, account_actor, append
 from storage.database import Database
 from storage.errors import NotFoundError, StorageError
 from storage.orgs import ORG_COLUMNS, Org, org_from_row
@@ -151,19 +160,28 @@ async def settle_guardian_status(
 
 
 async def _update_member(
-    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any], rule: AgeRule
+    conn: Any,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    changes: dict[str, Any],
+    rule: AgeRule,
+    by: AuditActor,
+    at: datetime,
 ) -> tuple[Account, Settled]:
+    before = await lock_account(conn, org_id, account_id)
     fields = {k: v for k, v in changes.items() if k != "birth_date"}
     account = await update_account(conn, org_id, account_id, fields)
-    if "birth_date" not in changes:
-        return account, Settled([], [])
-    await conn.execute(
-        "UPDATE accounts SET birth_date = $2, updated_at = now() WHERE id = $1",
-        account.id,
-        changes["birth_date"],
-    )
-    settled = await settle_guardian_status(conn, rule, "account", account.id)
-    return await get_account(conn, org_id, account_id), settled
+    settled = Settled([], [])
+    if "birth_date" in changes:
+        await conn.execute(
+            "UPDATE accounts SET birth_date = $2, updated_at = now() WHERE id = $1",
+            account.id,
+            changes["birth_date"],
+        )
+        settled = await settle_guardian_status(conn, rule, "account", account.id)
+        account = await get_account(conn, org_id, account_id)
+    await append(conn, correction_events(before, account, by), at)
+    return account, settled
 
 
 async def _lock_minor(
@@ -220,6 +238,11 @@ async def _record(
     )
     settled = await settle_guardian_status(conn, rule, "account", account_id)
     row = await conn.fetchrow(f"{_CONSENT_SELECT} WHERE g.id = $1", consent_id)
+    detail = {"consent_id": str(consent_id)}
+    recorded = AuditEvent(
+        "guardian_consent_recorded", account_actor(by), account_id, org_id, detail
+    )
+    await append(conn, [recorded], at)
     return _consent(row), settled
 
 
@@ -249,6 +272,11 @@ async def _withdraw(
     )
     settled = await settle_guardian_status(conn, rule, "account", account_id)
     row = await conn.fetchrow(f"{_CONSENT_SELECT} WHERE g.id = $1", consent_id)
+    detail = {"consent_id": str(consent_id)}
+    withdrawn = AuditEvent(
+        "guardian_consent_withdrawn", account_actor(by), account_id, org_id, detail
+    )
+    await append(conn, [withdrawn], at)
     return _consent(row), settled
 
 
@@ -288,11 +316,17 @@ class MinorStore:
         self._db = db
 
     async def update_member(
-        self, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any], rule: AgeRule
+        self,
+        org_id: uuid.UUID,
+        account_id: uuid.UUID,
+        changes: dict[str, Any],
+        rule: AgeRule,
+        by: AuditActor,
+        at: datetime,
     ) -> tuple[Account, Settled]:
-        """`AccountStore.update` that may also set or clear `birth_date`, settling the
-        member's status by `rule` in the same transaction."""
-        return await self._db.transaction(_update_member, org_id, account_id, changes, rule)
+        """`AccountStore.update_member` that may also set or clear `birth_date`, settling
+        the member's status by `rule` in the same transaction (and auditing as it does)."""
+        return await self._db.transaction(_update_member, org_id, account_id, changes, rule, by, at)
 
     async def record(
         self,

@@ -3,7 +3,8 @@
 A version is published once and never changed (the database refuses updates); the newest
 version of an organization is its current one. Publication order is the row id, so "newer"
 is "larger id" everywhere. Accepting appends a row (account, version, time, device) to
-`policy_acceptances`; only the current version can be accepted.
+`policy_acceptances`; only the current version can be accepted. Publishing and accepting
+are recorded in the audit log in the same transaction.
 
 The gate: an account must accept before going on while its organization has a *material*
 version newer than every version it accepted (`material_policy > accepted_policy`, both
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from storage.audit import AuditEvent, account_actor, append
 from storage.database import Database
 from storage.errors import ConflictError, NotFoundError, StorageError
 
@@ -132,6 +134,14 @@ async def _publish(
             "publish a new one",
             field="version",
         )
+    published = AuditEvent(
+        "policy_published",
+        account_actor(by),
+        None,
+        org_id,
+        {"policy_id": row["id"], "version": new.version, "material": new.material},
+    )
+    await append(conn, [published], at)
     return _version(row, True)
 
 
@@ -205,7 +215,7 @@ async def _accept(
             "accept the current one",
             "not_current",
         )
-    await conn.execute(
+    status = await conn.execute(
         """INSERT INTO policy_acceptances (account_id, policy_id, accepted_at, device_id)
            VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, policy_id) DO NOTHING""",
         account_id,
@@ -213,7 +223,17 @@ async def _accept(
         at,
         device_id,
     )
-    return await _state(conn, org_id, account_id)
+    state = await _state(conn, org_id, account_id)
+    if status != "INSERT 0 0":  # accepting again records nothing
+        accepted = AuditEvent(
+            "policy_accepted",
+            account_actor(account_id, device_id),
+            account_id,
+            org_id,
+            {"policy_id": current["id"], "version": version},
+        )
+        await append(conn, [accepted], at)
+    return state
 
 
 async def _gate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> tuple[int, int]:

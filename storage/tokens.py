@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from storage.audit import AuditEvent, account_actor, append
 from storage.database import Database
 from storage.devices import Device, enroll_device
 from storage.logins import settle_login
@@ -145,7 +146,9 @@ async def _revoke_device_tokens(conn: Any, device_id: uuid.UUID, now: datetime) 
     )
 
 
-async def _sign_out(conn: Any, device_id: uuid.UUID, now: datetime) -> None:
+async def _sign_out(
+    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, device_id: uuid.UUID, now: datetime
+) -> None:
     await _revoke_device_tokens(conn, device_id, now)
     await conn.execute(
         "UPDATE devices SET signed_out_at = coalesce(signed_out_at, $2) WHERE id = $1",
@@ -153,10 +156,13 @@ async def _sign_out(conn: Any, device_id: uuid.UUID, now: datetime) -> None:
         now,
     )
     await drop_registrations(conn, [device_id])  # a logged-out phone must not be woken
+    actor = account_actor(account_id, device_id)
+    await append(conn, [AuditEvent("logout", actor, account_id, org_id)], now)
 
 
 async def _open_session(
     conn: Any,
+    org_id: uuid.UUID,
     account_id: uuid.UUID,
     device_name: str,
     platform: str,
@@ -171,6 +177,14 @@ async def _open_session(
     # Logging in again is how a device signed out from elsewhere gets back on the gateway.
     await conn.execute("UPDATE devices SET signed_out_at = NULL WHERE id = $1", device.id)
     await settle_login(conn, record_id, "success", account_id, device.id)
+    login = AuditEvent(
+        "login",
+        account_actor(account_id, device.id),
+        account_id,
+        org_id,
+        {"login_record_id": record_id},
+    )
+    await append(conn, [login], now)
     return device
 
 
@@ -180,6 +194,7 @@ class TokenStore:
 
     async def open_session(
         self,
+        org_id: uuid.UUID,
         account_id: uuid.UUID,
         device_name: str,
         platform: str,
@@ -189,10 +204,19 @@ class TokenStore:
         now: datetime,
     ) -> Device:
         """After a good password: enroll (or reuse) the device, replace its tokens with a
-        new pair, let it on the gateway again and settle the login record `record_id` as a
-        success, in one transaction. ConflictError for a key this account may not use."""
+        new pair, let it on the gateway again, settle the login record `record_id` as a
+        success and record the login in the audit log, in one transaction. ConflictError
+        for a key this account may not use."""
         return await self._db.transaction(
-            _open_session, account_id, device_name, platform, public_key, hashes, record_id, now
+            _open_session,
+            org_id,
+            account_id,
+            device_name,
+            platform,
+            public_key,
+            hashes,
+            record_id,
+            now,
         )
 
     async def issue(
@@ -210,7 +234,10 @@ class TokenStore:
     async def revoke_device(self, device_id: uuid.UUID, now: datetime) -> None:
         await self._db.transaction(_revoke_device_tokens, device_id, now)
 
-    async def sign_out(self, device_id: uuid.UUID, now: datetime) -> None:
-        """End the device's session (logout): its tokens are revoked and the gateway
-        refuses it (signed out) until it logs in again. One transaction."""
-        await self._db.transaction(_sign_out, device_id, now)
+    async def sign_out(
+        self, org_id: uuid.UUID, account_id: uuid.UUID, device_id: uuid.UUID, now: datetime
+    ) -> None:
+        """End the account's session on `device_id` (logout): its tokens are revoked and
+        the gateway refuses it (signed out) until it logs in again. One transaction, which
+        records the logout in the audit log."""
+        await self._db.transaction(_sign_out, org_id, account_id, device_id, now)

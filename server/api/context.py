@@ -14,6 +14,7 @@ from server.api.forwarded import Origin, TrustedProxies
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
 from server.handlers.attendance import AttendanceHandler
+from server.handlers.audit import AuditHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
@@ -43,6 +44,7 @@ class ApiContext:
     attendance: AttendanceHandler = field(init=False)
     policies: PolicyHandler = field(init=False)
     minors: MinorHandler = field(init=False)
+    audit: AuditHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,7 @@ class ApiContext:
         self.attendance = AttendanceHandler(self.services)
         self.policies = PolicyHandler(self.services)
         self.minors = MinorHandler(self.services)
+        self.audit = AuditHandler(self.services)
 
 
 def ctx() -> ApiContext:

@@ -12,6 +12,7 @@ from protocol import CloseCode, ErrorCode
 from server.errors import ApiError, ApiErrorCode, forbidden
 from server.services import Services
 from storage.accounts import Account
+from storage.audit import AuditActor, account_actor
 from storage.devices import Credentials
 
 ROLES = ("owner", "admin", "department_admin", "member")
@@ -31,6 +32,11 @@ class Actor:
     @property
     def is_admin(self) -> bool:
         return self.role in ADMIN_ROLES
+
+    @property
+    def by(self) -> AuditActor:
+        """This account on this device, as the audit log names who acted."""
+        return account_actor(self.account_id, self.device_id)
 
 
 def gateway_refusal(device: Credentials) -> tuple[CloseCode, ErrorCode, str] | None:

@@ -16,6 +16,7 @@ from typing import Any
 from server.errors import forbidden, invalid
 from server.handlers import geofence
 from server.handlers.access import Actor, require_org
+from server.handlers.audit import record_admin_reads
 from server.services import Services
 from storage.attendance import AttendanceRecord, Circle, Point, Site
 
@@ -116,7 +117,8 @@ class AttendanceHandler:
         limit: int,
     ) -> list[AttendanceRecord]:
         """Owners and admins read the whole organization's records; department admins those
-        of the members placed in their department or below it."""
+        of the members placed in their department or below it. Each member whose records
+        a page shows gets an admin read in the audit log, with how many."""
         require_org(actor, org_id)
         if actor.is_admin:
             root = None
@@ -124,6 +126,8 @@ class AttendanceHandler:
             root = actor.admin_department_id
         else:
             raise forbidden("only the organization's admins read its attendance records")
-        return await self._s.attendance.org_records(
+        records = await self._s.attendance.org_records(
             org_id, department_root=root, account_id=account_id, after_id=after_id, limit=limit
         )
+        await record_admin_reads(self._s, actor, "attendance", (r.account_id for r in records))
+        return records

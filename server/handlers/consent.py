@@ -12,6 +12,7 @@ import uuid
 from server.errors import forbidden, invalid
 from server.gateway.announce import announce_revocation
 from server.handlers.access import Actor, require_org
+from server.handlers.audit import record_admin_reads
 from server.services import Services
 from storage.consent import PURPOSES, ConsentEvent, Grant, MemberGrants
 
@@ -70,8 +71,11 @@ class ConsentHandler:
     async def members(
         self, actor: Actor, org_id: uuid.UUID, after: uuid.UUID | None, limit: int
     ) -> list[MemberGrants]:
+        """The members' grants: an admin read of each member listed (audit log)."""
         self._admin(actor, org_id)
-        return await self._s.consent.members(org_id, after, limit)
+        members = await self._s.consent.members(org_id, after, limit)
+        await record_admin_reads(self._s, actor, "consents", (m.account_id for m in members))
+        return members
 
     async def switch(self, actor: Actor, org_id: uuid.UUID, purpose: str, off: bool) -> None:
         """Switch a purpose off for everyone (every grant of it is withdrawn) or on again."""

@@ -25,6 +25,7 @@ from typing import Any
 
 from server.errors import forbidden, invalid
 from server.handlers.access import Actor, require_member_scope, require_org
+from server.handlers.audit import record_admin_reads
 from server.services import Services
 from server.settings import Settings
 from storage.accounts import Account
@@ -140,7 +141,7 @@ class MinorHandler:
             assert isinstance(birth_date, date)
             check_date(birth_date, self.today(), "birth_date", "a birth date")
         account, settled = await self._s.minors.update_member(
-            target.org_id, target.id, changes, self.rule()
+            target.org_id, target.id, changes, self.rule(), actor.by, self._s.clock()
         )
         self.disconnect(settled)
         return account
@@ -152,9 +153,11 @@ class MinorHandler:
         return target
 
     async def view(self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID) -> GuardianView:
-        """An admin's view of a member: birth date, age, and every guardian consent."""
+        """An admin's view of a member: birth date, age, and every guardian consent (an
+        admin read, recorded in the audit log)."""
         await self._target(actor, org_id, account_id)
         account, consents = await self._s.minors.consents(org_id, account_id)
+        await record_admin_reads(self._s, actor, "guardian_consents", [account_id])
         rule, born = self.rule(), account.birth_date
         return GuardianView(
             account,

@@ -16,6 +16,7 @@ from server.handlers.access import (
     require_org,
     require_role_grant,
 )
+from server.handlers.audit import record_admin_reads
 from server.handlers.minors import MinorHandler
 from server.passwords import PasswordHasher, password_problems
 from server.services import Services
@@ -122,7 +123,8 @@ class OrgHandler:
     async def directory(
         self, actor: Actor, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
     ) -> tuple[list[MemberEntry], tuple[str, uuid.UUID] | None]:
-        """One page of the member directory and the keyset of the next page (or None)."""
+        """One page of the member directory and the keyset of the next page (or None).
+        Whole records of others it shows are admin reads (audit log)."""
         require_org(actor, org_id)
         limit = max(1, min(limit, DIRECTORY_PAGE_MAX))
         rows = await self._s.accounts.directory(org_id, after, limit + 1)
@@ -130,13 +132,21 @@ class OrgHandler:
         if len(rows) > limit:
             rows = rows[:limit]
             next_key = (rows[-1].display_name.lower(), rows[-1].id)
-        return await self._as_seen_by(actor, rows), next_key
+        entries = await self._as_seen_by(actor, rows)
+        await record_admin_reads(
+            self._s, actor, "directory", (e.account.id for e in entries if e.full)
+        )
+        return entries, next_key
 
     async def member(self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID) -> MemberEntry:
-        """A colleague's entry: whole for those who manage them, directory fields otherwise."""
+        """A colleague's entry: whole for those who manage them (an admin read, recorded
+        in the audit log), directory fields otherwise."""
         require_org(actor, org_id)
         account = await self._s.accounts.get(org_id, account_id)
-        return (await self._as_seen_by(actor, [account]))[0]
+        entry = (await self._as_seen_by(actor, [account]))[0]
+        if entry.full:
+            await record_admin_reads(self._s, actor, "profile", [account.id])
+        return entry
 
     async def _as_seen_by(self, actor: Actor, accounts: list[Account]) -> list[MemberEntry]:
         in_scope: dict[uuid.UUID | None, bool] = {}  # one subtree lookup per department
@@ -177,7 +187,8 @@ class OrgHandler:
         self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
     ) -> Account:
         """Correct a member's directory entry, within the actor's rights; a birth date only
-        by owners and admins, and never their own."""
+        by owners and admins, and never their own. The audit log records a new role and
+        the names of the fields changed."""
         require_org(actor, org_id)
         target = await self._s.accounts.get(org_id, account_id)
         await require_member_scope(self._s, actor, target)
@@ -195,7 +206,9 @@ class OrgHandler:
         await self._check_placement(actor, merged, role)
         if "birth_date" in changes:
             return await self._minors.update_member(actor, target, changes)
-        return await self._s.accounts.update(org_id, account_id, changes)
+        return await self._s.accounts.update_member(
+            org_id, account_id, changes, actor.by, self._s.clock()
+        )
 
     async def deactivate_member(
         self, actor: Actor, org_id: uuid.UUID, account_id: uuid.UUID
@@ -206,7 +219,7 @@ class OrgHandler:
             raise forbidden("you may not deactivate yourself")
         target = await self._s.accounts.get(org_id, account_id)
         await require_member_scope(self._s, actor, target)
-        account = await self._s.accounts.deactivate(org_id, account_id)
+        account = await self._s.accounts.deactivate(org_id, account_id, actor.by, self._s.clock())
         self._s.hub.disconnect_account(account_id)
         return account
 

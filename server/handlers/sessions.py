@@ -112,7 +112,14 @@ class SessionHandler:
         pair, hashes = _new_pair(s)
         try:
             enrolled = await s.tokens.open_session(
-                account.id, device.name, device.platform, device.public_key, hashes, record, now
+                account.org_id,
+                account.id,
+                device.name,
+                device.platform,
+                device.public_key,
+                hashes,
+                record,
+                now,
             )
         except ConflictError:
             await s.logins.settle(record, "device_refused", account.id)
@@ -177,7 +184,9 @@ class SessionHandler:
     async def logout(self, actor: Actor) -> None:
         """End this device's session: every token bound to it stops working, and its
         gateway connections close (4013 signed out) and stay refused until it logs in."""
-        await self._s.tokens.sign_out(actor.device_id, self._s.clock())
+        await self._s.tokens.sign_out(
+            actor.org_id, actor.account_id, actor.device_id, self._s.clock()
+        )
         self._s.hub.disconnect_device(actor.device_id, signed_out=True)
 
 

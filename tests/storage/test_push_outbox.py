@@ -289,8 +289,8 @@ async def test_a_token_moves_between_devices_and_revoking_or_logging_out_unregis
     await world.devices.revoke(world.people["bob"][0], bob_laptop)
     assert await world.registrations.get(bob_laptop) is None
     assert bob_laptop not in await pending(world)  # its job went with it
-    cat_phone = world.people["cat"][1]
-    await TokenStore(world.db).sign_out(cat_phone, datetime.now(UTC))
+    cat, cat_phone = world.people["cat"]
+    await TokenStore(world.db).sign_out(world.org_id, cat, cat_phone, datetime.now(UTC))
     assert await world.registrations.get(cat_phone) is None
 
 
