@@ -23,6 +23,8 @@ from server.api import (
     orgs,
     policies,
     push,
+    retention,
+    rights,
 )
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
@@ -34,6 +36,7 @@ from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from storage.minors import GuardianError
 from storage.policies import PolicyError
+from storage.requests import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (GuardianError, "not_serving_children"): ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN,
     (GuardianError, "withdrawn"): ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN,
     (NoSitesError, None): ApiErrorCode.NO_SITES,
+    (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
 }
 
 
@@ -149,6 +153,8 @@ def create_app(services: Services) -> QuartTrio:
         attendance.bp,
         policies.bp,
         minors.bp,
+        retention.bp,
+        rights.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

@@ -27,6 +27,11 @@ _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 )
 
 
+# Retention periods the privacy policies promise to keep, at least (server/retention.py).
+MIN_LOGIN_RECORDS_DAYS = 92
+MIN_REQUESTS_DAYS = 1096
+
+
 class SettingsError(ObrolError):
     """The configuration is invalid; the message names the field and the problem."""
 
@@ -97,6 +102,15 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     sweep_batch: int = Field(500, ge=1, le=100_000)  # rows per transaction: short locks
 
+    # The retention schedule (server/retention.py lists every rule, its period and the promise
+    # it keeps; the same sweeper runs them). A minimum is a period the policies promise to keep.
+    login_records_retention_days: int = Field(92, le=3660)  # 3 months: never less
+    live_sessions_retention_days: int = Field(7, ge=0, le=30)  # after a session ended
+    requests_retention_days: int = Field(1096, le=3660)  # after a request closed: >= 3 years
+    notices_retention_days: int = Field(366, ge=30, le=3660)  # after sending (or the end date)
+    # How far ahead a service-ending notice must be sent (the policies promise 30 days).
+    service_ending_notice_days: int = Field(30, ge=30, le=366)
+
     # The push bridge (README, "Push notifications"). A provider with no credentials is off:
     # registrations for it are refused.
     push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device
@@ -145,6 +159,26 @@ class Settings(BaseSettings):
                     f"{entry!r} would trust every address: anyone could claim any client "
                     "address and dodge the per-address login limit"
                 )
+        return value
+
+    @field_validator("login_records_retention_days")
+    @classmethod
+    def _login_records_kept_three_months(cls, value: int) -> int:
+        if value < MIN_LOGIN_RECORDS_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_LOGIN_RECORDS_DAYS} days: the privacy policies keep "
+                "login records 3 months (the longest 3 calendar months are 92 days)"
+            )
+        return value
+
+    @field_validator("requests_retention_days")
+    @classmethod
+    def _requests_kept_three_years(cls, value: int) -> int:
+        if value < MIN_REQUESTS_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_REQUESTS_DAYS} days: the privacy policies keep records "
+                "of how requests and complaints were handled 3 years"
+            )
         return value
 
     @model_validator(mode="after")
