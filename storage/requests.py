@@ -144,9 +144,9 @@ async def set_status(
     if current["status"] in CLOSED:
         raise RequestError(f"the request is {current['status']} already: it is closed", "closed")
     row = await conn.fetchrow(
-        f"""UPDATE rights_requests SET status = $2, note = coalesce($3, note),
-                handled_by = coalesce($4, handled_by), updated_at = $5,
-                closed_at = CASE WHEN $2 IN ('done', 'refused') THEN $5 END
+        f"""UPDATE rights_requests SET status = $2::text, note = coalesce($3, note),
+                handled_by = coalesce($4, handled_by), updated_at = $5::timestamptz,
+                closed_at = CASE WHEN $2::text IN ('done', 'refused') THEN $5::timestamptz END
             WHERE id = $1 RETURNING {COLUMNS}""",
         request_id,
         status,

@@ -4,7 +4,7 @@ whole sweeper pass under the moved clock, and plain SQL to look at what is store
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -71,3 +71,18 @@ async def until_stored(database_url: str, query: str) -> None:
             if await sql(database_url, query):
                 return
             await trio.sleep(0.02)
+
+
+async def in_transaction(database_url: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """`fn(conn, *args)` in one transaction on the test's database (a storage function that
+    other features call inside their own transactions)."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                return await fn(conn, *args)
+        finally:
+            await conn.close()
+
+    return await trio.to_thread.run_sync(asyncio.run, run())
