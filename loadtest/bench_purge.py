@@ -232,7 +232,7 @@ async def _run_loadtest(
             done.set()
     cpu = (tree_cpu_s(server.pid) or 0.0) - cpu_before
     report = json.loads((report_dir / "report.json").read_text())
-    timeline = report.get("timeline") or {}
+    timeline = report.get("timeline_s") or {}
     started = report.get("started_at")
     offset = 0.0
     if started:
@@ -269,6 +269,10 @@ def _show(r: RunResult) -> str:
         text += f"  purged {r.purged}" + (
             f" in {window[0]:.1f}-{window[1]:.1f} s" if window else " (nothing seen)"
         )
+        if window and r.send_window_s:
+            send_s = r.send_window_s[1] - r.send_window_s[0]
+            overlap = min(window[1], r.send_window_s[1]) - max(window[0], r.send_window_s[0])
+            text += f" ({max(overlap, 0) / send_s:.0%} of the send phase)"
     return text
 
 
