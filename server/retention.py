@@ -14,7 +14,7 @@ audit log's own pruning at no less than 6 months): write a sweep - `async (servi
 (Erased, more)` - that erases one rule's worth in bounded batches (`drain` does the loop for
 a store call that deletes up to `limit` rows older than a cutoff), give it a setting with its
 unit in the name and the promise's minimum enforced in server/settings.py, and add a `Rule`
-to RULES. `schedule(settings)` (shown at `GET /v1/orgs/{org}/retention`) then lists it.
+to `rules()`. `schedule(settings)` (shown at `GET /v1/orgs/{org}/retention`) then lists it.
 """
 
 from __future__ import annotations
