@@ -208,6 +208,11 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
         "material": x.material,
         "at": x.at,
     },
+    f.OrgNotice: lambda x: _optional(
+        {"t": "notice", "id": x.id, "kind": x.kind, "title": x.title, "text": x.text, "at": x.at},
+        "ends_at",
+        x.ends_at,
+    ),
 }
 
 
@@ -436,6 +441,7 @@ SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
     "live_ok": _decoder(fl.LiveOk, ("cid", "id", "until")),
     "live_end": _decoder(fl.LiveEnd, ("id", "conv", "who", "reason")),
     "policy": _decoder(f.PolicyNotice, ("version", "material", "at")),
+    "notice": _decoder(f.OrgNotice, ("id", "kind", "title", "text", "at"), ("ends_at",)),
 }
 
 

@@ -7,7 +7,7 @@ msgpack maps; PROTOCOL.md lists the wire keys, types and limits of each.
 Client -> server: `Send`, `Ack`, `Sync`, `Receipt`, `Typing`, `Ping`, `PushRegister`,
 `PushUnregister`, and (protocol.frames_live) consent and live-location frames.
 Server -> client: `Msg`, `Sent`, `Err`, `ReceiptNotice`, `TypingNotice`, `Synced`, `Resync`,
-`Pong`, `PushOk`, `PolicyNotice`, and (protocol.frames_live) consent and live-location
+`Pong`, `PushOk`, `PolicyNotice`, `OrgNotice`, and (protocol.frames_live) consent and live-location
 frames. `Receipt`/`ReceiptNotice` and `Typing`/`TypingNotice` share a wire type ("receipt",
 "typing") but carry different fields in each direction.
 """
@@ -500,6 +500,37 @@ class PolicyNotice:
         check_int("at", self.at)
 
 
+NOTICE_KINDS = ("service_ending", "security_incident")
+NoticeKind = Literal["service_ending", "security_incident"]
+MAX_NOTICE_TITLE_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrgNotice:
+    """A notice from the organization's admins, sent at unix ms `at`: the service ends at
+    `ends_at` (ms; present exactly for `service_ending`), or a security incident happened.
+    Stored: `GET /v1/me/notices` lists it as well."""
+
+    TYPE: ClassVar[str] = "notice"
+    id: bytes
+    kind: NoticeKind
+    title: str
+    text: str
+    at: int
+    ends_at: int | None = None
+
+    def __post_init__(self) -> None:
+        check_id("id", self.id)
+        if self.kind not in NOTICE_KINDS:
+            raise invalid("kind", f"must be one of: {', '.join(NOTICE_KINDS)}")
+        check_text("title", self.title, min_len=1, max_len=MAX_NOTICE_TITLE_CHARS, controls=False)
+        check_text("text", self.text, min_len=1, max_len=MAX_TEXT_CHARS)
+        check_int("at", self.at)
+        check_optional_int("ends_at", self.ends_at)
+        if (self.kind == "service_ending") != (self.ends_at is not None):
+            raise invalid("ends_at", "must be present exactly for a service_ending notice")
+
+
 ClientFrame = (
     Send
     | Ack
@@ -530,5 +561,6 @@ ServerFrame = (
     | LiveOk
     | LiveEnd
     | PolicyNotice
+    | OrgNotice
 )
 Frame = ClientFrame | ServerFrame

@@ -24,6 +24,8 @@ from server.api import (
     orgs,
     policies,
     push,
+    retention,
+    rights,
 )
 from server.api.asgi import close_after_early_answers
 from server.api.context import ApiContext, request_origin
@@ -35,6 +37,7 @@ from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from storage.minors import GuardianError
 from storage.policies import PolicyError
+from storage.requests import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (GuardianError, "not_serving_children"): ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN,
     (GuardianError, "withdrawn"): ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN,
     (NoSitesError, None): ApiErrorCode.NO_SITES,
+    (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
 }
 
 
@@ -151,6 +155,8 @@ def create_app(services: Services) -> QuartTrio:
         policies.bp,
         minors.bp,
         audit.bp,
+        retention.bp,
+        rights.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

@@ -72,8 +72,9 @@ async def run_checkpointer(services: Services, stop: trio.Event) -> None:
             logger.warning("no audit checkpoint at shutdown (database unavailable): %s", exc)
 
 
-async def prune_audit(services: Services) -> int:
-    """Delete the entries past `audit_retention_days`, up to a checkpoint; how many."""
-    now, settings = services.clock(), services.settings
+async def prune_audit(services: Services, now: datetime) -> int:
+    """Delete the entries past `audit_retention_days`, up to a checkpoint; how many (the
+    retention schedule's `audit_log` rule, server/retention.py)."""
+    settings = services.settings
     cutoff = now - timedelta(days=settings.audit_retention_days)
     return await services.audit.prune(cutoff, now, settings.sweep_batch)

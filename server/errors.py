@@ -43,6 +43,8 @@ class ApiErrorCode(StrEnum):
     GUARDIAN_CONSENT_NOT_REQUIRED = "guardian_consent_not_required"
     GUARDIAN_CONSENT_WITHDRAWN = "guardian_consent_withdrawn"
     ORG_DOES_NOT_SERVE_CHILDREN = "org_does_not_serve_children"
+    REQUEST_CLOSED = "request_closed"
+    NOTICE_PERIOD_TOO_SHORT = "notice_period_too_short"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL = "internal"
 
@@ -76,6 +78,8 @@ STATUS = {
     ApiErrorCode.GUARDIAN_CONSENT_NOT_REQUIRED: 409,
     ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN: 409,
     ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN: 409,
+    ApiErrorCode.REQUEST_CLOSED: 409,
+    ApiErrorCode.NOTICE_PERIOD_TOO_SHORT: 422,
     ApiErrorCode.DATABASE_UNAVAILABLE: 503,
     ApiErrorCode.INTERNAL: 500,
 }

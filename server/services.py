@@ -13,6 +13,7 @@ from push.worker import WorkerConfig
 from server.gateway.hub import Hub
 from server.passwords import PasswordHasher
 from server.settings import Settings
+from server.sweep_status import SweepStatus
 from storage.accounts import AccountStore
 from storage.attendance import AttendanceStore
 from storage.audit import AuditStore
@@ -26,11 +27,14 @@ from storage.live import LiveStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.minors import MinorStore
+from storage.notices import NoticeStore
 from storage.orgs import OrgStore
 from storage.policies import PolicyStore
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import PushRegistrationStore
 from storage.receipts import ReceiptStore
+from storage.requests import RequestStore
+from storage.retention import RetentionStore
 from storage.tokens import TokenStore
 
 
@@ -72,6 +76,7 @@ class Services:
     passwords: PasswordHasher
     clock: Callable[[], datetime] = utc_now
     hub: Hub = field(default_factory=Hub)  # this process's live gateway connections
+    sweep_status: SweepStatus = field(default_factory=SweepStatus)  # this process's sweeper
     orgs: OrgStore = field(init=False)
     accounts: AccountStore = field(init=False)
     devices: DeviceStore = field(init=False)
@@ -91,6 +96,9 @@ class Services:
     policies: PolicyStore = field(init=False)
     minors: MinorStore = field(init=False)
     audit: AuditStore = field(init=False)
+    retention: RetentionStore = field(init=False)
+    requests: RequestStore = field(init=False)
+    notices: NoticeStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db)
@@ -111,4 +119,7 @@ class Services:
         self.policies = PolicyStore(self.db)
         self.minors = MinorStore(self.db)
         self.audit = AuditStore(self.db)
+        self.retention = RetentionStore(self.db)
+        self.requests = RequestStore(self.db)
+        self.notices = NoticeStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))

@@ -29,6 +29,9 @@ _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 
 
 MIN_AUDIT_RETENTION_DAYS = MIN_RETENTION.days
+# Retention periods the privacy policies promise to keep, at least (server/retention.py).
+MIN_LOGIN_RECORDS_DAYS = 92
+MIN_REQUESTS_DAYS = 1096
 
 
 class SettingsError(ObrolError):
@@ -108,6 +111,14 @@ class Settings(BaseSettings):
     audit_retention_days: int = 365
     audit_checkpoint_entries: int = Field(1000, ge=1, le=1_000_000)
     audit_checkpoint_interval_s: float = Field(300.0, gt=0, le=24 * 3600)
+    # The retention schedule (server/retention.py lists every rule, its period and the promise
+    # it keeps; the same sweeper runs them). A minimum is a period the policies promise to keep.
+    login_records_retention_days: int = Field(92, le=3660)  # 3 months: never less
+    live_sessions_retention_days: int = Field(7, ge=0, le=30)  # after a session ended
+    requests_retention_days: int = Field(1096, le=3660)  # after a request closed: >= 3 years
+    notices_retention_days: int = Field(366, ge=30, le=3660)  # after sending (or the end date)
+    # How far ahead a service-ending notice must be sent (the policies promise 30 days).
+    service_ending_notice_days: int = Field(30, ge=30, le=366)
 
     # The push bridge (README, "Push notifications"). A provider with no credentials is off:
     # registrations for it are refused.
@@ -157,6 +168,26 @@ class Settings(BaseSettings):
                     f"{entry!r} would trust every address: anyone could claim any client "
                     "address and dodge the per-address login limit"
                 )
+        return value
+
+    @field_validator("login_records_retention_days")
+    @classmethod
+    def _login_records_kept_three_months(cls, value: int) -> int:
+        if value < MIN_LOGIN_RECORDS_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_LOGIN_RECORDS_DAYS} days: the privacy policies keep "
+                "login records 3 months (the longest 3 calendar months are 92 days)"
+            )
+        return value
+
+    @field_validator("requests_retention_days")
+    @classmethod
+    def _requests_kept_three_years(cls, value: int) -> int:
+        if value < MIN_REQUESTS_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_REQUESTS_DAYS} days: the privacy policies keep records "
+                "of how requests and complaints were handled 3 years"
+            )
         return value
 
     @model_validator(mode="after")

@@ -99,6 +99,20 @@ async def _expire(conn: Any, now: datetime, limit: int) -> Any:
     )
 
 
+async def _delete_ended(conn: Any, cutoff: datetime, limit: int) -> int:
+    deleted: int = await conn.fetchval(
+        """WITH gone AS (
+               DELETE FROM live_sessions WHERE id IN (
+                   SELECT id FROM live_sessions WHERE ended_at < $1
+                   ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+               RETURNING 1)
+           SELECT count(*) FROM gone""",
+        cutoff,
+        limit,
+    )
+    return deleted
+
+
 async def end_all(conn: Any, account_id: uuid.UUID, at: datetime) -> list[LiveSession]:
     """End every open session of the account (its location grant was withdrawn), in the
     caller's transaction."""
@@ -134,3 +148,8 @@ class LiveStore:
     async def expire(self, now: datetime, limit: int) -> list[LiveSession]:
         """End up to `limit` open sessions whose time is up (safe with several processes)."""
         return [session(r) for r in await self._db.read(_expire, now, limit)]
+
+    async def delete_ended(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` sessions that ended before `cutoff`, oldest first (safe with
+        several processes); returns how many went."""
+        return await self._db.read(_delete_ended, cutoff, limit)

@@ -159,6 +159,20 @@ async def _for_account(conn: Any, account_id: uuid.UUID, limit: int) -> list[Log
     return [LoginAttempt(**dict(r)) for r in rows]
 
 
+async def _delete_before(conn: Any, cutoff: datetime, limit: int) -> int:
+    deleted: int = await conn.fetchval(
+        """WITH gone AS (
+               DELETE FROM login_records WHERE id IN (
+                   SELECT id FROM login_records WHERE at < $1
+                   ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)
+               RETURNING 1)
+           SELECT count(*) FROM gone""",
+        cutoff,
+        limit,
+    )
+    return deleted
+
+
 class LoginRecordStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -186,3 +200,8 @@ class LoginRecordStore:
     async def for_account(self, account_id: uuid.UUID, limit: int = 100) -> list[LoginAttempt]:
         """The account's most recent login records, newest first."""
         return await self._db.transaction(_for_account, account_id, limit)
+
+    async def delete_before(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` records made before `cutoff`, oldest first (rows another
+        process is deleting are skipped); returns how many went."""
+        return await self._db.read(_delete_before, cutoff, limit)

@@ -19,10 +19,13 @@ from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
 from server.handlers.minors import MinorHandler
+from server.handlers.notices import NoticeHandler
 from server.handlers.orgs import OrgHandler
 from server.handlers.policies import PolicyHandler
 from server.handlers.profile import ProfileHandler
 from server.handlers.push import PushHandler
+from server.handlers.requests import RequestHandler
+from server.handlers.retention import RetentionHandler
 from server.handlers.sessions import SessionHandler
 from server.services import Services
 
@@ -45,6 +48,9 @@ class ApiContext:
     policies: PolicyHandler = field(init=False)
     minors: MinorHandler = field(init=False)
     audit: AuditHandler = field(init=False)
+    retention: RetentionHandler = field(init=False)
+    requests: RequestHandler = field(init=False)
+    notices: NoticeHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +66,9 @@ class ApiContext:
         self.policies = PolicyHandler(self.services)
         self.minors = MinorHandler(self.services)
         self.audit = AuditHandler(self.services)
+        self.retention = RetentionHandler(self.services)
+        self.requests = RequestHandler(self.services)
+        self.notices = NoticeHandler(self.services)
 
 
 def ctx() -> ApiContext:
@@ -121,8 +130,10 @@ async def body(model: type[M]) -> M:
 # The views an account may use while a material privacy-policy version awaits its
 # acceptance (every other authenticated call is 403 reconsent_required): reading and
 # accepting the policy; what a password change needs (a new member may have to do both, in
-# that order); and stopping things - logging out, withdrawing a consent, dropping this
-# device's push registration - which is never made to wait for an acceptance.
+# that order); stopping things - logging out, withdrawing a consent, dropping this
+# device's push registration - which is never made to wait for an acceptance; and a
+# person's rights: opening and following a data-rights request (someone who does not accept
+# a new policy may want their data or their account gone) and reading notices.
 BEFORE_POLICY_ACCEPTANCE = frozenset(
     {
         "policies.mine",
@@ -134,6 +145,9 @@ BEFORE_POLICY_ACCEPTANCE = frozenset(
         "me.change_password",
         "consent.withdraw",
         "push.unregister",
+        "rights.open_request",
+        "rights.my_requests",
+        "rights.my_notices",
     }
 )
 

@@ -15,11 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StringConstraints,
 )
 
@@ -328,3 +330,73 @@ class PolicyIn(Strict):
 
 class PolicyAcceptIn(Strict):
     version: PolicyVersionLabel
+
+
+# -- retention, data-rights requests and notices ------------------------------------------
+
+RetentionDays = Annotated[StrictInt, Field(ge=1, le=36500)]
+DeadlineDays = Annotated[StrictInt, Field(ge=1, le=90)]
+MAX_REQUEST_TEXT_CHARS = 4000
+RequestText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_REQUEST_TEXT_CHARS),
+    AnyText,
+    AfterValidator(_not_blank),
+]
+
+
+class OrgRetentionPatch(Strict):
+    """Only the fields sent change; `"message_retention_days": null` keeps messages until
+    they are deleted."""
+
+    message_retention_days: RetentionDays | None = None
+    request_deadline_days: DeadlineDays | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent; ValueError for none at all or a null deadline."""
+        sent = self.model_dump(exclude_unset=True)
+        if not sent:
+            raise ValueError("send message_retention_days, request_deadline_days or both")
+        if "request_deadline_days" in sent and sent["request_deadline_days"] is None:
+            raise ValueError("request_deadline_days cannot be null")
+        return sent
+
+
+class ConversationRetentionIn(Strict):
+    message_retention_days: RetentionDays | None  # required: null keeps messages until deleted
+
+
+RequestKind = Literal[
+    "access",
+    "correction",
+    "export",
+    "deletion",
+    "cancellation",
+    "org_export",
+    "org_deletion",
+    "other",
+]
+
+
+class RequestIn(Strict):
+    kind: RequestKind
+    details: RequestText | None = None  # what you ask, in your words
+
+
+class RequestAnswerIn(Strict):
+    status: Literal["in_progress", "done", "refused"]
+    note: RequestText | None = None  # the answer; required to refuse
+
+
+class NoticeIn(Strict):
+    """A notice to the organization's members: `account_ids` absent for everyone."""
+
+    kind: Literal["service_ending", "security_incident"]
+    title: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), OneLine
+    ]
+    text: Annotated[
+        str, StringConstraints(min_length=1, max_length=16_000), AnyText, AfterValidator(_not_blank)
+    ]
+    ends_at: AwareDatetime | None = None  # service_ending: the last day of service
+    account_ids: Annotated[list[uuid.UUID], Field(min_length=1, max_length=10_000)] | None = None

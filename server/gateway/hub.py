@@ -68,6 +68,14 @@ class Hub:
                 handed += len(conns)
         return handed
 
+    def fan_out_org(self, org_id: uuid.UUID, frame: bytes) -> int:
+        """Give `frame` to every live connection of the organization's accounts (a live-only
+        frame: no position). Returns the number of connections it was handed to."""
+        conns = list(self._by_org.get(org_id, ()))
+        for conn in conns:
+            conn.deliver(None, frame)
+        return len(conns)
+
     # -- the privacy-policy gate -----------------------------------------------------------
 
     def policy_blocked(self, conn: Connection) -> bool:
@@ -103,10 +111,7 @@ class Hub:
         Returns the number of connections it was handed to."""
         if material and policy_id > self._material_policy.get(org_id, 0):
             self._material_policy[org_id] = policy_id
-        conns = list(self._by_org.get(org_id, ()))
-        for conn in conns:
-            conn.deliver(None, frame)
-        return len(conns)
+        return self.fan_out_org(org_id, frame)
 
     def policy_accepted(self, account_id: uuid.UUID, policy_id: int) -> None:
         """The account accepted the version `policy_id` (committed): its connections are

@@ -5,12 +5,14 @@ Roles: owner > admin > department_admin (scoped to one department subtree) > mem
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from dataclasses import dataclass
 
 from protocol import CloseCode, ErrorCode
-from server.errors import ApiError, ApiErrorCode, forbidden
+from server.errors import ApiError, ApiErrorCode, forbidden, not_found
 from server.services import Services
+from server.settings import Settings
 from storage.accounts import Account
 from storage.audit import AuditActor, account_actor
 from storage.devices import Credentials
@@ -116,3 +118,15 @@ def require_role_grant(actor: Actor, role: str) -> None:
     }.get(actor.role, set())
     if role not in allowed:
         raise ApiError(ApiErrorCode.FORBIDDEN, f"you may not give the role {role!r}")
+
+
+def require_operator(settings: Settings, authorization: str | None) -> None:
+    """The caller is the server's operator: `Authorization: Bearer <operator_token>`.
+    not_found while no operator_token is set (the endpoints are off); unauthenticated for a
+    missing or wrong token."""
+    token = settings.operator_token
+    if token is None:
+        raise not_found("no operator endpoints: set operator_token to enable them")
+    given = (authorization or "").removeprefix("Bearer ").encode()
+    if not hmac.compare_digest(given, token.get_secret_value().encode()):
+        raise ApiError(ApiErrorCode.UNAUTHENTICATED, "the operator token is missing or wrong")

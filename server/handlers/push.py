@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from push.registration import RegistrationError, RegistrationSpec
 from server.errors import ApiError, ApiErrorCode, forbidden, invalid, not_found
-from server.handlers.access import Actor
+from server.handlers.access import Actor, require_operator
 from server.services import Services
 from storage.push_outbox import DeadLetter, OutboxState
 from storage.push_registrations import NewRegistration, PushResult, PushSettings, Registration
@@ -116,12 +115,7 @@ class PushHandler:
     async def operator(self, authorization: str | None) -> dict[str, Any]:
         """For whoever runs the server (the `operator_token` setting): provider details
         (which name credential files), the whole outbox, this process's counters."""
-        token = self._s.settings.operator_token
-        if token is None:
-            raise not_found("no operator endpoints: set operator_token to enable them")
-        given = (authorization or "").removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, token.get_secret_value().encode()):
-            raise ApiError(ApiErrorCode.UNAUTHENTICATED, "the operator token is missing or wrong")
+        require_operator(self._s.settings, authorization)
         push = self._s.push
         return {
             "providers": push.status(detail=True),

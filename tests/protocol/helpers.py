@@ -150,4 +150,13 @@ SERVER_FRAMES: list[f.ServerFrame] = [
     fl.LiveEnd(id=MSG_ID, conv=CONV, who=ALICE, reason="withdrawn"),
     f.PolicyNotice(version="2026-01", material=True, at=1_767_225_600_000),
     f.PolicyNotice(version="v3.1_en-draft", material=False, at=0),
+    f.OrgNotice(
+        id=MSG_ID,
+        kind="service_ending",
+        title="Closing",
+        text="Bye.\nExport first.",
+        at=1,
+        ends_at=2,
+    ),
+    f.OrgNotice(id=MSG_ID, kind="security_incident", title="Leak", text="Change it.", at=0),
 ]

@@ -126,6 +126,72 @@ def test_a_client_cannot_send_a_policy_frame() -> None:
     assert client_error(pack(POLICY)).code is ErrorCode.UNKNOWN_FRAME_TYPE
 
 
+def test_exact_bytes_of_the_notice_frame() -> None:
+    """`notice` (server -> client): keys in PROTOCOL.md order, `ends_at` only when present."""
+    ending = f.OrgNotice(
+        id=b"\x1d" * 16,
+        kind="service_ending",
+        title="Closing",
+        text="Ends 1 Feb.",
+        at=1_767_225_600_000,
+        ends_at=1_769_904_000_000,
+    )
+    wire = bytes.fromhex(
+        "87a174a66e6f74696365"  # {"t": "notice",
+        "a26964c410"
+        + "1d"
+        * 16  # "id": 16 bytes,
+        + "a46b696e64ae736572766963655f656e64696e67"  # "kind": "service_ending",
+        "a57469746c65a7436c6f73696e67"  # "title": "Closing",
+        "a474657874ab456e64732031204665622e"  # "text": "Ends 1 Feb.",
+        "a26174cf0000019b76daa800"  # "at": 1767225600000,
+        "a7656e64735f6174cf0000019c167fcc00"  # "ends_at": 1769904000000}
+    )
+    assert encode(ending) == wire
+    assert decode_server_batch(wire) == [ending]
+    incident = f.OrgNotice(
+        id=b"\x1d" * 16, kind="security_incident", title="Leak", text="Change it.", at=5
+    )
+    assert encode(incident)[:1] == b"\x86"  # six keys: no ends_at
+    assert decode_server_batch(encode(incident)) == [incident]
+
+
+NOTICE: dict[str, Any] = {
+    "t": "notice",
+    "id": b"\x1d" * 16,
+    "kind": "security_incident",
+    "title": "Leak",
+    "text": "Change it.",
+    "at": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (with_(NOTICE, id=b"\x1d" * 15), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, kind="maintenance"), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, title=""), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, title="a\nb"), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, title="t" * 201), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, text=""), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, at=-1), ErrorCode.INVALID_FIELD),
+        (with_(NOTICE, ends_at=10), ErrorCode.INVALID_FIELD),  # only for service_ending
+        (with_(NOTICE, kind="service_ending"), ErrorCode.INVALID_FIELD),  # needs ends_at
+        (with_(NOTICE, text=...), ErrorCode.MISSING_FIELD),
+        (with_(NOTICE, version="v1"), ErrorCode.UNKNOWN_FIELD),
+    ],
+)
+def test_a_malformed_notice_frame_is_refused(wire: Any, code: ErrorCode) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_server_batch(pack(wire))
+    assert info.value.code is code
+
+
+def test_a_client_cannot_send_a_notice_frame() -> None:
+    assert client_error(pack(NOTICE)).code is ErrorCode.UNKNOWN_FRAME_TYPE
+
+
 @pytest.mark.parametrize("frame", CLIENT_FRAMES, ids=repr)
 def test_every_client_frame_round_trips(frame: f.ClientFrame) -> None:
     assert decode_client_batch(encode(frame)) == [frame]

@@ -145,6 +145,7 @@ TYPES = [
     "pong",
     "withdrawn",
     "policy",
+    "notice",
     "text",
     "file",
     "location",

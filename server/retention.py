@@ -1,0 +1,264 @@
+"""The retention schedule: every kind of data obrol erases on a clock, how long it is kept,
+and the promise that period keeps - in one place. The one sweeper (server/sweeper.py) runs
+every rule here that has a `sweep`, in this order, in every server process.
+
+Each sweep erases in bounded batches (`sweep_batch` rows, one short transaction each, rows
+another process holds skipped with SKIP LOCKED, never the stream lock) and gives each rule at
+most PASS_BATCHES batches per pass, so a large backlog in one rule never holds up another
+(live sessions end on time while a year of messages is purged). A rule that had more to do
+makes the sweeper start its next pass at once instead of sleeping. What was erased is
+counted per rule and logged as counts, never contents.
+
+Adding a rule (cancelled accounts purged within 7 days, export archives on their expiry):
+write a sweep - `async (services, now) ->
+(Erased, more)` - that erases one rule's worth in bounded batches (`drain` does the loop for
+a store call that deletes up to `limit` rows older than a cutoff), give it a setting with its
+unit in the name and the promise's minimum enforced in server/settings.py, and add a `Rule`
+to `rules()`. `schedule(settings)` (shown at `GET /v1/orgs/{org}/retention`) then lists it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING
+
+from server.audit import prune_audit
+from server.gateway.announce import announce_live_end
+from server.settings import Settings
+from server.sweep_status import Erased
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+PASS_BATCHES = 20  # batches one rule may run in one pass before the others get their turn
+
+
+Sweep = Callable[["Services", datetime], Awaitable[tuple[Erased, bool]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str  # in logs, the status and the schedule
+    data: str  # what is erased
+    period: Callable[[Settings], str]  # how long it is kept, from the settings, in words
+    source: str  # the promise it keeps
+    sweep: Sweep | None  # None: kept by another part of the server (`period` says which)
+
+
+async def drain(step: Callable[[int], Awaitable[int]], batch: int) -> tuple[Erased, bool]:
+    """Call `step(batch)` (erases up to `batch` rows, returns how many) until it erases
+    fewer, at most PASS_BATCHES times; (what went, whether more may be left)."""
+    erased = Erased()
+    for _ in range(PASS_BATCHES):
+        done = await step(batch)
+        erased.rows += done
+        if done < batch:
+            return erased, False
+    return erased, True
+
+
+async def _consent_clocks(services: Services, now: datetime) -> tuple[Erased, bool]:
+    erased = Erased()
+    for _ in range(PASS_BATCHES):
+        erasure = await services.erasure.erase_expired(now, services.settings.sweep_batch)
+        for file_id in erasure.files:
+            await services.blobs.delete(file_id)
+        erased.add(Erased(len(erasure.messages), len(erasure.files)))
+        if len(erasure.messages) < services.settings.sweep_batch:
+            return erased, False
+    return erased, True
+
+
+async def _live_sessions_open(services: Services, now: datetime) -> tuple[Erased, bool]:
+    erased = Erased()
+    for _ in range(PASS_BATCHES):
+        ended = await services.live.expire(now, services.settings.sweep_batch)
+        await announce_live_end(services, ended)
+        erased.rows += len(ended)
+        if len(ended) < services.settings.sweep_batch:
+            return erased, False
+    return erased, True
+
+
+@dataclass
+class OrgMessagesSweep:
+    """Walks the conversations that have a retention period, a page at a time, and erases
+    each one's messages past it, oldest first. Where it is (page, conversation, seq) carries
+    over from one pass to the next, in this process; another process walks on its own, and
+    SKIP LOCKED keeps the two off each other's rows."""
+
+    after: uuid.UUID | None = None  # the page walk: conversations after this id
+    last_page: bool = False  # the walk reached the end: the next pass starts over
+    queue: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)  # (id, cutoff)
+    seq: int = 0  # in queue[0]: erased up to here
+
+    async def __call__(self, services: Services, now: datetime) -> tuple[Erased, bool]:
+        batch, erased = services.settings.sweep_batch, Erased()
+        for _ in range(PASS_BATCHES):
+            if not self.queue:
+                if self.last_page:
+                    self.last_page, self.after = False, None
+                    return erased, False
+                due, self.after = await services.retention.due(self.after, batch)
+                self.last_page = self.after is None
+                for conversation in due:
+                    cutoff = now - timedelta(days=conversation.days)
+                    if conversation.oldest < cutoff:
+                        self.queue.append((conversation.id, cutoff))
+                self.seq = 0
+                continue
+            conversation_id, cutoff = self.queue[0]
+            purge = await services.erasure.erase_older(conversation_id, cutoff, self.seq, batch)
+            for file_id in purge.files:
+                await services.blobs.delete(file_id)
+            erased.add(Erased(purge.messages, len(purge.files)))
+            if purge.messages == purge.head == batch:
+                self.seq = purge.last_seq
+            else:
+                self.queue.pop(0)
+                self.seq = 0
+        return erased, True
+
+
+async def _login_records(services: Services, now: datetime) -> tuple[Erased, bool]:
+    cutoff = now - timedelta(days=services.settings.login_records_retention_days)
+    return await drain(
+        partial(services.logins.delete_before, cutoff), services.settings.sweep_batch
+    )
+
+
+async def _live_sessions_ended(services: Services, now: datetime) -> tuple[Erased, bool]:
+    cutoff = now - timedelta(days=services.settings.live_sessions_retention_days)
+    return await drain(partial(services.live.delete_ended, cutoff), services.settings.sweep_batch)
+
+
+async def _rights_requests(services: Services, now: datetime) -> tuple[Erased, bool]:
+    cutoff = now - timedelta(days=services.settings.requests_retention_days)
+    step = partial(services.requests.delete_closed_before, cutoff)
+    return await drain(step, services.settings.sweep_batch)
+
+
+async def _notices(services: Services, now: datetime) -> tuple[Erased, bool]:
+    cutoff = now - timedelta(days=services.settings.notices_retention_days)
+    return await drain(
+        partial(services.notices.delete_before, cutoff), services.settings.sweep_batch
+    )
+
+
+def org_messages_rule(sweep: Sweep | None) -> Rule:
+    return Rule(
+        "org_messages",
+        "stored messages (with their receipts, the file rows and blobs they shared) older than "
+        "their conversation's retention, or else their organization's",
+        lambda s: (
+            "the organization's `message_retention_days`, or the conversation's own "
+            "setting (none: kept until deleted); a ceiling for every stored message, whatever "
+            "its consent tag says"
+        ),
+        "policies 000 and 004: the organization controls its business data; the consent tag's "
+        '`retention: "default"` (PROTOCOL.md 5.4) is this setting',
+        sweep,
+    )
+
+
+async def _prune_audit(services: Services, now: datetime) -> tuple[Erased, bool]:
+    """The audit log's prefix past its retention, up to a checkpoint (its own batches)."""
+    return Erased(rows=await prune_audit(services, now)), False
+
+
+def rules(org_messages: Sweep | None = None) -> tuple[Rule, ...]:
+    """The schedule, in the order the sweeper runs it. `org_messages`: that rule's sweep
+    (it keeps a position between passes, so each sweeper brings its own)."""
+    return (
+        Rule(
+            "live_sessions_open",
+            "live-location sessions past their end: ended, and everyone who saw them told",
+            lambda s: (
+                f"until the session's `until`, at most {s.live_location_max_s} s "
+                "(`live_location_max_s`)"
+            ),
+            "the person's location is shared only while they share it (policies 002, 003)",
+            _live_sessions_open,
+        ),
+        Rule(
+            "consent_clocks",
+            "messages whose consent tag's retention or expiry ran out (with their receipts, "
+            "the file rows and blobs they shared)",
+            lambda s: "the tag's `retention` seconds or `expires_at`, whichever comes first",
+            "data processed under consent is kept no longer than the person agreed to "
+            "(policies 000-004)",
+            _consent_clocks,
+        ),
+        org_messages_rule(org_messages),
+        Rule(
+            "login_records",
+            "login records (every attempt: time, login name, address, client, outcome)",
+            lambda s: (
+                f"{s.login_records_retention_days} days (`login_records_retention_days`, "
+                "at least 92: 3 calendar months)"
+            ),
+            "policy 003, article 3: log-in records are kept 3 months",
+            _login_records,
+        ),
+        Rule(
+            "live_sessions_ended",
+            "ended live-location sessions (who shared with which conversation, when; never a "
+            "position)",
+            lambda s: (
+                f"{s.live_sessions_retention_days} days after the end "
+                "(`live_sessions_retention_days`)"
+            ),
+            "policy 003, article 3: destroyed once its purpose is achieved, within 7 days",
+            _live_sessions_ended,
+        ),
+        Rule(
+            "rights_requests",
+            "closed data-rights requests (kind, dates, status, the person's words, the answer)",
+            lambda s: (
+                f"{s.requests_retention_days} days after closing "
+                "(`requests_retention_days`, at least 3 years)"
+            ),
+            "policy 003, article 3: records of complaint and dispute handling, 3 years",
+            _rights_requests,
+        ),
+        Rule(
+            "notices",
+            "service-ending and security-incident notices",
+            lambda s: (
+                f"{s.notices_retention_days} days after sending, or after the last day "
+                "of service for a service-ending notice (`notices_retention_days`)"
+            ),
+            "policies 000, 002, 004: members are told of incidents and of the end of the "
+            "service; kept so that those who were away can read them",
+            _notices,
+        ),
+        Rule(
+            "audit_log",
+            "audit-log entries (who did what to whose data, when: ids and counts only)",
+            lambda s: (
+                f"{s.audit_retention_days} days (`audit_retention_days`, at least 183: 6 "
+                "months), pruned only up to a signed checkpoint (server/audit.py)"
+            ),
+            "access records are kept at least 6 months and protected from tampering (policy 003)",
+            _prune_audit,
+        ),
+        Rule(
+            "push_results",
+            "push providers' answers other than acceptance (per device: when, outcome, reason)",
+            lambda s: "1 day: pruned by the push bridge's outbox worker (push/worker.py)",
+            "kept only as long as it helps find out why a device gets no pushes",
+            None,
+        ),
+    )
+
+
+def schedule(settings: Settings) -> list[dict[str, str]]:
+    """Every rule as `{"name", "data", "period", "source"}`, the periods from `settings`."""
+    return [
+        {"name": r.name, "data": r.data, "period": r.period(settings), "source": r.source}
+        for r in rules()
+    ]

@@ -1,0 +1,153 @@
+"""Erasing by a retention period, in bounded batches: oldest first, exactly what is past the
+cutoff, never waiting for the stream lock (a commit in progress) nor for rows another
+process is erasing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+
+from storage.accounts import NewAccount
+from storage.bridge import AsyncioBridge
+from storage.conversations import ConversationStore
+from storage.database import Database
+from storage.devices import DeviceStore
+from storage.erasure import ErasureStore
+from storage.live import LiveStore
+from storage.logins import LoginRecordStore
+from storage.messages import MessageStore, NewMessage
+from storage.orgs import OrgStore
+from storage.stream import STREAM_LOCK_KEY
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class World:
+    url: str
+    bridge: AsyncioBridge
+    db: Database
+    erasure: ErasureStore
+    conversation: uuid.UUID
+    account: uuid.UUID
+    device: uuid.UUID
+
+
+@pytest.fixture
+async def world(database_url: str) -> AsyncIterator[World]:
+    bridge = AsyncioBridge()
+    bridge.start()
+    db = await Database.connect(bridge, database_url, pool_size=4)
+    try:
+        org, ann = await OrgStore(db).create(
+            "Acme", NewAccount("ann", "ann@x.example", "Ann", b"hash")
+        )
+        device = await DeviceStore(db).enroll(ann.id, "d", "linux", uuid.uuid4().bytes * 2)
+        group = await ConversationStore(db).create_group(org.id, ann.id, "g", [])
+        messages = MessageStore(db)
+        for day in range(7):  # one message a day, seq 1..7
+            sent = T0 + timedelta(days=day)
+            new = NewMessage(group.id, ann.id, device.id, f"m{day}", "text", b"\x80", None, sent)
+            await messages.append([new])
+        yield World(database_url, bridge, db, ErasureStore(db), group.id, ann.id, device.id)
+    finally:
+        await db.close()
+        bridge.stop()
+
+
+async def left(world: World) -> list[str]:
+    async def run(conn: Any) -> list[str]:
+        rows = await conn.fetch(
+            "SELECT client_id FROM messages WHERE conversation_id = $1 ORDER BY seq",
+            world.conversation,
+        )
+        return [r["client_id"] for r in rows]
+
+    return await world.db.read(run)
+
+
+async def test_batches_erase_oldest_first_and_stop_at_the_cutoff(world: World) -> None:
+    cutoff = T0 + timedelta(days=4, hours=12)  # m0..m4 are older
+    first = await world.erasure.erase_older(world.conversation, cutoff, 0, 3)
+    assert (first.messages, first.head, first.last_seq) == (3, 3, 3)
+    assert await left(world) == ["m3", "m4", "m5", "m6"]
+    second = await world.erasure.erase_older(world.conversation, cutoff, first.last_seq, 3)
+    assert (second.messages, second.head) == (2, 3)  # m5 is within the period: done
+    assert await left(world) == ["m5", "m6"]
+
+
+class Held:
+    """A transaction of another connection (on the bridge's loop) holding a lock."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.conn: Any = None
+        self.tx: Any = None
+
+    async def __aenter__(self) -> Any:
+        async def open_() -> None:
+            self.conn = await asyncpg.connect(self.world.url)
+            self.tx = self.conn.transaction()
+            await self.tx.start()
+
+        await self.world.bridge.run(open_)
+        return self
+
+    async def execute(self, query: str, *args: Any) -> None:
+        await self.world.bridge.run(self.conn.execute, query, *args)
+
+    async def __aexit__(self, *_: object) -> None:
+        async def close() -> None:
+            await self.tx.rollback()
+            await self.conn.close()
+
+        await self.world.bridge.run(close)
+
+
+async def test_the_sweeper_never_waits_for_the_stream_lock(world: World) -> None:
+    async with Held(world) as commit_in_progress:
+        await commit_in_progress.execute("SELECT pg_advisory_xact_lock($1)", STREAM_LOCK_KEY)
+        with trio.fail_after(10):
+            cutoff = T0 + timedelta(days=2, hours=12)
+            purge = await world.erasure.erase_older(world.conversation, cutoff, 0, 100)
+            assert purge.messages == 3
+            await world.erasure.erase_expired(T0 + timedelta(days=30), 100)
+            await LoginRecordStore(world.db).delete_before(T0, 100)
+            await LiveStore(world.db).delete_ended(T0, 100)
+    assert await left(world) == ["m3", "m4", "m5", "m6"]
+
+
+async def test_rows_another_process_is_erasing_are_skipped_not_waited_for(world: World) -> None:
+    logins = LoginRecordStore(world.db)
+
+    async def record(conn: Any, at: datetime) -> None:
+        await conn.execute(
+            """INSERT INTO login_records (at, login_name, ip, user_agent, outcome)
+               VALUES ($1, 'ann', '10.0.0.1', 'ua', 'success')""",
+            at,
+        )
+
+    for day in range(3):
+        await world.db.transaction(record, T0 + timedelta(days=day))
+    async with Held(world) as other:
+        await other.execute(
+            "SELECT 1 FROM messages WHERE conversation_id = $1 AND seq = 1 FOR UPDATE",
+            world.conversation,
+        )
+        await other.execute(
+            "SELECT 1 FROM login_records WHERE at = $1 FOR UPDATE", T0 + timedelta(days=1)
+        )
+        with trio.fail_after(10):
+            purge = await world.erasure.erase_older(
+                world.conversation, T0 + timedelta(days=10), 0, 100
+            )
+            deleted = await logins.delete_before(T0 + timedelta(days=10), 100)
+        assert purge.messages == 6 and deleted == 2  # all but the held rows
+    assert await left(world) == ["m0"]
