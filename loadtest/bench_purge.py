@@ -57,6 +57,7 @@ POLL_S = 0.25
 class Backlog:
     org_id: uuid.UUID
     conversation_id: uuid.UUID
+    first_pos: int = 0  # the backlog's stream positions start here (set by the first seed)
 
 
 @dataclass
@@ -89,7 +90,9 @@ async def _sql(url: str, fn: Any, *args: Any) -> Any:
 
 async def _seed(conn: Any, backlog: Backlog | None, messages: int) -> Backlog:
     """An organization with one owner, device and group (first time), and `messages` text
-    messages 400 days old in that group, a read receipt on every tenth."""
+    messages 400 days old in that group, a read receipt on every tenth. Seeding again puts
+    them back at the stream positions of the first seed (purged, so free): below every
+    device's cursor, as old messages are, so no device's catch-up has to step over them."""
     if backlog is None:
         backlog = Backlog(uuid.uuid4(), uuid.uuid4())
         account, device = uuid.uuid4(), uuid.uuid4()
@@ -137,8 +140,9 @@ async def _seed(conn: Any, backlog: Backlog | None, messages: int) -> Backlog:
         await conn.execute(
             """INSERT INTO messages (id, conversation_id, seq, pos, sender_id,
                    sender_device_id, client_id, kind, body, sent_at)
-               SELECT gen_random_uuid(), $1, $2 + i, nextval('stream_pos'), $3, $4,
-                      'seed-' || ($2 + i), 'text', $5,
+               SELECT gen_random_uuid(), $1, $2 + i,
+                      CASE WHEN $8 = 0 THEN nextval('stream_pos') ELSE $8 + i - 1 END,
+                      $3, $4, 'seed-' || ($2 + i), 'text', $5,
                       now() - $6 * interval '1 day' + i * interval '1 millisecond'
                FROM generate_series(1, $7) AS i ORDER BY i""",
             backlog.conversation_id,
@@ -148,7 +152,13 @@ async def _seed(conn: Any, backlog: Backlog | None, messages: int) -> Backlog:
             body,
             BACKLOG_AGE_DAYS,
             messages,
+            backlog.first_pos,
         )
+        if backlog.first_pos == 0:
+            backlog.first_pos = await conn.fetchval(
+                "SELECT min(pos) FROM messages WHERE conversation_id = $1",
+                backlog.conversation_id,
+            )
         await conn.execute(
             """INSERT INTO message_receipts (message_id, conversation_id, account_id,
                    device_id, status, at)

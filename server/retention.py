@@ -3,16 +3,16 @@ and the promise that period keeps - in one place. The one sweeper (server/sweepe
 every rule here that has a `sweep`, in this order, in every server process.
 
 Each sweep erases in bounded batches (`sweep_batch` rows, one short transaction each, rows
-another process holds skipped with SKIP LOCKED, never the stream lock) and gives each rule at
-most PASS_BATCHES batches per pass, so a large backlog in one rule never holds up another
-(live sessions end on time while a year of messages is purged). A rule that had more to do
-makes the sweeper start its next pass at once instead of sleeping. What was erased is
-counted per rule and logged as counts, never contents.
+another process holds skipped with SKIP LOCKED, never the stream lock), rests between
+batches so that a backlog takes at most `sweep_busy_fraction` of the time, and gives each
+rule at most PASS_BATCHES batches per pass, so a large backlog in one rule never holds up
+another (live sessions end on time while a year of messages is purged). A rule that had
+more to do makes the sweeper start its next pass at once instead of sleeping. What was
+erased is counted per rule and logged as counts, never contents.
 
 Adding a rule (cancelled accounts purged within 7 days, export archives on their expiry):
-write a sweep - `async (services, now) ->
-(Erased, more)` - that erases one rule's worth in bounded batches (`drain` does the loop for
-a store call that deletes up to `limit` rows older than a cutoff), give it a setting with its
+write a sweep - `async (services, now) -> (Erased, more)` - whose batches run through `batches` (`rows_before` makes the batch for a
+store call that deletes up to `limit` rows older than a cutoff), give it a setting with its
 unit in the name and the promise's minimum enforced in server/settings.py, and add a `Rule`
 to `rules()`. `schedule(settings)` (shown at `GET /v1/orgs/{org}/retention`) then lists it.
 """
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
+
+import trio
 
 from server.audit import prune_audit
 from server.gateway.announce import announce_live_end
@@ -49,39 +51,61 @@ class Rule:
     sweep: Sweep | None  # None: kept by another part of the server (`period` says which)
 
 
-async def drain(step: Callable[[int], Awaitable[int]], batch: int) -> tuple[Erased, bool]:
-    """Call `step(batch)` (erases up to `batch` rows, returns how many) until it erases
-    fewer, at most PASS_BATCHES times; (what went, whether more may be left)."""
-    erased = Erased()
+Batch = Callable[[], Awaitable[tuple[Erased, bool]]]
+
+
+async def batches(services: Services, batch: Batch) -> tuple[Erased, bool]:
+    """Run `batch` (one transaction: what it erased, whether another may follow) up to
+    PASS_BATCHES times; (what went, whether more is left). Between batches it rests, so that
+    working off a backlog takes at most `sweep_busy_fraction` of the time: the pause after a
+    batch is the batch's own time scaled, so it lengthens by itself when the database is
+    busy with live traffic."""
+    fraction = services.settings.sweep_busy_fraction
+    total = Erased()
     for _ in range(PASS_BATCHES):
-        done = await step(batch)
-        erased.rows += done
-        if done < batch:
-            return erased, False
-    return erased, True
+        began = trio.current_time()
+        erased, again = await batch()
+        total.add(erased)
+        if not again:
+            return total, False
+        await trio.sleep((trio.current_time() - began) * (1 - fraction) / fraction)
+    return total, True
+
+
+def rows_before(
+    services: Services, delete: Callable[[datetime, int], Awaitable[int]], cutoff: datetime
+) -> Batch:
+    """A batch for a store call that deletes up to `limit` rows older than `cutoff`."""
+    limit = services.settings.sweep_batch
+
+    async def batch() -> tuple[Erased, bool]:
+        done = await delete(cutoff, limit)
+        return Erased(done), done == limit
+
+    return batch
 
 
 async def _consent_clocks(services: Services, now: datetime) -> tuple[Erased, bool]:
-    erased = Erased()
-    for _ in range(PASS_BATCHES):
-        erasure = await services.erasure.erase_expired(now, services.settings.sweep_batch)
+    limit = services.settings.sweep_batch
+
+    async def batch() -> tuple[Erased, bool]:
+        erasure = await services.erasure.erase_expired(now, limit)
         for file_id in erasure.files:
             await services.blobs.delete(file_id)
-        erased.add(Erased(len(erasure.messages), len(erasure.files)))
-        if len(erasure.messages) < services.settings.sweep_batch:
-            return erased, False
-    return erased, True
+        return Erased(len(erasure.messages), len(erasure.files)), len(erasure.messages) == limit
+
+    return await batches(services, batch)
 
 
 async def _live_sessions_open(services: Services, now: datetime) -> tuple[Erased, bool]:
-    erased = Erased()
-    for _ in range(PASS_BATCHES):
-        ended = await services.live.expire(now, services.settings.sweep_batch)
+    limit = services.settings.sweep_batch
+
+    async def batch() -> tuple[Erased, bool]:
+        ended = await services.live.expire(now, limit)
         await announce_live_end(services, ended)
-        erased.rows += len(ended)
-        if len(ended) < services.settings.sweep_batch:
-            return erased, False
-    return erased, True
+        return Erased(len(ended)), len(ended) == limit
+
+    return await batches(services, batch)
 
 
 @dataclass
@@ -89,64 +113,63 @@ class OrgMessagesSweep:
     """Walks the conversations that have a retention period, a page at a time, and erases
     each one's messages past it, oldest first. Where it is (page, conversation, seq) carries
     over from one pass to the next, in this process; another process walks on its own, and
-    SKIP LOCKED keeps the two off each other's rows."""
+    SKIP LOCKED keeps the two off each other's rows. A pass ends when a walk does."""
 
-    after: uuid.UUID | None = None  # the page walk: conversations after this id
-    last_page: bool = False  # the walk reached the end: the next pass starts over
+    after: uuid.UUID | None = None  # the walk: conversations after this id (None: from the start)
+    walked: bool = False  # the walk read its last page: done once the queue is
     queue: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)  # (id, cutoff)
     seq: int = 0  # in queue[0]: erased up to here
 
     async def __call__(self, services: Services, now: datetime) -> tuple[Erased, bool]:
-        batch, erased = services.settings.sweep_batch, Erased()
-        for _ in range(PASS_BATCHES):
-            if not self.queue:
-                if self.last_page:
-                    self.last_page, self.after = False, None
-                    return erased, False
-                due, self.after = await services.retention.due(self.after, batch)
-                self.last_page = self.after is None
-                for conversation in due:
-                    cutoff = now - timedelta(days=conversation.days)
-                    if conversation.oldest < cutoff:
-                        self.queue.append((conversation.id, cutoff))
-                self.seq = 0
-                continue
+        return await batches(services, partial(self._step, services, now))
+
+    async def _step(self, services: Services, now: datetime) -> tuple[Erased, bool]:
+        """One page of conversations read, or one batch of a conversation erased."""
+        limit, erased = services.settings.sweep_batch, Erased()
+        if not self.queue:
+            due, self.after = await services.retention.due(self.after, limit)
+            self.walked = self.after is None
+            for conversation in due:
+                cutoff = now - timedelta(days=conversation.days)
+                if conversation.oldest < cutoff:
+                    self.queue.append((conversation.id, cutoff))
+            self.seq = 0
+        else:
             conversation_id, cutoff = self.queue[0]
-            purge = await services.erasure.erase_older(conversation_id, cutoff, self.seq, batch)
+            purge = await services.erasure.erase_older(conversation_id, cutoff, self.seq, limit)
             for file_id in purge.files:
                 await services.blobs.delete(file_id)
-            erased.add(Erased(purge.messages, len(purge.files)))
-            if purge.messages == purge.head == batch:
+            erased = Erased(purge.messages, len(purge.files))
+            if purge.messages == purge.head == limit:
                 self.seq = purge.last_seq
             else:
                 self.queue.pop(0)
                 self.seq = 0
+        if not self.queue and self.walked:
+            self.walked = False  # the next pass walks again from the start
+            return erased, False
         return erased, True
 
 
 async def _login_records(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.login_records_retention_days)
-    return await drain(
-        partial(services.logins.delete_before, cutoff), services.settings.sweep_batch
-    )
+    return await batches(services, rows_before(services, services.logins.delete_before, cutoff))
 
 
 async def _live_sessions_ended(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.live_sessions_retention_days)
-    return await drain(partial(services.live.delete_ended, cutoff), services.settings.sweep_batch)
+    return await batches(services, rows_before(services, services.live.delete_ended, cutoff))
 
 
 async def _rights_requests(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.requests_retention_days)
-    step = partial(services.requests.delete_closed_before, cutoff)
-    return await drain(step, services.settings.sweep_batch)
+    delete = services.requests.delete_closed_before
+    return await batches(services, rows_before(services, delete, cutoff))
 
 
 async def _notices(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.notices_retention_days)
-    return await drain(
-        partial(services.notices.delete_before, cutoff), services.settings.sweep_batch
-    )
+    return await batches(services, rows_before(services, services.notices.delete_before, cutoff))
 
 
 def org_messages_rule(sweep: Sweep | None) -> Rule:
