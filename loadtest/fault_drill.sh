@@ -2,7 +2,7 @@
 # A load test through two real faults: the embedded PostgreSQL's postmaster killed -9,
 # then the obrol server itself killed -9 and started again on the same data folder.
 cd "$(dirname "$0")/.."
-T=${T:-$(mktemp -d /tmp/obrol-fault-XXXX)}; echo "working in $T"
+T=${T:-$(mktemp -d /tmp/obrol-fault-XXXX)}; mkdir -p "$T"; echo "working in $T"
 export OBROL_ALLOW_ORG_SIGNUP=true OBROL_PASSWORD_HASH_STRENGTH=minimal
 # Push through both faults too: the APNs/FCM stand-in on 8643, the server sending to it, and
 # 30% of the devices offline phones whose pushes the load test checks.
