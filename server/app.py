@@ -32,6 +32,7 @@ from server.services import Services
 from storage.attendance import NoSitesError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.keyring import KeyDestroyedError
 from storage.minors import GuardianError
 from storage.policies import PolicyError
 
@@ -80,6 +81,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (GuardianError, "not_serving_children"): ApiErrorCode.ORG_DOES_NOT_SERVE_CHILDREN,
     (GuardianError, "withdrawn"): ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN,
     (NoSitesError, None): ApiErrorCode.NO_SITES,
+    (KeyDestroyedError, None): ApiErrorCode.ACCOUNT_DEACTIVATED,
 }
 
 

@@ -6,17 +6,25 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from protocol.errors import ObrolError
+from server.keys_command import add_keys_commands, run_keys_command
 from server.logs import configure_logging
 from server.org_command import add_org_commands, run_org_command
 from server.runner import Running, serve
 from server.settings import load_settings
 
 logger = logging.getLogger("obrol")
+
+# The commands that work on the data folder or database while the server is stopped.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "org": run_org_command,
+    "keys": run_keys_command,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, help="TOML settings file")
     add_org_commands(commands)
+    add_keys_commands(commands)
     commands.add_parser(
         "loadtest",
         help="simulate devices against a server (see `obrol loadtest --help`)",
@@ -141,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             # migrations) and after (the drain) it must not kill the process.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             trio.run(_serve_until_signalled, args)
-        elif args.command == "org":
-            return run_org_command(args)
+        elif args.command in COMMANDS:
+            return COMMANDS[args.command](args)
     except (ObrolError, BaseExceptionGroup) as exc:
         errors = _obrol_errors(exc)
         if not errors:

@@ -36,6 +36,8 @@ from server.gateway.listener import Gateway, GatewaySettings
 from server.gateway.session import GatewayContext
 from server.handlers.minors import settle_at_start
 from server.identity import fingerprint, load_or_create_identity, public_key_b64
+from server.keys import open_keyring
+from server.legacy import seal_legacy_data
 from server.passwords import PasswordHasher
 from server.services import Services, utc_now
 from server.settings import Settings
@@ -129,15 +131,14 @@ async def serve(
                 supervision.start_soon(supervise_embedded, embedded)
             db = await Database.connect(bridge, url, pool_size=settings.db_pool_size)
             try:
-                hasher = PasswordHasher(settings.password_hash_strength)
-                services = Services(settings, db, identity, hasher, clock)
-                await trio.to_thread.run_sync(services.blobs.make_private)
-                await settle_at_start(services)  # the age settings may have changed
-                async with trio.open_nursery() as pushing:
-                    stop_pushing = trio.Event()
-                    pushing.start_soon(services.push.run, bridge, stop_pushing)
-                    await _serve_all(services, tls, shutdown, database, task_status)
-                    stop_pushing.set()  # the batch in flight is sent and recorded first
+                keyring = await open_keyring(settings, db)
+                claim = await keyring.claim()  # no key rotation while this server runs
+                try:
+                    hasher = PasswordHasher(settings.password_hash_strength)
+                    services = Services(settings, db, identity, hasher, keyring, clock)
+                    await _run_services(services, bridge, tls, shutdown, database, task_status)
+                finally:
+                    await claim.release()
             finally:
                 await db.close()
             supervision.cancel_scope.cancel()
@@ -147,6 +148,28 @@ async def serve(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(embedded.stop)
         logger.info("obrol stopped")
+
+
+async def _run_services(
+    services: Services,
+    bridge: AsyncioBridge,
+    tls: ServerTls | None,
+    shutdown: trio.Event,
+    database: str,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    """The start-up chores, then the push bridge, the sealing of legacy data and both
+    listeners, until `shutdown`."""
+    await trio.to_thread.run_sync(services.blobs.make_private)
+    await settle_at_start(services)  # the age settings may have changed
+    async with trio.open_nursery() as pushing:
+        stop_pushing = trio.Event()
+        pushing.start_soon(services.push.run, bridge, stop_pushing)
+        sealing = trio.CancelScope()  # stopped with the server; the next start resumes it
+        pushing.start_soon(seal_legacy_data, services, sealing)
+        await _serve_all(services, tls, shutdown, database, task_status)
+        stop_pushing.set()  # the batch in flight is sent and recorded first
+        sealing.cancel()
 
 
 async def supervise_embedded(
