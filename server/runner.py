@@ -17,7 +17,7 @@ import signal
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from urllib.parse import urlsplit
@@ -67,6 +67,8 @@ class Running:
     server_key: str
     database: str
     tls: str | None = None  # the certificate's subject and expiry, when serving TLS
+    # What the server runs on, for code that embeds it (tests reach the keyring through it).
+    services: Services | None = field(default=None, repr=False, compare=False)
 
 
 def embedded_postgres(settings: Settings) -> EmbeddedPostgres:
@@ -335,6 +337,7 @@ async def _serve_all(
             server_key=public_key_b64(services.identity),
             database=database,
             tls=None if tls is None else tls.info.describe(),
+            services=services,
         )
         logger.info(
             "obrol API %s, gateway %s (%s); database: %s; server key %s (fingerprint %s)",

@@ -169,7 +169,9 @@ class Database:
     async def read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)`, which must issue exactly one statement, outside an explicit
         transaction: one round trip to the database instead of three (BEGIN, it, COMMIT).
-        The statement is still atomic; use `transaction` for anything that reads twice."""
+        The statement is still atomic; use `transaction` for anything that reads twice.
+        (A read may add the lookup of data keys the keyring's cache lacks, which needs no
+        snapshot shared with the statement: `storage.keyring`.)"""
 
         async def run() -> T:
             async with self._pool.acquire() as conn:

@@ -229,7 +229,7 @@ class Session:
             record = await self.gw.services.files.get(uuid.UUID(bytes=body.file_id))
         except NotFoundError:
             return False
-        return record.conversation_id == conversation_id
+        return record.conversation_id == conversation_id and not record.erased
 
     async def members(self, conversation_id: uuid.UUID) -> frozenset[uuid.UUID] | None:
         """Active members, or None if the conversation is unknown or we are not in it."""

@@ -466,3 +466,21 @@ async def test_a_muted_conversation_does_not_take_a_waiting_alerts_place(world: 
     await world.messages.append([item])
     job = (await pending(world))[bob_phone]
     assert (job["kind"], job["message_id"], job["burst"]) == ("alert", alert.id, 2)
+
+
+async def test_a_preview_opens_the_sealed_body_and_an_erased_senders_has_none(
+    world: World,
+) -> None:
+    bob_phone = world.people["bob"][1]
+    opted_in = NewRegistration("apns", "d" * 64, "production", "org.obrol.app", None, True)
+    await world.registrations.register(bob_phone, opted_in)
+    await send(world, "ann", "lunch?")
+    jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
+    assert jobs[bob_phone].preview_kind == "text"
+    assert jobs[bob_phone].preview_body == b"\x81\xa4text\xa6lunch?"
+    await world.outbox.settle([accepted(j) for j in jobs.values()], 3)
+
+    await send(world, "ann", "later")
+    assert await world.keyring.destroy(world.people["ann"][0], datetime.now(UTC))
+    jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
+    assert (jobs[bob_phone].preview_kind, jobs[bob_phone].preview_body) == (None, None)
