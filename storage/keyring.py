@@ -2,7 +2,11 @@
 
 What is sealed (`storage.sealing`): message bodies, file blobs, file names and digests, and
 the personal fields phone and birth date, each under the data key of the account it belongs
-to (a message's sender, a file's uploader, the account itself).
+to (a message's sender, a file's uploader, the account itself). Not sealed: a message's
+consent tag, which holds only a purpose, account ids, a retention and an expiry - the same
+facts the plain columns `purpose`, `scope` and `erase_at` must keep for SQL (visibility,
+withdrawal, the sweeper) - so sealing it would hide nothing; nor what logins and the
+directory search by (emails, names).
 
 Why one key per account, not per conversation: erasing a person must make exactly their
 content unreadable. With per-account keys, destroying one key turns that person's messages
