@@ -35,6 +35,7 @@ from server.services import Services
 from storage.attendance import NoSitesError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.keyring import KeyDestroyedError
 from storage.minors import GuardianError
 from storage.policies import PolicyError
 from storage.requests import RequestError
@@ -85,6 +86,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (GuardianError, "withdrawn"): ApiErrorCode.GUARDIAN_CONSENT_WITHDRAWN,
     (NoSitesError, None): ApiErrorCode.NO_SITES,
     (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
+    (KeyDestroyedError, None): ApiErrorCode.ACCOUNT_DEACTIVATED,
 }
 
 

@@ -13,6 +13,7 @@ import trio
 
 from protocol.errors import ObrolError
 from server.audit_command import add_audit_commands, run_audit_command
+from server.keys_command import add_keys_commands, run_keys_command
 from server.logs import configure_logging
 from server.org_command import add_org_commands, run_org_command
 from server.runner import Running, serve
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML settings file")
     add_org_commands(commands)
     add_audit_commands(commands)
+    add_keys_commands(commands)
     commands.add_parser(
         "loadtest",
         help="simulate devices against a server (see `obrol loadtest --help`)",
@@ -118,10 +120,12 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
             )
 
 
-# The operator's commands on the database: `obrol org ...`, `obrol audit ...`.
+# The operator's commands on the data folder and database: `obrol org ...`, `obrol audit
+# ...`, `obrol keys ...`.
 OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "org": run_org_command,
     "audit": run_audit_command,
+    "keys": run_keys_command,
 }
 
 

@@ -26,6 +26,7 @@ class ApiErrorCode(StrEnum):
     PASSWORD_CHANGE_REQUIRED = "password_change_required"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    GONE = "gone"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -61,6 +62,7 @@ STATUS = {
     ApiErrorCode.PASSWORD_CHANGE_REQUIRED: 403,
     ApiErrorCode.FORBIDDEN: 403,
     ApiErrorCode.NOT_FOUND: 404,
+    ApiErrorCode.GONE: 410,
     ApiErrorCode.METHOD_NOT_ALLOWED: 405,
     ApiErrorCode.CONFLICT: 409,
     ApiErrorCode.PAYLOAD_TOO_LARGE: 413,

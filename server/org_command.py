@@ -25,6 +25,7 @@ from protocol.errors import ObrolError
 from server.api.models import CreateOrgIn
 from server.errors import ApiError
 from server.handlers.orgs import create_org
+from server.keys import open_keyring
 from server.passwords import PasswordHasher
 from server.runner import embedded_postgres
 from server.settings import Settings, load_settings
@@ -117,9 +118,10 @@ async def _create(settings: Settings, request: CreateOrgIn) -> tuple[str, str]:
     owner = request.owner.model_dump(exclude={"password"})
     async with command_database(settings) as db:
         passwords = PasswordHasher(settings.password_hash_strength)
+        keyring = await open_keyring(settings, db)
         try:
             org, account = await create_org(
-                OrgStore(db), passwords, request.name, owner, request.owner.password
+                OrgStore(db, keyring), passwords, request.name, owner, request.owner.password
             )
         except ApiError as exc:  # weak_password: say why
             reasons = "; ".join(str(d["problem"]) for d in exc.details or [])

@@ -17,7 +17,7 @@ import signal
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from urllib.parse import urlsplit
@@ -37,6 +37,8 @@ from server.gateway.listener import Gateway, GatewaySettings
 from server.gateway.session import GatewayContext
 from server.handlers.minors import settle_at_start
 from server.identity import fingerprint, load_or_create_identity, public_key_b64
+from server.keys import open_keyring
+from server.legacy import seal_legacy_data
 from server.passwords import PasswordHasher
 from server.services import Services, utc_now
 from server.settings import Settings
@@ -66,6 +68,8 @@ class Running:
     server_key: str
     database: str
     tls: str | None = None  # the certificate's subject and expiry, when serving TLS
+    # What the server runs on, for code that embeds it (tests reach the keyring through it).
+    services: Services | None = field(default=None, repr=False, compare=False)
 
 
 def embedded_postgres(settings: Settings) -> EmbeddedPostgres:
@@ -130,18 +134,14 @@ async def serve(
                 supervision.start_soon(supervise_embedded, embedded)
             db = await Database.connect(bridge, url, pool_size=settings.db_pool_size)
             try:
-                hasher = PasswordHasher(settings.password_hash_strength)
-                services = Services(settings, db, identity, hasher, clock)
-                await trio.to_thread.run_sync(services.blobs.make_private)
-                await settle_at_start(services)  # the age settings may have changed
-                async with trio.open_nursery() as pushing:
-                    stop_pushing = trio.Event()
-                    pushing.start_soon(services.push.run, bridge, stop_pushing)
-                    pushing.start_soon(run_checkpointer, services, stop_pushing)
-                    await _serve_all(services, tls, shutdown, database, task_status)
-                    # The batch in flight is sent and recorded, and the audit log's last
-                    # entries are signed, first.
-                    stop_pushing.set()
+                keyring = await open_keyring(settings, db)
+                claim = await keyring.claim()  # no key rotation while this server runs
+                try:
+                    hasher = PasswordHasher(settings.password_hash_strength)
+                    services = Services(settings, db, identity, hasher, keyring, clock)
+                    await _run_services(services, bridge, tls, shutdown, database, task_status)
+                finally:
+                    await claim.release()
             finally:
                 await db.close()
             supervision.cancel_scope.cancel()
@@ -151,6 +151,31 @@ async def serve(
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(embedded.stop)
         logger.info("obrol stopped")
+
+
+async def _run_services(
+    services: Services,
+    bridge: AsyncioBridge,
+    tls: ServerTls | None,
+    shutdown: trio.Event,
+    database: str,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    """The start-up chores, then the push bridge, the sealing of legacy data and both
+    listeners, until `shutdown`."""
+    await trio.to_thread.run_sync(services.blobs.make_private)
+    await settle_at_start(services)  # the age settings may have changed
+    async with trio.open_nursery() as pushing:
+        stop_pushing = trio.Event()
+        pushing.start_soon(services.push.run, bridge, stop_pushing)
+        pushing.start_soon(run_checkpointer, services, stop_pushing)
+        sealing = trio.CancelScope()  # stopped with the server; the next start resumes it
+        pushing.start_soon(seal_legacy_data, services, sealing)
+        await _serve_all(services, tls, shutdown, database, task_status)
+        # The batch in flight is sent and recorded, and the audit log's last entries are
+        # signed, first.
+        stop_pushing.set()
+        sealing.cancel()
 
 
 async def supervise_embedded(
@@ -316,6 +341,7 @@ async def _serve_all(
             server_key=public_key_b64(services.identity),
             database=database,
             tls=None if tls is None else tls.info.describe(),
+            services=services,
         )
         logger.info(
             "obrol API %s, gateway %s (%s); database: %s; server key %s (fingerprint %s)",

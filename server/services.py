@@ -23,6 +23,7 @@ from storage.database import Database
 from storage.devices import DeviceStore
 from storage.erasure import ErasureStore
 from storage.files import BlobStore, FileStore
+from storage.keyring import Keyring
 from storage.live import LiveStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
@@ -74,6 +75,7 @@ class Services:
     db: Database
     identity: SigningKey
     passwords: PasswordHasher
+    keyring: Keyring  # the accounts' data keys (storage.keyring)
     clock: Callable[[], datetime] = utc_now
     hub: Hub = field(default_factory=Hub)  # this process's live gateway connections
     sweep_status: SweepStatus = field(default_factory=SweepStatus)  # this process's sweeper
@@ -101,14 +103,14 @@ class Services:
     notices: NoticeStore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.orgs = OrgStore(self.db)
-        self.accounts = AccountStore(self.db)
+        self.orgs = OrgStore(self.db, self.keyring)
+        self.accounts = AccountStore(self.db, self.keyring)
         self.devices = DeviceStore(self.db)
         self.tokens = TokenStore(self.db)
         self.logins = LoginRecordStore(self.db)
         self.conversations = ConversationStore(self.db)
-        self.messages = MessageStore(self.db, self.settings.push_grace_s)
-        self.files = FileStore(self.db)
+        self.messages = MessageStore(self.db, self.keyring, self.settings.push_grace_s)
+        self.files = FileStore(self.db, self.keyring)
         self.receipts = ReceiptStore(self.db, self.settings.push_grace_s)
         self.blobs = BlobStore(self.settings.data_dir / "files")
         self.push_registrations = PushRegistrationStore(self.db)
@@ -117,9 +119,9 @@ class Services:
         self.erasure = ErasureStore(self.db)
         self.attendance = AttendanceStore(self.db)
         self.policies = PolicyStore(self.db)
-        self.minors = MinorStore(self.db)
+        self.minors = MinorStore(self.db, self.keyring)
         self.audit = AuditStore(self.db)
         self.retention = RetentionStore(self.db)
         self.requests = RequestStore(self.db)
         self.notices = NoticeStore(self.db)
-        self.push = PushBridge(push_config(self.settings), PushOutbox(self.db))
+        self.push = PushBridge(push_config(self.settings), PushOutbox(self.db, self.keyring))

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     # Run as root with a data folder the PostgreSQL account cannot enter: the cluster's home.
     postgres_shared_dir: Path = Path("/var/lib/obrol")
 
+    # Encryption at rest (README, "Encryption at rest"): the 32-byte master key that wraps
+    # every account's data key; default <data_dir>/master.key, made on first start (0600).
+    # Never in the database: keep it out of database backups, and back it up apart.
+    master_key_file: Path | None = None
+    # Unwrapped data keys kept in memory (least recently used out first), each at most
+    # key_cache_ttl_s: how long another process may still use a key destroyed elsewhere.
+    key_cache_size: int = Field(50_000, ge=1)
+    key_cache_ttl_s: float = Field(60.0, gt=0, le=3600)
+
     access_token_ttl_s: int = Field(15 * 60, ge=10, le=24 * 3600)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     login_failure_window_s: int = Field(15 * 60, ge=1)
@@ -249,6 +258,10 @@ class Settings(BaseSettings):
                 "apns_topics (your app's bundle id), or none of them"
             )
         return self
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
 
     @property
     def tls_enabled(self) -> bool:

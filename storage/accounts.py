@@ -1,7 +1,13 @@
-"""Member accounts: the organization's directory, and what login needs."""
+"""Member accounts: the organization's directory, and what login needs.
+
+The personal fields `phone` and `birth_date` are sealed under the account's own data key
+(`storage.keyring`): stored as sealed bytes, opened on every read, and null once the key
+was destroyed.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -10,8 +16,20 @@ from typing import Any
 from storage.audit import AuditActor, AuditEvent, append
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.keyring import KeyDestroyedError, Keyring
 from storage.logins import settle_login
 from storage.push_registrations import drop_registrations
+from storage.sealing import (
+    ACCOUNT_BIRTH_DATE,
+    ACCOUNT_PHONE,
+    UnreadableError,
+    ad,
+    is_sealed,
+    open_sealed,
+    seal,
+)
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = """id, org_id, account_name, work_email, display_name, phone, department_id,
     position, role, admin_department_id, status, password_change_required,
@@ -68,47 +86,127 @@ class Account:
     birth_date: date | None  # shown only to the person and the org's owners and admins
 
 
-def _account(row: Any) -> Account:
-    return Account(**{name: row[name] for name in Account.__slots__})
+# The sealed personal fields: the associated-data label of each.
+PERSONAL = {"phone": ACCOUNT_PHONE, "birth_date": ACCOUNT_BIRTH_DATE}
 
 
-async def insert_account(conn: Any, org_id: uuid.UUID, new: NewAccount) -> Account:
+def _plain(name: str, value: Any) -> bytes:
+    return (value.isoformat() if name == "birth_date" else str(value)).encode()
+
+
+def _value(name: str, plain: bytes) -> Any:
+    text = plain.decode()
+    return date.fromisoformat(text) if name == "birth_date" else text
+
+
+async def seal_personal(
+    conn: Any, keyring: Keyring, account_id: uuid.UUID, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """`fields` with the personal ones (PERSONAL) sealed under the account's data key (made
+    now if it has none); None stays None. KeyDestroyedError if the key was destroyed."""
+    given = [name for name in PERSONAL if fields.get(name) is not None]
+    if not given:
+        return fields
+    keys, destroyed = await keyring.for_write(conn, [account_id])
+    if destroyed:
+        raise KeyDestroyedError("this account's data was erased")
+    key = keys[account_id]
+    sealed = dict(fields)
+    for name in given:
+        sealed[name] = seal(key, _plain(name, fields[name]), ad(PERSONAL[name], account_id))
+    return sealed
+
+
+def open_personal(
+    row: Any, name: str, keys: dict[uuid.UUID, bytes | None], id_column: str = "id"
+) -> Any:
+    """The personal field `name` of an accounts row, opened with `keys` (`Keyring.for_read`
+    of the row's account): None if unset, or if the account's key was destroyed."""
+    stored = row[name]
+    if stored is None:
+        return None
+    account_id = row[id_column]
+    stored = bytes(stored)
+    if account_id in keys and keys[account_id] is None:
+        return None  # erased
+    try:
+        if not is_sealed(stored):
+            return _value(name, stored)  # stored before personal fields were sealed
+        key = keys.get(account_id)
+        if key is None:
+            raise UnreadableError("no data key")
+        return _value(name, open_sealed(key, stored, ad(PERSONAL[name], account_id)))
+    except (UnreadableError, ValueError):
+        logger.error("the %s of account %s is unreadable; shown as unset", name, account_id)
+        return None
+
+
+def _account(row: Any, keys: dict[uuid.UUID, bytes | None]) -> Account:
+    values = {name: row[name] for name in Account.__slots__ if name not in PERSONAL}
+    return Account(**values, **{name: open_personal(row, name, keys) for name in PERSONAL})
+
+
+async def open_accounts(conn: Any, keyring: Keyring, rows: list[Any]) -> list[Account]:
+    """Accounts from rows of COLUMNS, their personal fields opened (one key lookup, none
+    when no row has any)."""
+    owners = [r["id"] for r in rows if any(r[name] is not None for name in PERSONAL)]
+    keys = await keyring.for_read(conn, owners) if owners else {}
+    return [_account(r, keys) for r in rows]
+
+
+async def insert_account(
+    conn: Any, keyring: Keyring, org_id: uuid.UUID, new: NewAccount
+) -> Account:
     """Insert a member (on an open transaction). ConflictError for a taken name or email."""
+    account_id = uuid.uuid4()
+    personal = await seal_personal(
+        conn, keyring, account_id, {"phone": new.phone, "birth_date": new.birth_date}
+    )
     row = await conn.fetchrow(
         f"""INSERT INTO accounts (id, org_id, account_name, work_email, display_name, phone,
                 department_id, position, role, admin_department_id, password_hash,
                 password_change_required, birth_date, status)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             RETURNING {COLUMNS}""",
-        uuid.uuid4(),
+        account_id,
         org_id,
         new.account_name,
         new.work_email,
         new.display_name,
-        new.phone,
+        personal["phone"],
         new.department_id,
         new.position,
         new.role,
         new.admin_department_id,
         new.password_hash,
         new.password_change_required,
-        new.birth_date,
+        personal["birth_date"],
         new.status,
     )
-    return _account(row)
+    return _account(row, await _keys_of(conn, keyring, row))
 
 
-async def get_account(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+async def _keys_of(conn: Any, keyring: Keyring, row: Any) -> dict[uuid.UUID, bytes | None]:
+    if all(row[name] is None for name in PERSONAL):
+        return {}
+    return await keyring.for_read(conn, [row["id"]])
+
+
+async def get_account(
+    conn: Any, keyring: Keyring, org_id: uuid.UUID, account_id: uuid.UUID
+) -> Account:
     """The member `account_id` of `org_id` (on an open transaction); NotFoundError."""
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM accounts WHERE org_id = $1 AND id = $2", org_id, account_id
     )
     if row is None:
         raise NotFoundError("no such member")
-    return _account(row)
+    return _account(row, await _keys_of(conn, keyring, row))
 
 
-async def lock_account(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
+async def lock_account(
+    conn: Any, keyring: Keyring, org_id: uuid.UUID, account_id: uuid.UUID
+) -> Account:
     """`get_account`, the row locked for the change that follows (on an open transaction)."""
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM accounts WHERE org_id = $1 AND id = $2 FOR UPDATE",
@@ -117,7 +215,7 @@ async def lock_account(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> A
     )
     if row is None:
         raise NotFoundError("no such member")
-    return _account(row)
+    return _account(row, await _keys_of(conn, keyring, row))
 
 
 def correction_events(before: Account, after: Account, by: AuditActor) -> list[AuditEvent]:
@@ -145,12 +243,14 @@ def correction_events(before: Account, after: Account, by: AuditActor) -> list[A
     return events
 
 
-async def _find_for_login(conn: Any, email: str) -> tuple[Account, bytes] | None:
+async def _find_for_login(conn: Any, keyring: Keyring, email: str) -> tuple[Account, bytes] | None:
     row = await conn.fetchrow(
         f"SELECT {COLUMNS}, password_hash FROM accounts WHERE lower(work_email) = lower($1)",
         email,
     )
-    return None if row is None else (_account(row), bytes(row["password_hash"]))
+    if row is None:
+        return None
+    return _account(row, await _keys_of(conn, keyring, row)), bytes(row["password_hash"])
 
 
 async def _password_hash(conn: Any, account_id: uuid.UUID) -> bytes:
@@ -161,7 +261,11 @@ async def _password_hash(conn: Any, account_id: uuid.UUID) -> bytes:
 
 
 async def _list(
-    conn: Any, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
+    conn: Any,
+    keyring: Keyring,
+    org_id: uuid.UUID,
+    after: tuple[str, uuid.UUID] | None,
+    limit: int,
 ) -> list[Account]:
     if after is None:
         rows = await conn.fetch(
@@ -180,18 +284,24 @@ async def _list(
             after[1],
             limit,
         )
-    return [_account(r) for r in rows]
+    return await open_accounts(conn, keyring, rows)
 
 
 async def update_account(
-    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
+    conn: Any,
+    keyring: Keyring,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    changes: dict[str, Any],
 ) -> Account:
-    """Change fields named in UPDATABLE (on an open transaction)."""
+    """Change fields named in UPDATABLE (on an open transaction). A new phone number is
+    sealed (KeyDestroyedError if the account's key was destroyed)."""
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     if not changes:
-        return await get_account(conn, org_id, account_id)
+        return await get_account(conn, keyring, org_id, account_id)
+    changes = await seal_personal(conn, keyring, account_id, changes)
     names = sorted(changes)
     assignments = ", ".join(f"{name} = ${i + 3}" for i, name in enumerate(names))
     row = await conn.fetchrow(
@@ -203,7 +313,7 @@ async def update_account(
     )
     if row is None:
         raise NotFoundError("no such member")
-    return _account(row)
+    return _account(row, await _keys_of(conn, keyring, row))
 
 
 async def _change_password(
@@ -242,20 +352,26 @@ async def _change_password(
 
 async def _update_member(
     conn: Any,
+    keyring: Keyring,
     org_id: uuid.UUID,
     account_id: uuid.UUID,
     changes: dict[str, Any],
     by: AuditActor,
     at: datetime,
 ) -> Account:
-    before = await lock_account(conn, org_id, account_id)
-    after = await update_account(conn, org_id, account_id, changes)
+    before = await lock_account(conn, keyring, org_id, account_id)
+    after = await update_account(conn, keyring, org_id, account_id, changes)
     await append(conn, correction_events(before, after, by), at)
     return after
 
 
 async def _deactivate(
-    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID, by: AuditActor, at: datetime
+    conn: Any,
+    keyring: Keyring,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    by: AuditActor,
+    at: datetime,
 ) -> Account:
     row = await conn.fetchrow(
         f"""UPDATE accounts SET status = 'deactivated', updated_at = now()
@@ -273,25 +389,26 @@ async def _deactivate(
     devices = await conn.fetch("SELECT id FROM devices WHERE account_id = $1", account_id)
     await drop_registrations(conn, [d["id"] for d in devices])
     await append(conn, [AuditEvent("member_deactivated", by, account_id, org_id)], at)
-    return _account(row)
+    return _account(row, await _keys_of(conn, keyring, row))
 
 
 class AccountStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
 
     async def add(self, org_id: uuid.UUID, new: NewAccount) -> Account:
         """ConflictError for a taken account name or email; NotFoundError for a department
         outside the org."""
-        return await self._db.transaction(insert_account, org_id, new)
+        return await self._db.transaction(insert_account, self._keyring, org_id, new)
 
     async def get(self, org_id: uuid.UUID, account_id: uuid.UUID) -> Account:
         """NotFoundError unless the account exists in `org_id`."""
-        return await self._db.read(get_account, org_id, account_id)
+        return await self._db.read(get_account, self._keyring, org_id, account_id)
 
     async def find_for_login(self, email: str) -> tuple[Account, bytes] | None:
         """The account with this work email (any case) and its password hash."""
-        return await self._db.transaction(_find_for_login, email)
+        return await self._db.transaction(_find_for_login, self._keyring, email)
 
     async def password_hash(self, account_id: uuid.UUID) -> bytes:
         return await self._db.transaction(_password_hash, account_id)
@@ -300,13 +417,15 @@ class AccountStore:
         self, org_id: uuid.UUID, after: tuple[str, uuid.UUID] | None, limit: int
     ) -> list[Account]:
         """Members of `org_id` ordered by display name, after the keyset `after`."""
-        return await self._db.transaction(_list, org_id, after, limit)
+        return await self._db.transaction(_list, self._keyring, org_id, after, limit)
 
     async def update(
         self, org_id: uuid.UUID, account_id: uuid.UUID, changes: dict[str, Any]
     ) -> Account:
         """Change fields named in UPDATABLE. ConflictError / NotFoundError as for `add`."""
-        return await self._db.transaction(update_account, org_id, account_id, changes)
+        return await self._db.transaction(
+            update_account, self._keyring, org_id, account_id, changes
+        )
 
     async def update_member(
         self,
@@ -318,7 +437,16 @@ class AccountStore:
     ) -> Account:
         """`update` by someone who manages the member: the audit log records a new role
         and the names of the fields that changed (`correction_events`)."""
-        return await self._db.transaction(_update_member, org_id, account_id, changes, by, at)
+        return await self._db.transaction(
+            _update_member, self._keyring, org_id, account_id, changes, by, at
+        )
+
+    async def deactivate(
+        self, org_id: uuid.UUID, account_id: uuid.UUID, by: AuditActor, at: datetime
+    ) -> Account:
+        """Deactivate the member and revoke every token of theirs, in one transaction that
+        records it in the audit log (done by `by`)."""
+        return await self._db.transaction(_deactivate, self._keyring, org_id, account_id, by, at)
 
     async def change_password(
         self,
@@ -336,10 +464,3 @@ class AccountStore:
         return await self._db.transaction(
             _change_password, account_id, keep_device_id, password_hash, record_id, now
         )
-
-    async def deactivate(
-        self, org_id: uuid.UUID, account_id: uuid.UUID, by: AuditActor, at: datetime
-    ) -> Account:
-        """Deactivate the member and revoke every token of theirs, in one transaction that
-        records it in the audit log (done by `by`)."""
-        return await self._db.transaction(_deactivate, org_id, account_id, by, at)

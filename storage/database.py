@@ -95,6 +95,7 @@ class Database:
         self._limiter = trio.CapacityLimiter(pool_size)
         self._acquire_timeout_s = acquire_timeout_s
         self.pool_size = pool_size
+        self._url: str | None = None  # for connections outside the pool (`hold_lock`)
 
     @classmethod
     async def connect(cls, bridge: AsyncioBridge, url: str, *, pool_size: int) -> Database:
@@ -127,7 +128,9 @@ class Database:
             asyncpg.exceptions.InternalClientError,  # e.g. no host takes writes
         ) as exc:
             raise DatabaseUnavailableError(f"cannot open the database: {exc}") from exc
-        return cls(bridge, pool, pool_size)
+        db = cls(bridge, pool, pool_size)
+        db._url = url
+        return db
 
     async def close(self) -> None:
         """Close the pool: wait up to CLOSE_TIMEOUT_S for connections in use to be
@@ -166,7 +169,9 @@ class Database:
     async def read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)`, which must issue exactly one statement, outside an explicit
         transaction: one round trip to the database instead of three (BEGIN, it, COMMIT).
-        The statement is still atomic; use `transaction` for anything that reads twice."""
+        The statement is still atomic; use `transaction` for anything that reads twice.
+        (A read may add the lookup of data keys the keyring's cache lacks, which needs no
+        snapshot shared with the statement: `storage.keyring`.)"""
 
         async def run() -> T:
             async with self._pool.acquire() as conn:
@@ -221,6 +226,33 @@ class Database:
         finally:
             self._limiter.release()
 
+    async def hold_lock(self, key: int, *, shared: bool) -> HeldLock | None:
+        """Take the session-level advisory lock `key` (shared or exclusive) on a connection
+        of its own, outside the pool, and keep it until `HeldLock.release()`. None if another
+        session holds it in a conflicting mode. The lock goes with its connection: should the
+        database restart, it is gone. Raises DatabaseUnavailableError."""
+        if self._url is None:
+            raise RuntimeError("hold_lock needs a Database made by Database.connect")
+        url = self._url
+        take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+
+        async def open_and_lock() -> Any:
+            conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S, **_writable_server(url))
+            try:
+                if await conn.fetchval(f"SELECT {take}($1)", key):
+                    return conn
+            except BaseException:
+                conn.terminate()
+                raise
+            await conn.close()
+            return None
+
+        try:
+            conn = await self._bridge.run(open_and_lock)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailableError(f"cannot take a database lock: {exc}") from exc
+        return None if conn is None else HeldLock(self._bridge, conn)
+
     async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
         """Check that the database answers; raises DatabaseUnavailableError if not.
 
@@ -234,3 +266,26 @@ class Database:
                 await conn.fetchval("SELECT 1")
 
         await self._call(select_one, wait_s=timeout_s)
+
+
+class HeldLock:
+    """A session-level advisory lock held on a connection of its own (`Database.hold_lock`)."""
+
+    def __init__(self, bridge: AsyncioBridge, conn: Any) -> None:
+        self._bridge = bridge
+        self._conn = conn
+
+    async def release(self) -> None:
+        """Close the connection (which releases the lock). Never raises."""
+
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(self._conn.close(), CLOSE_TIMEOUT_S)
+            except Exception:
+                self._conn.terminate()
+
+        with trio.CancelScope(shield=True):
+            try:
+                await self._bridge.run(close)
+            except Exception as exc:  # the bridge is gone: so is the connection
+                logger.debug("lock connection not closed cleanly: %s", exc)

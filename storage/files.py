@@ -3,15 +3,22 @@
 A blob is written to a temporary file in the same folder, fsynced and renamed into place,
 so a crash never leaves a half-written blob under a valid id. Blobs are 0600 and their
 folders 0700: readable by the server's own user only.
+
+Blobs are sealed as they stream in, under the uploader's data key (`storage.sealing`: frames
+of 64 KiB, so memory stays flat whatever the size), and opened frame by frame as they stream
+out. The file's name and SHA-256 are sealed in its row under the same key. Once the
+uploader's key is destroyed, the record says `erased` and the blob cannot be read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,25 @@ import trio
 
 from storage.database import Database
 from storage.errors import NotFoundError, StorageError
+from storage.keyring import KeyDestroyedError, Keyring
+from storage.sealing import (
+    BLOB_FRAME_BYTES,
+    BLOB_HEAD_BYTES,
+    BLOB_MAGIC,
+    BLOB_SEALED_FRAME_BYTES,
+    FILE_NAME,
+    FILE_SHA256,
+    BlobOpener,
+    BlobSealer,
+    UnreadableError,
+    ad,
+    is_sealed,
+    open_sealed,
+    seal,
+)
 from storage.visible import VISIBLE
+
+logger = logging.getLogger(__name__)
 
 
 class BlobTooLargeError(StorageError):
@@ -38,6 +63,11 @@ class FileRecord:
     size: int
     sha256: bytes
     created_at: datetime
+    # The uploader's data key was destroyed: `name` and `sha256` are empty, the blob is
+    # unreadable.
+    erased: bool = False
+    # The uploader's data key, to read the blob with (`BlobStore.read`).
+    blob_key: bytes | None = field(default=None, repr=False, compare=False)
 
 
 FILE_MODE = 0o600
@@ -83,8 +113,11 @@ class BlobStore:
             for name in files:
                 os.chmod(os.path.join(folder, name), FILE_MODE)
 
-    async def write(self, file_id: uuid.UUID, chunks: Any, max_bytes: int) -> tuple[int, bytes]:
-        """Write the async iterable `chunks`; returns (size, sha256).
+    async def write(
+        self, file_id: uuid.UUID, chunks: Any, max_bytes: int, key: bytes
+    ) -> tuple[int, bytes]:
+        """Write the async iterable `chunks`, sealed under `key` (the uploader's data key);
+        returns the plaintext's (size, sha256).
 
         Raises BlobTooLargeError past `max_bytes`, leaving nothing behind.
         """
@@ -93,15 +126,20 @@ class BlobStore:
         temp = final.with_name(f".{final.name}.part")
         digest = hashlib.sha256()
         size = 0
+        sealer = BlobSealer(key, file_id)
         try:
             fd = await trio.to_thread.run_sync(_open_private, temp)
             async with trio.wrap_file(os.fdopen(fd, "wb")) as out:
+                await out.write(sealer.head)
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
                         raise BlobTooLargeError(f"the file is larger than {max_bytes} bytes")
                     digest.update(chunk)
-                    await out.write(chunk)
+                    sealed = sealer.update(chunk)
+                    if sealed:
+                        await out.write(sealed)
+                await out.write(sealer.final())
                 await out.flush()
                 await trio.to_thread.run_sync(os.fsync, out.fileno())
             await trio.to_thread.run_sync(os.replace, temp, final)
@@ -110,25 +148,122 @@ class BlobStore:
             raise
         return size, digest.digest()
 
+    async def read(
+        self, file_id: uuid.UUID, key: bytes | None, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """The plaintext of a blob, in chunks: opened frame by frame under `key` (or, for a
+        blob stored before blobs were sealed, read as it is, `chunk_bytes` at a time).
+        UnreadableError (possibly after some chunks) if it does not open or is cut short;
+        FileNotFoundError if there is no such blob."""
+        async with await trio.open_file(self.path(file_id), "rb") as source:
+            head = await source.read(BLOB_HEAD_BYTES)
+            if not head.startswith(BLOB_MAGIC):
+                if head:
+                    yield head
+                while chunk := await source.read(chunk_bytes):
+                    yield chunk
+                return
+            if key is None:
+                raise UnreadableError("a sealed blob without its key")
+            opener = BlobOpener(key, file_id, head)
+            while frame := await source.read(BLOB_SEALED_FRAME_BYTES):
+                plain = opener.open(frame)
+                if plain:
+                    yield plain
+            if not opener.done:
+                raise UnreadableError("the blob is cut short")
+
+    async def seal_in_place(self, file_id: uuid.UUID, key: bytes) -> bool:
+        """Seal a blob stored before blobs were sealed (nothing to do for a sealed one):
+        written beside it, fsynced and renamed over it. False if there is no such blob."""
+        path = self.path(file_id)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.seal")
+
+        def seal_file() -> bool:
+            try:
+                source = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:
+                return False
+            with source:
+                head = source.read(BLOB_HEAD_BYTES)
+                if _opens(key, file_id, head, source.read(BLOB_SEALED_FRAME_BYTES)):
+                    return True
+                source.seek(0)
+                sealer = BlobSealer(key, file_id)
+                try:
+                    with os.fdopen(_open_private(temp), "wb") as out:
+                        out.write(sealer.head)
+                        while chunk := source.read(BLOB_FRAME_BYTES):
+                            out.write(sealer.update(chunk))
+                        out.write(sealer.final())
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.replace(temp, path)
+                except BaseException:
+                    temp.unlink(missing_ok=True)
+                    raise
+            return True
+
+        return await trio.to_thread.run_sync(seal_file)
+
     async def delete(self, file_id: uuid.UUID) -> None:
         await trio.to_thread.run_sync(lambda: self.path(file_id).unlink(missing_ok=True))
 
 
-def _record(row: Any) -> FileRecord:
+def _opened(key: bytes | None, value: bytes, associated: bytes) -> bytes:
+    """A sealed value opened (UnreadableError if it does not), a plaintext one as it is."""
+    if not is_sealed(value):
+        return value  # stored before values were sealed
+    if key is None:
+        raise UnreadableError("no data key")
+    return open_sealed(key, value, associated)
+
+
+def _opens(key: bytes, file_id: uuid.UUID, head: bytes, first_frame: bytes) -> bool:
+    """Whether a blob starting with `head` and `first_frame` is sealed under `key`."""
+    if not head.startswith(BLOB_MAGIC):
+        return False
+    try:
+        BlobOpener(key, file_id, head).open(first_frame)
+    except UnreadableError:
+        return False
+    return True
+
+
+def _record(row: Any, keys: dict[uuid.UUID, bytes | None]) -> FileRecord:
+    """A record from a row, its name and digest opened with `keys` (`Keyring.for_read`)."""
+    file_id, uploader = row["id"], row["uploader_id"]
+    name, digest = bytes(row["name"]), bytes(row["sha256"])
+    key = keys.get(uploader)
+    erased = uploader in keys and key is None
+    if not erased:
+        try:
+            name = _opened(key, name, ad(FILE_NAME, file_id))
+            digest = _opened(key, digest, ad(FILE_SHA256, file_id))
+        except UnreadableError:
+            logger.error("the record of file %s is unreadable; shown as erased", file_id)
+            erased = True
     return FileRecord(
-        row["id"],
+        file_id,
         row["org_id"],
         row["conversation_id"],
-        row["uploader_id"],
-        row["name"],
+        uploader,
+        "" if erased else name.decode(),
         row["mime"],
         row["size"],
-        bytes(row["sha256"]),
+        b"" if erased else digest,
         row["created_at"],
+        erased,
+        None if erased else key,
     )
 
 
-async def _insert(conn: Any, record: FileRecord) -> FileRecord:
+async def _insert(conn: Any, keyring: Keyring, record: FileRecord) -> FileRecord:
+    """KeyDestroyedError if the uploader's data key was destroyed."""
+    keys, destroyed = await keyring.for_write(conn, [record.uploader_id])
+    if destroyed:
+        raise KeyDestroyedError("this account's data was erased")
+    key = keys[record.uploader_id]
     row = await conn.fetchrow(
         """INSERT INTO files (id, org_id, conversation_id, uploader_id, name, mime, size, sha256)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
@@ -136,19 +271,19 @@ async def _insert(conn: Any, record: FileRecord) -> FileRecord:
         record.org_id,
         record.conversation_id,
         record.uploader_id,
-        record.name,
+        seal(key, record.name.encode(), ad(FILE_NAME, record.id)),
         record.mime,
         record.size,
-        record.sha256,
+        seal(key, record.sha256, ad(FILE_SHA256, record.id)),
     )
-    return _record(row)
+    return _record(row, {record.uploader_id: key})
 
 
-async def _get(conn: Any, file_id: uuid.UUID) -> FileRecord:
+async def _get(conn: Any, keyring: Keyring, file_id: uuid.UUID) -> FileRecord:
     row = await conn.fetchrow("SELECT * FROM files WHERE id = $1", file_id)
     if row is None:
         raise NotFoundError("no such file")
-    return _record(row)
+    return _record(row, await keyring.for_read(conn, [row["uploader_id"]]))
 
 
 async def _visible_to(conn: Any, file_id: uuid.UUID, account_id: uuid.UUID) -> bool:
@@ -164,15 +299,19 @@ async def _visible_to(conn: Any, file_id: uuid.UUID, account_id: uuid.UUID) -> b
 
 
 class FileStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
 
     async def add(self, record: FileRecord) -> FileRecord:
-        return await self._db.transaction(_insert, record)
+        """Record an uploaded file, its name and digest sealed. KeyDestroyedError if the
+        uploader's data key was destroyed."""
+        return await self._db.transaction(_insert, self._keyring, record)
 
     async def get(self, file_id: uuid.UUID) -> FileRecord:
-        """NotFoundError for an unknown id."""
-        return await self._db.read(_get, file_id)
+        """The file (`erased` if its uploader's key was destroyed, `blob_key` the key to
+        read its blob with). NotFoundError for an unknown id."""
+        return await self._db.read(_get, self._keyring, file_id)
 
     async def visible_to(self, file_id: uuid.UUID, account_id: uuid.UUID) -> bool:
         """Whether the account may see a message that shares the file (its consent scope,

@@ -1,4 +1,11 @@
-"""Stored messages: group-committed appends, catch-up by stream position, history by seq."""
+"""Stored messages: group-committed appends, catch-up by stream position, history by seq.
+
+Bodies are sealed under the sender's data key with the message id as associated data
+(`storage.keyring`, `storage.sealing`), once per message in the commit and with one key
+lookup per batch (none when the senders' keys are cached). Every read opens them again; the
+body of a sender whose key was destroyed comes back empty with `erased` set, and the server
+shows it as an `erased` system message.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.keyring import Keyring
 from storage.push_outbox import enqueue_for_messages, push_targets
+from storage.sealing import MESSAGE_BODY, ad, open_message_body, seal
 from storage.stream import allocate_positions, lock_stream
 from storage.visible import VISIBLE
 
@@ -50,6 +59,9 @@ class StoredMessage:
     consent: bytes | None
     sent_at: datetime
     scope: tuple[uuid.UUID, ...] | None = None
+    # The sender's key was destroyed (or the body does not open): `body` is empty, and the
+    # message stands for an erased one.
+    erased: bool = False
 
 
 class Outcome(Enum):
@@ -58,6 +70,7 @@ class Outcome(Enum):
     NOT_MEMBER = "not_member"
     CONSENT_NOT_GRANTED = "consent_not_granted"  # no active grant for the tag's purpose
     SCOPE_INVALID = "scope_invalid"  # the tag's scope names someone who is not a member
+    SENDER_ERASED = "sender_erased"  # the sender's data key was destroyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +91,7 @@ class AppendBatch:
     recovered: list[StoredMessage] = field(default_factory=list)
 
 
-def _stored(row: Any) -> StoredMessage:
+def _stored(row: Any, body: bytes, erased: bool) -> StoredMessage:
     return StoredMessage(
         row["id"],
         row["conversation_id"],
@@ -88,15 +101,31 @@ def _stored(row: Any) -> StoredMessage:
         row["sender_device_id"],
         row["client_id"],
         row["kind"],
-        bytes(row["body"]),
+        body,
         None if row["consent"] is None else bytes(row["consent"]),
         row["sent_at"],
         None if row["scope"] is None else tuple(row["scope"]),
+        erased,
     )
 
 
-async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
-    """Number and write new messages, in order (the stream lock is held)."""
+async def open_messages(conn: Any, keyring: Keyring, rows: list[Any]) -> list[StoredMessage]:
+    """Stored messages from rows of COLUMNS, their bodies opened (one key lookup)."""
+    if not rows:
+        return []
+    keys = await keyring.for_read(conn, {r["sender_id"] for r in rows})
+    messages = []
+    for row in rows:
+        body = open_message_body(keys, row["id"], row["sender_id"], bytes(row["body"]))
+        messages.append(_stored(row, b"" if body is None else body, body is None))
+    return messages
+
+
+async def _store(
+    conn: Any, items: list[NewMessage], keys: dict[uuid.UUID, bytes]
+) -> list[StoredMessage]:
+    """Number and write new messages, in order (the stream lock is held); bodies sealed
+    under `keys` (the senders' data keys)."""
     per_conversation: dict[uuid.UUID, list[int]] = {}
     for index, item in enumerate(items):
         per_conversation.setdefault(item.conversation_id, []).append(index)
@@ -142,7 +171,7 @@ async def _store(conn: Any, items: list[NewMessage]) -> list[StoredMessage]:
                 m.sender_device_id,
                 m.client_id,
                 m.kind,
-                m.body,
+                seal(keys[m.sender_id], m.body, ad(MESSAGE_BODY, m.id)),
                 m.consent,
                 None if m.scope is None else list(m.scope),
                 m.sent_at,
@@ -207,8 +236,32 @@ async def _with_grants(
     return kept
 
 
+async def _with_keys(
+    conn: Any,
+    keyring: Keyring,
+    items: list[NewMessage],
+    fresh: list[int],
+    results: list[AppendResult | None],
+) -> tuple[dict[uuid.UUID, bytes], list[int]]:
+    """The senders' data keys (made now for first-time senders), and the `fresh` items
+    whose sender still has one; the others are answered SENDER_ERASED."""
+    if not fresh:
+        return {}, fresh
+    keys, erased = await keyring.for_write(conn, {items[i].sender_id for i in fresh})
+    if not erased:
+        return keys, fresh
+    for index in fresh:
+        if items[index].sender_id in erased:
+            results[index] = AppendResult(Outcome.SENDER_ERASED, None)
+    return keys, [i for i in fresh if items[i].sender_id not in erased]
+
+
 async def _append(
-    conn: Any, items: list[NewMessage], unsure: list[NewMessage], push_grace_s: float
+    conn: Any,
+    keyring: Keyring,
+    items: list[NewMessage],
+    unsure: list[NewMessage],
+    push_grace_s: float,
 ) -> AppendBatch:
     """Store a batch in one transaction; one result per item, in order, and the members of
     the batch's conversations as of the commit (who the messages fan out to).
@@ -216,10 +269,12 @@ async def _append(
     Items whose sender is not an active member of the conversation are refused, and an
     item repeating a stored (sender device, client id) returns the stored message:
     neither aborts the rest of the batch; nor do tagged items whose scope names a
-    non-member or whose sender lacks the grant (`_with_grants`). Six statements whatever
-    the batch holds (the lock, members, repeats, sequence numbers, positions, the rows),
-    one more for the push outbox and one for the grants when the batch holds tagged
-    messages, each a round trip. The `unsure` sends are looked up with the repeats.
+    non-member or whose sender lacks the grant (`_with_grants`), nor items of a sender
+    whose data key was destroyed. Six statements whatever the batch holds (the lock,
+    members, repeats, sequence numbers, positions, the rows), one more for the push outbox
+    and one for the grants when the batch holds tagged messages, one for the senders' data
+    keys not in the keyring's cache (and one to make the keys of first-time senders), each
+    a round trip. The `unsure` sends are looked up with the repeats.
     """
     # The lock first: membership changes take it too, so the member lists read next stay
     # those of the commit, and serve both the sender check and the fan-out.
@@ -232,13 +287,17 @@ async def _append(
     ):
         members[row["conversation_id"]].add(row["account_id"])
     existing = {
-        (r["sender_device_id"], r["client_id"]): _stored(r)
-        for r in await conn.fetch(
-            f"""SELECT {COLUMNS} FROM messages m
-                JOIN unnest($1::uuid[], $2::text[]) AS want(d, c)
-                  ON m.sender_device_id = want.d AND m.client_id = want.c""",
-            [i.sender_device_id for i in (*items, *unsure)],
-            [i.client_id for i in (*items, *unsure)],
+        (m.sender_device_id, m.client_id): m
+        for m in await open_messages(
+            conn,
+            keyring,
+            await conn.fetch(
+                f"""SELECT {COLUMNS} FROM messages m
+                    JOIN unnest($1::uuid[], $2::text[]) AS want(d, c)
+                      ON m.sender_device_id = want.d AND m.client_id = want.c""",
+                [i.sender_device_id for i in (*items, *unsure)],
+                [i.client_id for i in (*items, *unsure)],
+            ),
         )
     }
     recovered = {
@@ -263,8 +322,9 @@ async def _append(
             claimed[key] = index
             fresh.append(index)
     fresh = await _with_grants(conn, items, fresh, results)
+    keys, fresh = await _with_keys(conn, keyring, items, fresh, results)
     if fresh:
-        stored = await _store(conn, [items[i] for i in fresh])
+        stored = await _store(conn, [items[i] for i in fresh], keys)
         for index, message in zip(fresh, stored, strict=True):
             results[index] = AppendResult(Outcome.STORED, message)
         await enqueue_for_messages(conn, push_targets(stored, members), push_grace_s)
@@ -283,13 +343,14 @@ async def _append(
 
 
 async def _after(
-    conn: Any, account_id: uuid.UUID, after_pos: int, limit: int
+    conn: Any, keyring: Keyring, account_id: uuid.UUID, after_pos: int, limit: int
 ) -> tuple[list[StoredMessage], int]:
     """The rows after `after_pos`, and where to continue: the last row's pos, or with no
     rows `after_pos` clamped to the highest committed pos (a cursor past the end of the
     stream - from another server, or made up - would otherwise hide every live message
     below it). One statement, so one snapshot: positions commit in order, so whatever it
-    does not see lies above both the rows and the clamp."""
+    does not see lies above both the rows and the clamp. (The senders' data keys the cache
+    lacks take one more, which needs no snapshot of its own.)"""
     rows = await conn.fetch(
         f"""SELECT e.stream_end, m.*
             FROM (SELECT coalesce(max(pos), 0) AS stream_end FROM messages) e
@@ -307,7 +368,7 @@ async def _after(
     )
     if rows[0]["id"] is None:
         return [], min(after_pos, int(rows[0]["stream_end"]))
-    return [_stored(r) for r in rows], int(rows[-1]["pos"])
+    return await open_messages(conn, keyring, rows), int(rows[-1]["pos"])
 
 
 async def _visible_to(
@@ -326,6 +387,7 @@ async def _visible_to(
 
 async def _history(
     conn: Any,
+    keyring: Keyring,
     conversation_id: uuid.UUID,
     account_id: uuid.UUID,
     before_seq: int | None,
@@ -342,7 +404,7 @@ async def _history(
         before_seq,
         limit,
     )
-    return [_stored(r) for r in rows]
+    return await open_messages(conn, keyring, rows)
 
 
 async def _advance_cursor(conn: Any, device_id: uuid.UUID, pos: int) -> int:
@@ -372,8 +434,9 @@ async def _cursor(conn: Any, device_id: uuid.UUID) -> int:
 
 
 class MessageStore:
-    def __init__(self, db: Database, push_grace_s: float = 2.0) -> None:
+    def __init__(self, db: Database, keyring: Keyring, push_grace_s: float = 2.0) -> None:
         self._db = db
+        self._keyring = keyring
         self._push_grace_s = push_grace_s  # how long a push job waits for the device
 
     async def append(
@@ -385,7 +448,9 @@ class MessageStore:
         `unsure`: sends of earlier commits that failed, which may have been stored all the
         same (the connection was lost around COMMIT). Those that were come back in
         `recovered`, so that they can be fanned out before anything newer."""
-        return await self._db.transaction(_append, items, list(unsure), self._push_grace_s)
+        return await self._db.transaction(
+            _append, self._keyring, items, list(unsure), self._push_grace_s
+        )
 
     async def after(
         self, account_id: uuid.UUID, after_pos: int, limit: int
@@ -395,7 +460,7 @@ class MessageStore:
         Returns (rows, next_pos, limited): next_pos is the pos to continue after, and
         limited says more rows may follow.
         """
-        rows, next_pos = await self._db.read(_after, account_id, after_pos, limit)
+        rows, next_pos = await self._db.read(_after, self._keyring, account_id, after_pos, limit)
         return rows, next_pos, len(rows) == limit
 
     async def audience(
@@ -418,7 +483,9 @@ class MessageStore:
         limit: int,
     ) -> list[StoredMessage]:
         """Newest first, below `before_seq`, only what the account may see."""
-        return await self._db.read(_history, conversation_id, account_id, before_seq, limit)
+        return await self._db.read(
+            _history, self._keyring, conversation_id, account_id, before_seq, limit
+        )
 
     async def advance_cursor(self, device_id: uuid.UUID, pos: int) -> int:
         """Move the device's cursor forward (never back); returns the cursor."""

@@ -13,6 +13,11 @@ Guardian consents are never updated: a withdrawal is a row of its own. Recording
 withdrawing one, and an admin's change of a member's entry, are recorded in the audit log in
 the same transaction. The ages are the server's settings, applied by the caller as an
 `AgeRule` for one day.
+
+Birth dates are sealed (`storage.accounts`), so the rule is applied in Python to the dates
+opened, not in SQL: the rows in scope are read and locked in id order, and only the ones
+whose status changes are written. An account whose data key was destroyed keeps its status
+(its birth date reads as unset, which must not activate it).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from storage.accounts import (
     correction_events,
     get_account,
     lock_account,
+    open_personal,
+    seal_personal,
     update_account,
 )
 from storage.audit import AuditActor, AuditEvent, account_actor, append
 from storage.database import Database
 from storage.errors import NotFoundError, StorageError
+from storage.keyring import Keyring
 from storage.orgs import ORG_COLUMNS, Org, org_from_row
 from storage.push_registrations import drop_registrations
 
@@ -105,29 +113,27 @@ _CONSENT_SELECT = """
            g.recorded_at, g.recorded_by, w.withdrawn_at, w.withdrawn_by
     FROM guardian_consents g LEFT JOIN guardian_consent_withdrawals w ON w.consent_id = g.id"""
 
-# The status each account in scope should have; $1 adult_born_by, $2 child_born_after.
-_SETTLE = """
-    WITH wanted AS (
-        SELECT a.id, CASE
-            WHEN a.birth_date IS NULL OR a.birth_date <= $1 THEN 'active'
-            WHEN a.birth_date > $2 AND NOT o.serves_children THEN 'pending_guardian'
-            WHEN EXISTS (
-                SELECT 1 FROM guardian_consents g
-                WHERE g.account_id = a.id AND NOT EXISTS (
-                    SELECT 1 FROM guardian_consent_withdrawals w WHERE w.consent_id = g.id))
-                THEN 'active'
-            ELSE 'pending_guardian' END AS status
-        FROM accounts a JOIN orgs o ON o.id = a.org_id
-        WHERE a.status IN ('active', 'pending_guardian')
-          AND (a.birth_date IS NOT NULL OR a.status = 'pending_guardian') AND {scope})
-    UPDATE accounts a SET status = w.status, updated_at = now()
-    FROM wanted w WHERE a.id = w.id AND a.status <> w.status
-    RETURNING a.id, a.status"""
+# The accounts in scope whose status depends on the rule, locked; $1 the scope's key. An
+# erased account (its data key destroyed) is left out: its birth date cannot be read.
+_IN_SCOPE = """
+    SELECT a.id, a.status, a.birth_date, o.serves_children,
+           EXISTS (
+               SELECT 1 FROM guardian_consents g
+               WHERE g.account_id = a.id AND NOT EXISTS (
+                   SELECT 1 FROM guardian_consent_withdrawals w WHERE w.consent_id = g.id))
+               AS consented
+    FROM accounts a JOIN orgs o ON o.id = a.org_id
+    WHERE a.status IN ('active', 'pending_guardian')
+      AND (a.birth_date IS NOT NULL OR a.status = 'pending_guardian') AND {scope}
+      AND NOT EXISTS (
+          SELECT 1 FROM data_keys k WHERE k.account_id = a.id AND k.destroyed_at IS NOT NULL)
+    ORDER BY a.id
+    FOR UPDATE OF a"""
 
 _SCOPES = {
-    "account": "a.id = $3",
-    "org": "a.org_id = $3",
-    "all": "$3::uuid IS NULL",
+    "account": "a.id = $1",
+    "org": "a.org_id = $1",
+    "all": "$1::uuid IS NULL",
 }
 
 
@@ -135,14 +141,40 @@ def _consent(row: Any) -> GuardianConsent:
     return GuardianConsent(**{name: row[name] for name in GuardianConsent.__slots__})
 
 
+def wanted_status(rule: AgeRule, birth_date: date | None, serves: bool, consented: bool) -> str:
+    """The status the guardian rule gives an active or waiting account."""
+    if not rule.is_minor(birth_date):
+        return ACTIVE
+    if rule.is_child(birth_date) and not serves:
+        return PENDING_GUARDIAN
+    return ACTIVE if consented else PENDING_GUARDIAN
+
+
 async def settle_guardian_status(
-    conn: Any, rule: AgeRule, scope: str, key: uuid.UUID | None = None
+    conn: Any, keyring: Keyring, rule: AgeRule, scope: str, key: uuid.UUID | None = None
 ) -> Settled:
     """Give every active or waiting account in `scope` ("account" `key`, "org" `key`, or
     "all") the status the guardian rule asks for today (on an open transaction); the ones it
-    blocks lose every token and push registration. Deactivated accounts stay as they are."""
+    blocks lose every token and push registration. Deactivated accounts stay as they are,
+    and so do erased ones (whose data key was destroyed). Two statements, three with birth
+    dates whose keys are not cached, four when a status changes."""
+    found = await conn.fetch(_IN_SCOPE.format(scope=_SCOPES[scope]), key)
+    dated = [r["id"] for r in found if r["birth_date"] is not None]
+    keys = await keyring.for_read(conn, dated) if dated else {}
+    changes: dict[uuid.UUID, str] = {}
+    for row in found:
+        birth_date = open_personal(row, "birth_date", keys)
+        status = wanted_status(rule, birth_date, row["serves_children"], row["consented"])
+        if status != row["status"]:
+            changes[row["id"]] = status
+    if not changes:
+        return Settled([], [])
     rows = await conn.fetch(
-        _SETTLE.format(scope=_SCOPES[scope]), rule.adult_born_by, rule.child_born_after, key
+        """UPDATE accounts a SET status = c.status, updated_at = now()
+           FROM unnest($1::uuid[], $2::text[]) AS c(id, status) WHERE a.id = c.id
+           RETURNING a.id, a.status""",
+        list(changes),
+        list(changes.values()),
     )
     blocked = [r["id"] for r in rows if r["status"] == PENDING_GUARDIAN]
     activated = [r["id"] for r in rows if r["status"] == ACTIVE]
@@ -161,6 +193,7 @@ async def settle_guardian_status(
 
 async def _update_member(
     conn: Any,
+    keyring: Keyring,
     org_id: uuid.UUID,
     account_id: uuid.UUID,
     changes: dict[str, Any],
@@ -168,24 +201,27 @@ async def _update_member(
     by: AuditActor,
     at: datetime,
 ) -> tuple[Account, Settled]:
-    before = await lock_account(conn, org_id, account_id)
+    before = await lock_account(conn, keyring, org_id, account_id)
     fields = {k: v for k, v in changes.items() if k != "birth_date"}
-    account = await update_account(conn, org_id, account_id, fields)
+    account = await update_account(conn, keyring, org_id, account_id, fields)
     settled = Settled([], [])
     if "birth_date" in changes:
+        sealed = await seal_personal(
+            conn, keyring, account.id, {"birth_date": changes["birth_date"]}
+        )
         await conn.execute(
             "UPDATE accounts SET birth_date = $2, updated_at = now() WHERE id = $1",
             account.id,
-            changes["birth_date"],
+            sealed["birth_date"],
         )
-        settled = await settle_guardian_status(conn, rule, "account", account.id)
-        account = await get_account(conn, org_id, account_id)
+        settled = await settle_guardian_status(conn, keyring, rule, "account", account.id)
+        account = await get_account(conn, keyring, org_id, account_id)
     await append(conn, correction_events(before, account, by), at)
     return account, settled
 
 
 async def _lock_minor(
-    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID
+    conn: Any, keyring: Keyring, org_id: uuid.UUID, account_id: uuid.UUID
 ) -> tuple[bool, date | None]:
     """Whether the org serves children, and the member's birth date; the org row is locked
     before the account's (the order `_set_serves_children` takes them in)."""
@@ -193,17 +229,19 @@ async def _lock_minor(
     if serves is None:
         raise NotFoundError("no such organization")
     row = await conn.fetchrow(
-        "SELECT birth_date FROM accounts WHERE org_id = $1 AND id = $2 FOR UPDATE",
+        "SELECT id, birth_date FROM accounts WHERE org_id = $1 AND id = $2 FOR UPDATE",
         org_id,
         account_id,
     )
     if row is None:
         raise NotFoundError("no such member")
-    return bool(serves), row["birth_date"]
+    keys = await keyring.for_read(conn, [account_id]) if row["birth_date"] is not None else {}
+    return bool(serves), open_personal(row, "birth_date", keys)
 
 
 async def _record(
     conn: Any,
+    keyring: Keyring,
     org_id: uuid.UUID,
     account_id: uuid.UUID,
     new: NewGuardianConsent,
@@ -211,7 +249,7 @@ async def _record(
     at: datetime,
     rule: AgeRule,
 ) -> tuple[GuardianConsent, Settled]:
-    serves_children, birth_date = await _lock_minor(conn, org_id, account_id)
+    serves_children, birth_date = await _lock_minor(conn, keyring, org_id, account_id)
     if not rule.is_minor(birth_date):
         raise GuardianError(
             "this member is not a minor (no birth date, or of age): no guardian consent is needed",
@@ -236,7 +274,7 @@ async def _record(
         at,
         by,
     )
-    settled = await settle_guardian_status(conn, rule, "account", account_id)
+    settled = await settle_guardian_status(conn, keyring, rule, "account", account_id)
     row = await conn.fetchrow(f"{_CONSENT_SELECT} WHERE g.id = $1", consent_id)
     detail = {"consent_id": str(consent_id)}
     recorded = AuditEvent(
@@ -248,6 +286,7 @@ async def _record(
 
 async def _withdraw(
     conn: Any,
+    keyring: Keyring,
     org_id: uuid.UUID,
     account_id: uuid.UUID,
     consent_id: uuid.UUID,
@@ -255,7 +294,7 @@ async def _withdraw(
     at: datetime,
     rule: AgeRule,
 ) -> tuple[GuardianConsent, Settled]:
-    await _lock_minor(conn, org_id, account_id)
+    await _lock_minor(conn, keyring, org_id, account_id)
     row = await conn.fetchrow(
         f"{_CONSENT_SELECT} WHERE g.id = $1 AND g.account_id = $2", consent_id, account_id
     )
@@ -270,7 +309,7 @@ async def _withdraw(
         at,
         by,
     )
-    settled = await settle_guardian_status(conn, rule, "account", account_id)
+    settled = await settle_guardian_status(conn, keyring, rule, "account", account_id)
     row = await conn.fetchrow(f"{_CONSENT_SELECT} WHERE g.id = $1", consent_id)
     detail = {"consent_id": str(consent_id)}
     withdrawn = AuditEvent(
@@ -281,9 +320,9 @@ async def _withdraw(
 
 
 async def _consents(
-    conn: Any, org_id: uuid.UUID, account_id: uuid.UUID
+    conn: Any, keyring: Keyring, org_id: uuid.UUID, account_id: uuid.UUID
 ) -> tuple[Account, list[GuardianConsent]]:
-    account = await get_account(conn, org_id, account_id)
+    account = await get_account(conn, keyring, org_id, account_id)
     rows = await conn.fetch(
         f"{_CONSENT_SELECT} WHERE g.account_id = $1 ORDER BY g.recorded_at, g.id", account_id
     )
@@ -291,7 +330,7 @@ async def _consents(
 
 
 async def _set_serves_children(
-    conn: Any, org_id: uuid.UUID, serves: bool, rule: AgeRule
+    conn: Any, keyring: Keyring, org_id: uuid.UUID, serves: bool, rule: AgeRule
 ) -> tuple[Org, Settled]:
     row = await conn.fetchrow(
         f"UPDATE orgs SET serves_children = $2 WHERE id = $1 RETURNING {ORG_COLUMNS}",
@@ -300,11 +339,13 @@ async def _set_serves_children(
     )
     if row is None:
         raise NotFoundError("no such organization")
-    return org_from_row(row), await settle_guardian_status(conn, rule, "org", org_id)
+    return org_from_row(row), await settle_guardian_status(conn, keyring, rule, "org", org_id)
 
 
-async def _settle_account(conn: Any, account_id: uuid.UUID, rule: AgeRule) -> tuple[str, Settled]:
-    settled = await settle_guardian_status(conn, rule, "account", account_id)
+async def _settle_account(
+    conn: Any, keyring: Keyring, account_id: uuid.UUID, rule: AgeRule
+) -> tuple[str, Settled]:
+    settled = await settle_guardian_status(conn, keyring, rule, "account", account_id)
     status = await conn.fetchval("SELECT status FROM accounts WHERE id = $1", account_id)
     if status is None:
         raise NotFoundError("no such member")
@@ -312,8 +353,9 @@ async def _settle_account(conn: Any, account_id: uuid.UUID, rule: AgeRule) -> tu
 
 
 class MinorStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
 
     async def update_member(
         self,
@@ -326,7 +368,9 @@ class MinorStore:
     ) -> tuple[Account, Settled]:
         """`AccountStore.update_member` that may also set or clear `birth_date`, settling
         the member's status by `rule` in the same transaction (and auditing as it does)."""
-        return await self._db.transaction(_update_member, org_id, account_id, changes, rule, by, at)
+        return await self._db.transaction(
+            _update_member, self._keyring, org_id, account_id, changes, rule, by, at
+        )
 
     async def record(
         self,
@@ -340,7 +384,9 @@ class MinorStore:
         """Record a guardian's consent for a minor member (activating a waiting account).
         NotFoundError for a member outside `org_id`; GuardianError "not_a_minor",
         "not_serving_children"."""
-        return await self._db.transaction(_record, org_id, account_id, new, by, at, rule)
+        return await self._db.transaction(
+            _record, self._keyring, org_id, account_id, new, by, at, rule
+        )
 
     async def withdraw(
         self,
@@ -353,25 +399,27 @@ class MinorStore:
     ) -> tuple[GuardianConsent, Settled]:
         """Withdraw one guardian consent (blocking the minor unless another one stands).
         NotFoundError for a consent not of this member; GuardianError "withdrawn"."""
-        return await self._db.transaction(_withdraw, org_id, account_id, consent_id, by, at, rule)
+        return await self._db.transaction(
+            _withdraw, self._keyring, org_id, account_id, consent_id, by, at, rule
+        )
 
     async def consents(
         self, org_id: uuid.UUID, account_id: uuid.UUID
     ) -> tuple[Account, list[GuardianConsent]]:
         """The member and every guardian consent recorded for them, oldest first."""
-        return await self._db.read(_consents, org_id, account_id)
+        return await self._db.read(_consents, self._keyring, org_id, account_id)
 
     async def set_serves_children(
         self, org_id: uuid.UUID, serves: bool, rule: AgeRule
     ) -> tuple[Org, Settled]:
         """Declare (or stop declaring) that the organization serves children; its children's
         accounts are settled by `rule` in the same transaction."""
-        return await self._db.transaction(_set_serves_children, org_id, serves, rule)
+        return await self._db.transaction(_set_serves_children, self._keyring, org_id, serves, rule)
 
     async def settle_account(self, account_id: uuid.UUID, rule: AgeRule) -> tuple[str, Settled]:
         """Settle one account by `rule` (it may have come of age); returns its status."""
-        return await self._db.transaction(_settle_account, account_id, rule)
+        return await self._db.transaction(_settle_account, self._keyring, account_id, rule)
 
     async def settle_all(self, rule: AgeRule) -> Settled:
         """Settle every account with a birth date by `rule` (the ages may have changed)."""
-        return await self._db.transaction(settle_guardian_status, rule, "all", None)
+        return await self._db.transaction(settle_guardian_status, self._keyring, rule, "all", None)

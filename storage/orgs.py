@@ -10,6 +10,7 @@ from typing import Any
 from storage.accounts import Account, NewAccount, insert_account
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.keyring import Keyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +41,14 @@ def _department(row: Any) -> Department:
     return Department(row["id"], row["org_id"], row["parent_id"], row["name"], row["created_at"])
 
 
-async def _create_org(conn: Any, name: str, owner: NewAccount) -> tuple[Org, Account]:
+async def _create_org(
+    conn: Any, keyring: Keyring, name: str, owner: NewAccount
+) -> tuple[Org, Account]:
     org_id = uuid.uuid4()
     row = await conn.fetchrow(
         f"INSERT INTO orgs (id, name) VALUES ($1, $2) RETURNING {ORG_COLUMNS}", org_id, name
     )
-    account = await insert_account(conn, org_id, owner)
+    account = await insert_account(conn, keyring, org_id, owner)
     return org_from_row(row), account
 
 
@@ -112,12 +115,13 @@ async def _in_subtree(
 
 
 class OrgStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
 
     async def create(self, name: str, owner: NewAccount) -> tuple[Org, Account]:
         """Create an organization and its first owner in one transaction."""
-        return await self._db.transaction(_create_org, name, owner)
+        return await self._db.transaction(_create_org, self._keyring, name, owner)
 
     async def get(self, org_id: uuid.UUID) -> Org:
         return await self._db.transaction(_get_org, org_id)

@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from storage.database import Database
+from storage.keyring import Keyring
+from storage.sealing import open_message_body
 from storage.stream import current_pos, lock_stream
 from storage.visible import VISIBLE
 
@@ -257,10 +259,11 @@ async def _lease(conn: Any, limit: int, lease_s: float) -> tuple[list[Any], int]
     return [r for r in rows if r["cursor"] < r["pos"]], len(moot)
 
 
-async def _details(conn: Any, live: list[Any]) -> list[ClaimedJob]:
+async def _details(conn: Any, keyring: Keyring, live: list[Any]) -> list[ClaimedJob]:
     """What the leased jobs' pushes need: registrations, badges, quiet hours, mutes and
-    previews. Read after the lease is committed, so no job row stays locked meanwhile (a
-    commit to those devices would wait on it, holding the stream lock)."""
+    previews (bodies opened with their senders' keys; an erased one has no preview). Read
+    after the lease is committed, so no job row stays locked meanwhile (a commit to those
+    devices would wait on it, holding the stream lock)."""
     devices = [r["device_id"] for r in live]
     accounts = list({r["account_id"] for r in live})
     registrations = {
@@ -290,15 +293,18 @@ async def _details(conn: Any, live: list[Any]) -> list[ClaimedJob]:
         for r in live
         if r["kind"] == "alert" and registrations[r["device_id"]]["preview"]
     ]
-    previews = {
-        r["id"]: r
-        for r in await conn.fetch(
-            """SELECT m.id, m.kind, m.body, a.display_name FROM messages m
-               JOIN accounts a ON a.id = m.sender_id
-               WHERE m.id = ANY($1::uuid[]) AND m.consent IS NULL""",
-            want_preview,
-        )
-    }
+    rows = await conn.fetch(
+        """SELECT m.id, m.kind, m.body, m.sender_id, a.display_name FROM messages m
+           JOIN accounts a ON a.id = m.sender_id
+           WHERE m.id = ANY($1::uuid[]) AND m.consent IS NULL""",
+        want_preview,
+    )
+    keys = await keyring.for_read(conn, {r["sender_id"] for r in rows}) if rows else {}
+    previews = {}
+    for r in rows:
+        body = open_message_body(keys, r["id"], r["sender_id"], bytes(r["body"]))
+        if body is not None:
+            previews[r["id"]] = (r["kind"], body, r["display_name"])
     jobs = []
     for row in live:
         reg = registrations[row["device_id"]]
@@ -325,9 +331,9 @@ async def _details(conn: Any, live: list[Any]) -> list[ClaimedJob]:
                 dnd_start_min=None if quiet is None else quiet["dnd_start_min"],
                 dnd_end_min=None if quiet is None else quiet["dnd_end_min"],
                 time_zone="UTC" if quiet is None else quiet["time_zone"],
-                preview_kind=None if preview is None else preview["kind"],
-                preview_body=None if preview is None else bytes(preview["body"]),
-                preview_sender=None if preview is None else preview["display_name"],
+                preview_kind=None if preview is None else preview[0],
+                preview_body=None if preview is None else preview[1],
+                preview_sender=None if preview is None else preview[2],
                 lease=row["claimed_until"],
             )
         )
@@ -630,8 +636,9 @@ async def _prune_results(conn: Any, keep_s: float) -> int:
 
 
 class PushOutbox:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
 
     async def claim(self, limit: int, lease_s: float) -> Claim:
         """Lease up to `limit` due jobs for `lease_s`; moot ones are deleted, not returned.
@@ -640,7 +647,7 @@ class PushOutbox:
         live, moot = await self._db.transaction(_lease, limit, lease_s)
         if not live:
             return Claim([], moot)
-        return Claim(await self._db.transaction(_details, live), moot)
+        return Claim(await self._db.transaction(_details, self._keyring, live), moot)
 
     async def settle(self, settled: Sequence[Settlement], max_attempts: int) -> list[uuid.UUID]:
         """Record what the providers answered, in one transaction; returns the devices

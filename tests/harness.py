@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 from loadtest.client import DeviceIdentity, DeviceState, GatewayClient, connect
 from protocol import ConsentGet, ConsentSet, LiveStart, Send, ServerFrame
 from server.runner import Running, serve
+from server.services import Services
 from server.settings import Settings, load_settings
 from storage.embedded import EmbeddedPostgres
 
@@ -87,6 +88,12 @@ class Harness:
     # files and log are, for tests that search them (tests/privacy_search.py).
     postgres: EmbeddedPostgres | None = None
     _emails: int = field(default=0)
+
+    @property
+    def services(self) -> Services:
+        """The running server's services (its keyring, stores)."""
+        assert self.running.services is not None
+        return self.running.services
 
     @property
     def gateway_url(self) -> str:

@@ -9,11 +9,9 @@ so a file opened from our origin can neither run script nor load anything.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import trio
 from quart import Blueprint, Response, request
 
 from server.api.context import actor, ctx
@@ -52,14 +50,8 @@ async def upload(conversation_id: uuid.UUID) -> tuple[dict[str, Any], int]:
 async def download(file_id: uuid.UUID) -> Response:
     who = await actor()
     record = await ctx().files.for_download(who, file_id)
-    path = ctx().services.blobs.path(record.id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        async with await trio.open_file(path, "rb") as source:
-            while chunk := await source.read(CHUNK_BYTES):
-                yield chunk
-
-    response = Response(chunks(), mimetype=served_type(record.mime))
+    chunks = ctx().services.blobs.read(record.id, record.blob_key, CHUNK_BYTES)
+    response = Response(chunks, mimetype=served_type(record.mime))
     response.headers["Content-Length"] = str(record.size)
     response.headers["Content-Disposition"] = content_disposition(record.name)
     response.headers["Content-Security-Policy"] = DOWNLOAD_CSP

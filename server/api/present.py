@@ -140,7 +140,23 @@ def _jsonable(value: Any) -> Any:
 
 
 def message_json(m: StoredMessage) -> dict[str, Any]:
-    """A stored message; `body` and `consent` as the JSON rendering of their msgpack."""
+    """A stored message; `body` and `consent` as the JSON rendering of their msgpack. A
+    message whose sender's data key was destroyed is a `system` message with the event
+    `erased` (as on the channel, PROTOCOL.md 6.2)."""
+    if m.erased:
+        return {
+            "id": str(m.id),
+            "conversation_id": str(m.conversation_id),
+            "seq": m.seq,
+            "pos": m.pos,
+            "sender_id": str(m.sender_id),
+            "sender_device_id": str(m.sender_device_id),
+            "client_id": m.client_id,
+            "kind": "system",
+            "body": {"event": "erased", "text": ""},
+            "consent": None,
+            "sent_at": iso(m.sent_at),
+        }
     return {
         "id": str(m.id),
         "conversation_id": str(m.conversation_id),

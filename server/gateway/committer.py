@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, encode
+from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, SystemBody, encode
 from server.gateway.connection import Connection
 from server.gateway.hub import Hub
 from storage.errors import DatabaseUnavailableError
@@ -66,6 +66,11 @@ def msg_frame(message: StoredMessage, body: Body, consent: Consent | None) -> by
     )
 
 
+# What a message of a sender whose data key was destroyed becomes (PROTOCOL.md 6.2): a
+# `system` message with the event `erased`, keeping its place (id, seq, pos, sender).
+ERASED_BODY = SystemBody(event="erased", text="")
+
+
 def recipients(
     members: frozenset[uuid.UUID], sender: uuid.UUID, scope: tuple[uuid.UUID, ...] | None
 ) -> frozenset[uuid.UUID]:
@@ -78,12 +83,14 @@ def recipients(
 NOT_MEMBER_TEXT = "no such conversation, or you are not a member"
 CONSENT_NOT_GRANTED_TEXT = "you have not granted (or have withdrawn) the tag's purpose"
 SCOPE_INVALID_TEXT = "the tag's scope names someone who is not a member of the conversation"
+SENDER_ERASED_TEXT = "this account's data was erased: it cannot send"
 
 # How a send the store refused is answered.
 REFUSALS = {
     Outcome.NOT_MEMBER: (ErrorCode.NOT_MEMBER, NOT_MEMBER_TEXT),
     Outcome.CONSENT_NOT_GRANTED: (ErrorCode.CONSENT_NOT_GRANTED, CONSENT_NOT_GRANTED_TEXT),
     Outcome.SCOPE_INVALID: (ErrorCode.CONSENT_SCOPE_INVALID, SCOPE_INVALID_TEXT),
+    Outcome.SENDER_ERASED: (ErrorCode.ACCOUNT_DEACTIVATED, SENDER_ERASED_TEXT),
 }
 
 # Sends of failed commits kept to be looked up (see Committer._refuse). Only commits that

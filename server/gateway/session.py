@@ -40,6 +40,7 @@ from push.registration import RegistrationError, RegistrationSpec
 from server.gateway import live
 from server.gateway.committer import (
     CONSENT_NOT_GRANTED_TEXT,
+    ERASED_BODY,
     NOT_MEMBER_TEXT,
     SCOPE_INVALID_TEXT,
     Committer,
@@ -86,7 +87,10 @@ class GatewayContext:
 
 
 def stored_msg_frame(message: StoredMessage) -> bytes:
-    """Rebuild the `msg` frame of a stored message for catch-up."""
+    """Rebuild the `msg` frame of a stored message for catch-up (an erased one as a
+    `system` message with the event `erased`)."""
+    if message.erased:
+        return msg_frame(message, ERASED_BODY, None)
     body = decode_body(message.kind, message.body)
     consent = None if message.consent is None else decode_consent(message.consent)
     return msg_frame(message, body, consent)
@@ -225,7 +229,7 @@ class Session:
             record = await self.gw.services.files.get(uuid.UUID(bytes=body.file_id))
         except NotFoundError:
             return False
-        return record.conversation_id == conversation_id
+        return record.conversation_id == conversation_id and not record.erased
 
     async def members(self, conversation_id: uuid.UUID) -> frozenset[uuid.UUID] | None:
         """Active members, or None if the conversation is unknown or we are not in it."""

@@ -76,9 +76,10 @@ class FileHandler:
                 )
 
         limit = self._s.settings.max_upload_bytes
+        key = await self._s.keyring.key_for_write(actor.account_id)  # the blob is sealed
         try:
             async with aclosing(sniffed()) as stream:
-                size, digest = await self._s.blobs.write(file_id, stream, limit)
+                size, digest = await self._s.blobs.write(file_id, stream, limit, key)
         except BlobTooLargeError:
             raise ApiError(
                 ApiErrorCode.PAYLOAD_TOO_LARGE, f"files are limited to {limit} bytes"
@@ -102,10 +103,13 @@ class FileHandler:
 
     async def for_download(self, actor: Actor, file_id: uuid.UUID) -> FileRecord:
         """The file if the actor uploaded it or may see a message that shares it (the
-        message's consent scope decides, as for the message itself)."""
+        message's consent scope decides, as for the message itself); `gone` if it was
+        erased (its uploader's data key destroyed)."""
         record = await self._s.files.get(file_id)
         if record.uploader_id != actor.account_id and not await self._s.files.visible_to(
             file_id, actor.account_id
         ):
             raise ApiError(ApiErrorCode.NOT_FOUND, "no such file")
+        if record.erased:
+            raise ApiError(ApiErrorCode.GONE, "this file was erased")
         return record

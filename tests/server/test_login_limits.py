@@ -61,9 +61,10 @@ async def test_concurrent_wrong_logins_on_two_servers_check_only_the_limit(
 ) -> None:
     """30 wrong passwords at once, split over two server processes sharing the database:
     exactly `limit` are checked (401), every other one is refused unchecked (429)."""
+    shared_key = tmp_path / "master.key"  # servers sharing a database share its master key
     async with (
-        start_harness(nursery, database_url, tmp_path / "one") as one,
-        start_harness(nursery, database_url, tmp_path / "two") as two,
+        start_harness(nursery, database_url, tmp_path / "one", master_key_file=shared_key) as one,
+        start_harness(nursery, database_url, tmp_path / "two", master_key_file=shared_key) as two,
     ):
         await one.create_org("Acme", "olivia")
         email = "olivia@acme.example"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from storage.bridge import AsyncioBridge
 from storage.conversations import ConversationStore, MembershipError
 from storage.database import Database
 from storage.devices import DeviceStore
+from storage.keyring import Keyring
 from storage.messages import MessageStore, NewMessage, Outcome
 from storage.orgs import OrgStore
 
@@ -34,20 +36,21 @@ async def world(database_url: str) -> AsyncIterator[World]:
     bridge.start()
     db = await Database.connect(bridge, database_url, pool_size=4)
     try:
+        keyring = await Keyring.open(db, os.urandom(32))
 
         def person(name: str) -> NewAccount:
             return NewAccount(name, f"{name}@x.example", name.title(), b"hash")
 
-        org, ann = await OrgStore(db).create("Acme", person("ann"))
+        org, ann = await OrgStore(db, keyring).create("Acme", person("ann"))
         people = {"ann": ann.id}
         for name in ("bob", "cat"):
-            people[name] = (await AccountStore(db).add(org.id, person(name))).id
+            people[name] = (await AccountStore(db, keyring).add(org.id, person(name))).id
         devices = DeviceStore(db)
         with_devices = {}
         for name, account_id in people.items():
             device = await devices.enroll(account_id, "d", "linux", uuid.uuid4().bytes * 2)
             with_devices[name] = (account_id, device.id)
-        yield World(db, ConversationStore(db), MessageStore(db), org.id, with_devices)
+        yield World(db, ConversationStore(db), MessageStore(db, keyring), org.id, with_devices)
     finally:
         await db.close()
         bridge.stop()

@@ -3,6 +3,7 @@ leases, outcomes, dead letters, badges from read receipts, registrations' lifecy
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from storage.bridge import AsyncioBridge
 from storage.conversations import ConversationStore
 from storage.database import Database
 from storage.devices import DeviceStore
+from storage.keyring import Keyring
 from storage.messages import MessageStore, NewMessage, StoredMessage
 from storage.orgs import OrgStore
 from storage.push_outbox import ClaimedJob, PushOutbox, Settlement
@@ -39,6 +41,7 @@ class World:
     org_id: uuid.UUID
     people: dict[str, tuple[uuid.UUID, uuid.UUID]]  # name -> (account id, phone device id)
     laptops: dict[str, uuid.UUID]
+    keyring: Keyring
 
 
 def apns(token_byte: str) -> NewRegistration:
@@ -51,14 +54,15 @@ async def world(database_url: str) -> AsyncIterator[World]:
     bridge.start()
     db = await Database.connect(bridge, database_url, pool_size=4)
     try:
+        keyring = await Keyring.open(db, os.urandom(32))
 
         def person(name: str) -> NewAccount:
             return NewAccount(name, f"{name}@x.example", name.title(), b"hash")
 
-        org, ann = await OrgStore(db).create("Acme", person("ann"))
+        org, ann = await OrgStore(db, keyring).create("Acme", person("ann"))
         accounts = {"ann": ann.id}
         for name in ("bob", "cat"):
-            accounts[name] = (await AccountStore(db).add(org.id, person(name))).id
+            accounts[name] = (await AccountStore(db, keyring).add(org.id, person(name))).id
         devices = DeviceStore(db)
         people, laptops = {}, {}
         for name, account_id in accounts.items():
@@ -75,15 +79,16 @@ async def world(database_url: str) -> AsyncIterator[World]:
             await registrations.register(people[name][1], apns("abc"[index]))
         yield World(
             db,
-            MessageStore(db, push_grace_s=0),
+            MessageStore(db, keyring, push_grace_s=0),
             ReceiptStore(db, push_grace_s=0),
-            PushOutbox(db),
+            PushOutbox(db, keyring),
             registrations,
             devices,
             group.id,
             org.id,
             people,
             laptops,
+            keyring,
         )
     finally:
         await db.close()
@@ -228,7 +233,7 @@ async def test_retries_back_off_then_dead_letter_and_an_admin_redrives(world: Wo
     assert await pending(world) == {}
     letters = await world.outbox.dead_letters(world.org_id)
     assert [(d.device_id, d.attempts, d.last_reason) for d in letters] == [(bob, 3, "Unavailable")]
-    other_org, _ = await OrgStore(world.db).create(
+    other_org, _ = await OrgStore(world.db, world.keyring).create(
         "Other", NewAccount("zed", "zed@y.example", "Zed", b"hash")
     )
     assert await world.outbox.dead_letters(other_org.id) == []
@@ -461,3 +466,21 @@ async def test_a_muted_conversation_does_not_take_a_waiting_alerts_place(world: 
     await world.messages.append([item])
     job = (await pending(world))[bob_phone]
     assert (job["kind"], job["message_id"], job["burst"]) == ("alert", alert.id, 2)
+
+
+async def test_a_preview_opens_the_sealed_body_and_an_erased_senders_has_none(
+    world: World,
+) -> None:
+    bob_phone = world.people["bob"][1]
+    opted_in = NewRegistration("apns", "d" * 64, "production", "org.obrol.app", None, True)
+    await world.registrations.register(bob_phone, opted_in)
+    await send(world, "ann", "lunch?")
+    jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
+    assert jobs[bob_phone].preview_kind == "text"
+    assert jobs[bob_phone].preview_body == b"\x81\xa4text\xa6lunch?"
+    await world.outbox.settle([accepted(j) for j in jobs.values()], 3)
+
+    await send(world, "ann", "later")
+    assert await world.keyring.destroy(world.people["ann"][0], datetime.now(UTC))
+    jobs = {j.device_id: j for j in (await world.outbox.claim(100, LEASE_S)).jobs}
+    assert (jobs[bob_phone].preview_kind, jobs[bob_phone].preview_body) == (None, None)

@@ -4,6 +4,7 @@ process is erasing."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from storage.conversations import ConversationStore
 from storage.database import Database
 from storage.devices import DeviceStore
 from storage.erasure import ErasureStore
+from storage.keyring import Keyring
 from storage.live import LiveStore
 from storage.logins import LoginRecordStore
 from storage.messages import MessageStore, NewMessage
@@ -46,12 +48,13 @@ async def world(database_url: str) -> AsyncIterator[World]:
     bridge.start()
     db = await Database.connect(bridge, database_url, pool_size=4)
     try:
-        org, ann = await OrgStore(db).create(
+        keyring = await Keyring.open(db, os.urandom(32))
+        org, ann = await OrgStore(db, keyring).create(
             "Acme", NewAccount("ann", "ann@x.example", "Ann", b"hash")
         )
         device = await DeviceStore(db).enroll(ann.id, "d", "linux", uuid.uuid4().bytes * 2)
         group = await ConversationStore(db).create_group(org.id, ann.id, "g", [])
-        messages = MessageStore(db)
+        messages = MessageStore(db, keyring)
         for day in range(7):  # one message a day, seq 1..7
             sent = T0 + timedelta(days=day)
             new = NewMessage(group.id, ann.id, device.id, f"m{day}", "text", b"\x80", None, sent)
