@@ -28,7 +28,7 @@ from loadtest.localserver import local_server
 from loadtest.provision import b64url
 
 CHUNK = 1024 * 1024
-PASSWORD = "Bench-Blob-Password-42"
+PASSWORD = "Sunny-Harbour-42"
 
 
 async def _session(client: httpx.AsyncClient) -> tuple[dict[str, str], str]:
@@ -46,7 +46,8 @@ async def _session(client: httpx.AsyncClient) -> tuple[dict[str, str], str]:
             },
         },
     )
-    response.raise_for_status()
+    if response.status_code != 202:
+        raise SystemExit(f"sign-up refused: {response.text}")
     key = SigningKey.generate()
     device = {"name": "bench", "platform": "linux", "public_key": b64url(bytes(key.verify_key))}
     response = await client.post(
