@@ -274,13 +274,32 @@ async def _record(
         at,
         by,
     )
+    return await _settled(conn, keyring, rule, "recorded", org_id, account_id, consent_id, by, at)
+
+
+async def _settled(
+    conn: Any,
+    keyring: Keyring,
+    rule: AgeRule,
+    change: str,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    consent_id: uuid.UUID,
+    by: uuid.UUID,
+    at: datetime,
+) -> tuple[GuardianConsent, Settled]:
+    """After a guardian consent was recorded or withdrawn: the member's status settled by
+    `rule`, the consent as it stands, and the change in the audit log."""
     settled = await settle_guardian_status(conn, keyring, rule, "account", account_id)
     row = await conn.fetchrow(f"{_CONSENT_SELECT} WHERE g.id = $1", consent_id)
-    detail = {"consent_id": str(consent_id)}
-    recorded = AuditEvent(
-        "guardian_consent_recorded", account_actor(by), account_id, org_id, detail
+    event = AuditEvent(
+        f"guardian_consent_{change}",
+        account_actor(by),
+        account_id,
+        org_id,
+        {"consent_id": str(consent_id)},
     )
-    await append(conn, [recorded], at)
+    await append(conn, [event], at)
     return _consent(row), settled
 
 
@@ -309,14 +328,7 @@ async def _withdraw(
         at,
         by,
     )
-    settled = await settle_guardian_status(conn, keyring, rule, "account", account_id)
-    row = await conn.fetchrow(f"{_CONSENT_SELECT} WHERE g.id = $1", consent_id)
-    detail = {"consent_id": str(consent_id)}
-    withdrawn = AuditEvent(
-        "guardian_consent_withdrawn", account_actor(by), account_id, org_id, detail
-    )
-    await append(conn, [withdrawn], at)
-    return _consent(row), settled
+    return await _settled(conn, keyring, rule, "withdrawn", org_id, account_id, consent_id, by, at)
 
 
 async def _consents(

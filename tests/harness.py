@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +18,7 @@ import trio
 from nacl.signing import SigningKey
 
 from loadtest.client import DeviceIdentity, DeviceState, GatewayClient, connect
-from protocol import ConsentGet, ConsentSet, LiveStart, Send, ServerFrame
+from protocol import ConsentGet, ConsentSet, LiveStart, Send, ServerFrame, Synced
 from server.runner import Running, serve
 from server.services import Services
 from server.settings import Settings, load_settings
@@ -39,6 +39,19 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += timedelta(seconds=seconds)
+
+
+async def receive_until(
+    client: GatewayClient, want: Callable[[ServerFrame], bool], limit_s: float = 10
+) -> list[ServerFrame]:
+    """Frames received until one satisfies `want`, that one last (bounded by a deadline)."""
+    frames: list[ServerFrame] = []
+    with trio.fail_after(limit_s):
+        while True:
+            for frame in await client.receive():
+                frames.append(frame)
+                if want(frame):
+                    return frames
 
 
 def b64(data: bytes) -> str:
@@ -109,6 +122,13 @@ class Harness:
 
     async def connect(self, session: Session) -> GatewayClient:
         return await connect(self.gateway_url, session.identity(self.server_key))
+
+    async def synced(self, session: Session) -> GatewayClient:
+        """A connection of `session` that has caught up (`synced` received)."""
+        client = await self.connect(session)
+        await client.sync(0)
+        await receive_until(client, lambda f: isinstance(f, Synced))
+        return client
 
     async def answer(
         self, session: Session, frame: Send | ConsentGet | ConsentSet | LiveStart

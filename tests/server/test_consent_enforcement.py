@@ -10,7 +10,6 @@ from pathlib import Path
 
 import trio
 
-from loadtest.client import GatewayClient
 from protocol import (
     Consent,
     ConsentGet,
@@ -25,11 +24,10 @@ from protocol import (
     Send,
     Sent,
     ServerFrame,
-    Synced,
     TextBody,
 )
 from storage.files import BlobStore
-from tests.harness import Harness, Session, start_harness
+from tests.harness import Harness, Session, receive_until, start_harness
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
 
@@ -51,24 +49,6 @@ async def history(server: Harness, who: Session, conv: uuid.UUID) -> list[str]:
     return [m["client_id"] for m in response.json()["messages"]]
 
 
-async def synced(server: Harness, who: Session) -> GatewayClient:
-    client = await server.connect(who)
-    await client.sync(0)
-    await until(client, lambda f: isinstance(f, Synced))
-    return client
-
-
-async def until(client: GatewayClient, want: object, limit_s: float = 10) -> list[ServerFrame]:
-    """Frames received until one satisfies `want` (a predicate), that one last."""
-    frames: list[ServerFrame] = []
-    with trio.fail_after(limit_s):
-        while True:
-            for frame in await client.receive():
-                frames.append(frame)
-                if want(frame):  # type: ignore[operator]
-                    return frames
-
-
 def refusal(answer: ServerFrame) -> ErrorCode | None:
     return answer.code if isinstance(answer, Err) else None
 
@@ -80,7 +60,7 @@ async def test_a_tagged_send_needs_the_grant_a_matching_purpose_and_a_scope_of_m
     bob = await server.add_member(ann, "bob")
     carl = await server.add_member(ann, "carl")  # in the org, not in the conversation
     conv = await server.group(ann, bob)
-    watcher = await synced(server, bob)
+    watcher = await server.synced(bob)
 
     stored, gone = located("loc-1", conv), located("loc-2", conv, "ephemeral")
     assert refusal(await server.answer(ann, stored)) == ErrorCode.CONSENT_NOT_GRANTED
@@ -94,7 +74,7 @@ async def test_a_tagged_send_needs_the_grant_a_matching_purpose_and_a_scope_of_m
 
     # Nothing refused reached Bob's live device; the first allowed send does.
     assert isinstance(await server.answer(ann, located("loc-5", conv)), Sent)
-    frames = await until(watcher, lambda f: isinstance(f, Msg))
+    frames = await receive_until(watcher, lambda f: isinstance(f, Msg))
     assert [f.cid for f in frames if isinstance(f, Msg)] == ["loc-5"]
     assert await history(server, bob, conv) == ["loc-5"]
     await watcher.aclose()
@@ -119,13 +99,13 @@ async def test_withdrawal_erases_until_withdrawn_data_and_tells_everyone_who_saw
     assert isinstance(shared, Sent)
     assert isinstance(await server.answer(ann, located("loc-1", conv)), Sent)  # another grant
     assert (await server.client.get(f"/v1/files/{file_id}", headers=bob.headers)).status_code == 200
-    watcher = await synced(server, bob)
+    watcher = await server.synced(bob)
 
     response = await server.client.delete("/v1/me/consents/media_share", headers=ann.headers)
     assert response.status_code == 200, response.text
     [revoked] = [
         f
-        for f in await until(watcher, lambda f: isinstance(f, ConsentRevoked))
+        for f in await receive_until(watcher, lambda f: isinstance(f, ConsentRevoked))
         if isinstance(f, ConsentRevoked)
     ]
     assert (revoked.who, revoked.purpose, revoked.conv) == (

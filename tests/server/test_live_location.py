@@ -29,25 +29,8 @@ from protocol import (
     ServerFrame,
     Synced,
 )
-from tests.harness import Harness, Session, start_harness
+from tests.harness import Harness, receive_until, start_harness
 from tests.privacy_search import capture_logs, coordinate_needles, find_everywhere
-
-
-async def synced(server: Harness, who: Session) -> GatewayClient:
-    client = await server.connect(who)
-    await client.sync(0)
-    await until(client, lambda f: isinstance(f, Synced))
-    return client
-
-
-async def until(client: GatewayClient, want: object, limit_s: float = 10) -> list[ServerFrame]:
-    frames: list[ServerFrame] = []
-    with trio.fail_after(limit_s):
-        while True:
-            for frame in await client.receive():
-                frames.append(frame)
-                if want(frame):  # type: ignore[operator]
-                    return frames
 
 
 def in_an_hour(server: Harness) -> int:
@@ -60,7 +43,7 @@ async def start(server: Harness, client: GatewayClient, conv: uuid.UUID, until_m
     )
     [answer] = [
         f
-        for f in await until(
+        for f in await receive_until(
             client, lambda f: getattr(f, "cid", getattr(f, "ref", None)) == "live-1"
         )
         if getattr(f, "cid", getattr(f, "ref", None)) == "live-1"
@@ -70,7 +53,7 @@ async def start(server: Harness, client: GatewayClient, conv: uuid.UUID, until_m
 
 
 async def refused(client: GatewayClient, code: ErrorCode) -> None:
-    frames = await until(client, lambda f: isinstance(f, Err))
+    frames = await receive_until(client, lambda f: isinstance(f, Err))
     err = frames[-1]
     assert isinstance(err, Err) and (err.code, err.ref_type) == (code, "live_pos"), err
 
@@ -81,8 +64,8 @@ async def test_withdrawal_mid_session_refuses_the_next_update_and_tells_the_view
     ann = await server.create_org()
     bob = await server.add_member(ann, "bob")
     conv = await server.group(ann, bob)
-    viewer = await synced(server, bob)
-    sharer = await synced(server, ann)
+    viewer = await server.synced(bob)
+    sharer = await server.synced(ann)
     refusal = await server.answer(
         ann,
         LiveStart(cid="live-0", conv=conv.bytes, scope="conversation", until=in_an_hour(server)),
@@ -92,17 +75,19 @@ async def test_withdrawal_mid_session_refuses_the_next_update_and_tells_the_view
     session = await start(server, sharer, conv, in_an_hour(server))
 
     await sharer.send(LivePos(id=session.id, lat=-6.2, lon=106.8, acc=8.0))
-    [update] = [f for f in await until(viewer, lambda f: isinstance(f, Msg)) if isinstance(f, Msg)]
+    [update] = [
+        f for f in await receive_until(viewer, lambda f: isinstance(f, Msg)) if isinstance(f, Msg)
+    ]
     assert isinstance(update.body, LocationBody) and update.body.live_until == session.until
     assert update.pos is None and update.seq is None  # ephemeral: never stored
     assert update.consent is not None and update.consent.retention == "ephemeral"
 
     await sharer.send(ConsentSet(cid="off", purpose="location_share", on=False))
-    answer = await until(sharer, lambda f: isinstance(f, Consents))
+    answer = await receive_until(sharer, lambda f: isinstance(f, Consents))
     assert isinstance(answer[-1], Consents)
     seen: list[ServerFrame] = []
     while not {ConsentRevoked, LiveEnd} <= {type(f) for f in seen}:
-        seen += await until(viewer, lambda f: isinstance(f, ConsentRevoked | LiveEnd))
+        seen += await receive_until(viewer, lambda f: isinstance(f, ConsentRevoked | LiveEnd))
     [ended] = [f for f in seen if isinstance(f, LiveEnd)]
     assert (ended.id, ended.who, ended.reason) == (session.id, ann.account_uuid.bytes, "withdrawn")
     [revoked] = [f for f in seen if isinstance(f, ConsentRevoked)]
@@ -124,8 +109,8 @@ async def test_a_session_is_capped_expires_and_belongs_to_its_sharer(
         bob = await server.add_member(ann, "bob")
         conv = await server.group(ann, bob)
         await server.grant(ann, "location_share")
-        viewer = await synced(server, bob)
-        sharer = await synced(server, ann)
+        viewer = await server.synced(bob)
+        sharer = await server.synced(ann)
         asked = in_an_hour(server)
         session = await start(server, sharer, conv, asked)
         now_ms = int(server.clock().timestamp() * 1000)
@@ -140,7 +125,7 @@ async def test_a_session_is_capped_expires_and_belongs_to_its_sharer(
         server.clock.advance(61)
         await sharer.send(LivePos(id=session.id, lat=-6.2, lon=106.8, acc=8.0))
         await refused(sharer, ErrorCode.LIVE_SESSION_ENDED)
-        frames = await until(viewer, lambda f: isinstance(f, LiveEnd))
+        frames = await receive_until(viewer, lambda f: isinstance(f, LiveEnd))
         assert frames[-1] == LiveEnd(
             id=session.id, conv=conv.bytes, who=ann.account_uuid.bytes, reason="expired"
         )
@@ -151,10 +136,12 @@ async def test_a_session_is_capped_expires_and_belongs_to_its_sharer(
             LiveStart(cid="live-2", conv=conv.bytes, scope="conversation", until=in_an_hour(server))
         )
         [second] = [
-            f for f in await until(sharer, lambda f: isinstance(f, LiveOk)) if isinstance(f, LiveOk)
+            f
+            for f in await receive_until(sharer, lambda f: isinstance(f, LiveOk))
+            if isinstance(f, LiveOk)
         ]
         await sharer.send(LiveStop(id=second.id))
-        frames = await until(viewer, lambda f: isinstance(f, LiveEnd))
+        frames = await receive_until(viewer, lambda f: isinstance(f, LiveEnd))
         assert isinstance(frames[-1], LiveEnd) and frames[-1].reason == "stopped"
         await sharer.send(LivePos(id=second.id, lat=-6.2, lon=106.8, acc=8.0))
         await refused(sharer, ErrorCode.LIVE_SESSION_ENDED)
@@ -173,7 +160,7 @@ async def test_ephemeral_locations_reach_online_devices_only_and_leave_no_trace(
         bob = await server.add_member(ann, "bob")
         conv = await server.group(ann, bob)
         await server.grant(ann, "location_share")
-        online = await synced(server, bob)
+        online = await server.synced(bob)
         offline = await server.login("bob@members.example")  # enrolled, not connected
         lat, lon = points[0]
         share = Send(
@@ -184,23 +171,23 @@ async def test_ephemeral_locations_reach_online_devices_only_and_leave_no_trace(
         )
         sent = await server.answer(ann, share)
         assert isinstance(sent, Sent) and sent.pos is None
-        got = await until(online, lambda f: isinstance(f, Msg))
+        got = await receive_until(online, lambda f: isinstance(f, Msg))
         assert isinstance(got[-1], Msg) and got[-1].cid == "here-1"
 
-        sharer = await synced(server, ann)
+        sharer = await server.synced(ann)
         session = await start(server, sharer, conv, in_an_hour(server))
         lat, lon = points[1]
         await sharer.send(LivePos(id=session.id, lat=lat, lon=lon, acc=4.5))
-        got = await until(online, lambda f: isinstance(f, Msg))
+        got = await receive_until(online, lambda f: isinstance(f, Msg))
         last = got[-1]
         assert isinstance(last, Msg) and isinstance(last.body, LocationBody)
         assert last.body.lat == lat
         await sharer.send(LiveStop(id=session.id))
-        await until(online, lambda f: isinstance(f, LiveEnd))
+        await receive_until(online, lambda f: isinstance(f, LiveEnd))
 
         later = await server.connect(offline)  # catches up: none of it
         await later.sync(0)
-        caught_up = await until(later, lambda f: isinstance(f, Synced))
+        caught_up = await receive_until(later, lambda f: isinstance(f, Synced))
         assert not any(isinstance(f, Msg) for f in caught_up)
         await later.aclose()
         await sharer.aclose()
