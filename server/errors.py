@@ -24,6 +24,7 @@ class ApiErrorCode(StrEnum):
     ACCOUNT_DEACTIVATED = "account_deactivated"
     WEAK_PASSWORD = "weak_password"
     PASSWORD_CHANGE_REQUIRED = "password_change_required"
+    REAUTH_REQUIRED = "reauth_required"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     GONE = "gone"
@@ -60,6 +61,7 @@ STATUS = {
     ApiErrorCode.ACCOUNT_DEACTIVATED: 403,
     ApiErrorCode.WEAK_PASSWORD: 422,
     ApiErrorCode.PASSWORD_CHANGE_REQUIRED: 403,
+    ApiErrorCode.REAUTH_REQUIRED: 403,
     ApiErrorCode.FORBIDDEN: 403,
     ApiErrorCode.NOT_FOUND: 404,
     ApiErrorCode.GONE: 410,

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(60.0, gt=0, le=3600)
 
     access_token_ttl_s: int = Field(15 * 60, ge=10, le=24 * 3600)
+    # How long a password login or a re-entry of the password (POST /v1/me/reauth) lets
+    # the session use the data-rights actions: access summary, export, deletion,
+    # cancellation.
+    reauth_window_s: int = Field(5 * 60, ge=10, le=3600)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     login_failure_window_s: int = Field(15 * 60, ge=1)
     login_failures_per_account: int = Field(5, ge=1)

@@ -59,6 +59,7 @@ ACTIONS = frozenset(
         "login",  # a password login opened a session (actor: the account and device)
         "login_failed",  # a failed attempt on an existing account (reason, login record)
         "logout",
+        "reauthenticated",  # the password was entered again before a data-rights action
         "admin_read",  # someone who manages the subject read their personal data (what)
         "export_requested",
         "export_downloaded",

@@ -8,7 +8,7 @@ pair; presenting a refresh token that was already rotated away revokes the whole
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -27,6 +27,7 @@ class TokenHashes:
     refresh: bytes
     access_expires_at: datetime
     refresh_expires_at: datetime
+    fresh_until: datetime | None = None  # the password was confirmed (login or re-entry)
 
 
 class TokenStatus(Enum):
@@ -48,6 +49,7 @@ class TokenCheck:
     admin_department_id: uuid.UUID | None = None
     password_change_required: bool = False
     policy_blocked: bool = False  # a material privacy-policy version awaits acceptance
+    fresh_until: datetime | None = None
 
 
 async def issue_tokens(
@@ -61,25 +63,29 @@ async def issue_tokens(
     """Store a new token pair (on an open transaction)."""
     await conn.executemany(
         """INSERT INTO auth_tokens (token_hash, kind, device_id, account_id, family,
-               created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+               created_at, expires_at, fresh_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         [
-            (hashes.access, "access", device_id, account_id, family, now, hashes.access_expires_at),
             (
-                hashes.refresh,
-                "refresh",
+                token_hash,
+                kind,
                 device_id,
                 account_id,
                 family,
                 now,
-                hashes.refresh_expires_at,
-            ),
+                expires_at,
+                hashes.fresh_until,
+            )
+            for token_hash, kind, expires_at in (
+                (hashes.access, "access", hashes.access_expires_at),
+                (hashes.refresh, "refresh", hashes.refresh_expires_at),
+            )
         ],
     )
 
 
 async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tuple[TokenCheck, Any]:
     row = await conn.fetchrow(
-        f"""SELECT t.family, t.expires_at, t.revoked_at, t.device_id, t.account_id,
+        f"""SELECT t.family, t.expires_at, t.revoked_at, t.device_id, t.account_id, t.fresh_until,
                   d.revoked_at AS device_revoked_at, a.org_id, a.role, a.admin_department_id,
                   a.status, a.password_change_required, {gate_columns("a.org_id", "a.id")}
            FROM auth_tokens t JOIN devices d ON d.id = t.device_id
@@ -109,6 +115,7 @@ async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tupl
         row["admin_department_id"],
         row["password_change_required"],
         row["material_policy"] > row["accepted_policy"],
+        row["fresh_until"],
     )
     return check, row
 
@@ -134,6 +141,7 @@ async def _rotate(conn: Any, refresh_hash: bytes, new: TokenHashes, now: datetim
         row["family"],
         now,
     )
+    new = replace(new, fresh_until=row["fresh_until"])  # a refresh keeps a confirmation
     await issue_tokens(conn, row["account_id"], row["device_id"], row["family"], new, now)
     return check
 
@@ -158,6 +166,28 @@ async def _sign_out(
     await drop_registrations(conn, [device_id])  # a logged-out phone must not be woken
     actor = account_actor(account_id, device_id)
     await append(conn, [AuditEvent("logout", actor, account_id, org_id)], now)
+
+
+async def _confirm(
+    conn: Any,
+    access_hash: bytes,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    device_id: uuid.UUID,
+    record_id: int,
+    until: datetime,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        """UPDATE auth_tokens SET fresh_until = $2
+           WHERE family = (SELECT family FROM auth_tokens WHERE token_hash = $1)
+             AND revoked_at IS NULL""",
+        access_hash,
+        until,
+    )
+    await settle_login(conn, record_id, "reauthenticated", account_id, device_id)
+    event = AuditEvent("reauthenticated", account_actor(account_id, device_id), account_id, org_id)
+    await append(conn, [event], now)
 
 
 async def _open_session(
@@ -233,6 +263,23 @@ class TokenStore:
 
     async def revoke_device(self, device_id: uuid.UUID, now: datetime) -> None:
         await self._db.transaction(_revoke_device_tokens, device_id, now)
+
+    async def confirm(
+        self,
+        access_hash: bytes,
+        org_id: uuid.UUID,
+        account_id: uuid.UUID,
+        device_id: uuid.UUID,
+        record_id: int,
+        until: datetime,
+        now: datetime,
+    ) -> None:
+        """The password was entered again on this session: mark its tokens fresh until
+        `until`, settle the login record `record_id` as `reauthenticated` and record it in
+        the audit log, in one transaction."""
+        await self._db.transaction(
+            _confirm, access_hash, org_id, account_id, device_id, record_id, until, now
+        )
 
     async def sign_out(
         self, org_id: uuid.UUID, account_id: uuid.UUID, device_id: uuid.UUID, now: datetime

@@ -228,6 +228,14 @@ class Harness:
             session.account["password_change_required"] = False
         return session
 
+    async def reauth(self, session: Session, password: str = PASSWORD) -> None:
+        """Confirm the password on `session` (POST /v1/me/reauth), as the data-rights
+        actions require once the login that opened it is a few minutes old."""
+        response = await self.client.post(
+            "/v1/me/reauth", headers=session.headers, json={"password": password}
+        )
+        assert response.status_code == 200, response.text
+
     async def grant(self, session: Session, *purposes: str) -> None:
         """The person's own consent grants (file and location messages need them)."""
         for purpose in purposes:

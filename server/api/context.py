@@ -130,10 +130,11 @@ async def body(model: type[M]) -> M:
 # The views an account may use while a material privacy-policy version awaits its
 # acceptance (every other authenticated call is 403 reconsent_required): reading and
 # accepting the policy; what a password change needs (a new member may have to do both, in
-# that order); stopping things - logging out, withdrawing a consent, dropping this
-# device's push registration - which is never made to wait for an acceptance; and a
-# person's rights: opening and following a data-rights request (someone who does not accept
-# a new policy may want their data or their account gone) and reading notices.
+# that order); stopping things - logging out, withdrawing a consent, dropping this device's
+# push registration - which is never made to wait for an acceptance; and a person's rights:
+# confirming the password again, opening and following a data-rights request (someone who
+# does not accept a new policy may want their data or their account gone) and reading
+# notices.
 BEFORE_POLICY_ACCEPTANCE = frozenset(
     {
         "policies.mine",
@@ -143,6 +144,7 @@ BEFORE_POLICY_ACCEPTANCE = frozenset(
         "auth.logout",
         "me.me",
         "me.change_password",
+        "me.reauthenticate",
         "consent.withdraw",
         "push.unregister",
         "rights.open_request",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from server.api.context import actor, body, client_ip, ctx, user_agent
 from server.api.minors import own_guardian_json
-from server.api.models import DeviceIn, PasswordChangeIn, ProfilePatch
+from server.api.models import DeviceIn, PasswordChangeIn, ProfilePatch, ReauthIn
 from server.api.present import account_json, device_json, login_json
 from server.errors import invalid
 from server.handlers.profile import ADMIN_CONTROLLED_FIELDS
@@ -52,6 +52,22 @@ async def change_password() -> tuple[str, int]:
         who, req.current_password, req.new_password, ip=client_ip(), user_agent=user_agent()
     )
     return "", 204
+
+
+@bp.post("/me/reauth")
+async def reauthenticate() -> dict[str, Any]:
+    """Enter the password again before a data-rights action (access summary, export,
+    deletion, cancellation); the session may use them for `fresh_for_s` seconds."""
+    who = await actor()
+    req = await body(ReauthIn)
+    window = await ctx().sessions.reauthenticate(
+        who,
+        request.headers.get("Authorization", ""),
+        req.password,
+        ip=client_ip(),
+        user_agent=user_agent(),
+    )
+    return {"fresh_for_s": window}
 
 
 @bp.get("/me/logins")

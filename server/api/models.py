@@ -223,6 +223,10 @@ class PasswordChangeIn(Strict):
     new_password: Password
 
 
+class ReauthIn(Strict):
+    password: Password
+
+
 class ConversationIn(Strict):
     """`direct`: exactly one other member. `group`: a title and any members."""
 

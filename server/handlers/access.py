@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from protocol import CloseCode, ErrorCode
 from server.errors import ApiError, ApiErrorCode, forbidden, not_found
@@ -30,6 +31,7 @@ class Actor:
     device_id: uuid.UUID
     role: str
     admin_department_id: uuid.UUID | None
+    fresh_until: datetime | None = None  # the password was confirmed until then
 
     @property
     def is_admin(self) -> bool:
@@ -63,6 +65,18 @@ def gateway_refusal(device: Credentials) -> tuple[CloseCode, ErrorCode, str] | N
     if device.signed_out:
         return CloseCode.SIGNED_OUT, ErrorCode.SIGNED_OUT, "signed out: log in again"
     return None
+
+
+def require_fresh(actor: Actor, now: datetime) -> None:
+    """The data-rights actions (access summary, export, deletion, cancellation) need the
+    password confirmed a short while ago: by the login that opened this session or by
+    POST /v1/me/reauth (settings.reauth_window_s). reauth_required otherwise, so a phone
+    left unlocked or a stolen token cannot take a person's data or account."""
+    if actor.fresh_until is None or actor.fresh_until <= now:
+        raise ApiError(
+            ApiErrorCode.REAUTH_REQUIRED,
+            "confirm your password first (POST /v1/me/reauth), then repeat this request",
+        )
 
 
 def require_org(actor: Actor, org_id: uuid.UUID) -> None:

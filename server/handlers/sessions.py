@@ -51,7 +51,9 @@ class DeviceSpec:
     public_key: bytes
 
 
-def _new_pair(services: Services) -> tuple[TokenPair, TokenHashes]:
+def _new_pair(services: Services, *, fresh: bool = False) -> tuple[TokenPair, TokenHashes]:
+    """A new token pair; `fresh` (a password login) lets it use the data-rights actions
+    for settings.reauth_window_s."""
     settings = services.settings
     now = services.clock()
     pair = TokenPair(
@@ -65,6 +67,7 @@ def _new_pair(services: Services) -> tuple[TokenPair, TokenHashes]:
         refresh=token_hash(pair.refresh),
         access_expires_at=now + timedelta(seconds=settings.access_token_ttl_s),
         refresh_expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+        fresh_until=now + timedelta(seconds=settings.reauth_window_s) if fresh else None,
     )
     return pair, hashes
 
@@ -109,7 +112,7 @@ class SessionHandler:
             await s.logins.settle(record, "deactivated", account.id)
             raise ApiError(ApiErrorCode.ACCOUNT_DEACTIVATED, "this account is deactivated")
         account = replace(account, status=status)
-        pair, hashes = _new_pair(s)
+        pair, hashes = _new_pair(s, fresh=True)
         try:
             enrolled = await s.tokens.open_session(
                 account.org_id,
@@ -172,7 +175,37 @@ class SessionHandler:
             check.device_id,
             check.role,
             check.admin_department_id,
+            check.fresh_until,
         )
+
+    async def reauthenticate(
+        self, actor: Actor, authorization: str, password: str, *, ip: str, user_agent: str
+    ) -> int:
+        """Confirm the password on this session: its tokens may use the data-rights actions
+        for the next settings.reauth_window_s seconds (returned). Rate limited and recorded
+        exactly like a login. Raises ApiError: rate_limited, bad_credentials."""
+        s = self._s
+        now = s.clock()
+        account = await s.accounts.get(actor.org_id, actor.account_id)
+        attempt = LoginAttempt(
+            now, account.work_email, ip, user_agent, PENDING, account.id, actor.device_id
+        )
+        record = await admit_password_check(s, attempt)
+        if not await s.passwords.verify(await s.accounts.password_hash(account.id), password):
+            await s.logins.settle(record, "bad_password", account.id)
+            raise ApiError(ApiErrorCode.BAD_CREDENTIALS, "the password is wrong")
+        window = s.settings.reauth_window_s
+        token = authorization.removeprefix("Bearer ").strip()
+        await s.tokens.confirm(
+            token_hash(token),
+            actor.org_id,
+            actor.account_id,
+            actor.device_id,
+            record,
+            now + timedelta(seconds=window),
+            now,
+        )
+        return window
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Rotate a refresh token into a new pair; a reused one revokes its family."""
