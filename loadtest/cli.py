@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the system's trust store); certificates and host names are always verified",
     )
     target.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help="with --url: the server's metrics_token, if it sets one, so the report shows "
+        "the server's own latency (GET /metrics); default $OBROL_METRICS_TOKEN",
+    )
+    target.add_argument(
         "--data-dir",
         type=Path,
         help="data folder for our own server, kept "
@@ -252,6 +258,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         standin_url=args.standin_url,
         standin_ca=args.standin_ca,
         operator_token=args.operator_token or os.environ.get("OBROL_OPERATOR_TOKEN"),
+        metrics_token=args.metrics_token or os.environ.get("OBROL_METRICS_TOKEN"),
     )
     check_config(config)
     return config

@@ -91,6 +91,8 @@ class RunConfig:
     standin_ca: Path | None = None
     operator_token: str | None = None
     """With --url: the server's operator_token, to read its push counters (moot, ...)."""
+    metrics_token: str | None = None
+    """With --url: the server's metrics_token (GET /metrics), if it sets one."""
 
     @property
     def storm_time_s(self) -> float | None:

@@ -31,6 +31,7 @@ from loadtest.progress import Aggregator, Display
 from loadtest.provision import REQUEST_TIMEOUT_S, Api, Provisioned, b64url, provision
 from loadtest.push import PushRun, PushWatch, check_run_pushes, stored_messages
 from loadtest.push_provision import register_phones
+from loadtest.server_metrics import Snapshot, scrape
 from loadtest.target import Target, cache_path_for, check_reachable, open_target
 from loadtest.topology import Topology, build_topology, signature
 
@@ -63,6 +64,8 @@ class RunRecord:
     """Offline phones (device index -> provider), with --push-share."""
     push: dict[str, Any] | None = None
     """The report's push section (runs with --push-share)."""
+    server_metrics: dict[str, Snapshot] = field(default_factory=dict)
+    """The server's histograms (GET /metrics) at the phase marks."""
 
 
 def describe_load(config: RunConfig, topology: Topology) -> str:
@@ -92,6 +95,7 @@ class Coordinator:
         self.handles: list[WorkerHandle] = []
         self.stop_requested = trio.Event()
         self.push_watch: PushWatch | None = None
+        self._metrics_client: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
         config = self.config
@@ -145,7 +149,13 @@ class Coordinator:
             try:
                 if self.push_watch is not None:
                     await self.push_watch.start()
-                await self._drive(plans)
+                async with httpx.AsyncClient(
+                    base_url=target.api_url,
+                    timeout=REQUEST_TIMEOUT_S,
+                    verify=client_ssl_context(target.ca_file),
+                ) as metrics_client:
+                    self._metrics_client = metrics_client
+                    await self._drive(plans)
             finally:
                 if self.push_watch is not None:
                     await self.push_watch.aclose()
@@ -238,6 +248,19 @@ class Coordinator:
         if self.record.server is not None:
             self.record.server.mark(name, now)
 
+    async def _scrape(self, name: str) -> None:
+        """Read the server's histograms at the phase mark `name` (once a scrape failed,
+        the run goes on without them, with a note saying why)."""
+        client = self._metrics_client
+        if client is None:
+            return
+        got = await scrape(client, self.config.metrics_token)
+        if isinstance(got, str):
+            self._metrics_client = None
+            self.record.notes.append(f"no server-side latency: {got}")
+            return
+        self.record.server_metrics[name] = got
+
     async def _ticker(self, aggregator: Aggregator) -> None:
         while True:
             await trio.sleep(TICK_S)
@@ -278,12 +301,14 @@ class Coordinator:
     async def _phases(self, aggregator: Aggregator) -> None:
         config = self.config
         self._mark("ramp_start")
+        await self._scrape("ramp_start")
         ramp_s = config.devices / config.ramp_rate
         await self._broadcast({"t": "ramp", "start": time.monotonic() + 0.5})
         await self._wait_all(
             lambda h: h.ramped, ramp_s + CONNECT_TIMEOUT_S * CONNECT_ATTEMPTS + SLACK_S
         )
         self._mark("ramp_end")
+        await self._scrape("ramp_end")
         connected = sum(h.connected_after_ramp for h in self.handles)
         if connected == 0 and not self.stop_requested.is_set():
             self.record.aborted = True
@@ -307,6 +332,7 @@ class Coordinator:
         with trio.move_on_after(max(0.0, start - time.monotonic())):
             await self.stop_requested.wait()
         self._mark("send_start")
+        await self._scrape("send_start")
         await self._wait_all(
             lambda h: h.sent_event, config.duration_s + config.drain_timeout_s + SLACK_S
         )
@@ -319,6 +345,7 @@ class Coordinator:
             lambda h: h.final_event, config.drain_timeout_s + config.soak_s + SLACK_S
         )
         self._mark("end")
+        await self._scrape("end")
         aggregator.phase = "done"
 
     async def _push_phase(self, watch: PushWatch) -> None:

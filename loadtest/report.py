@@ -17,6 +17,7 @@ from loadtest.coordinator import RunRecord
 from loadtest.metrics import Latency
 from loadtest.procstats import cpu_count
 from loadtest.schedule import KEY_WORKER_BITS
+from loadtest.server_metrics import between
 
 TESTER_CPU_LIMIT = 0.85
 """A worker using this share of a core or more during the send phase is saturated."""
@@ -180,6 +181,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "storm": storm,
         "soak": soak,
         "server": server,
+        "server_latency": _server_latency(record),
         "tester": tester,
         "machine": machine,
         "bottleneck": _bottleneck(server, tester, machine),
@@ -445,6 +447,22 @@ def _server(
     return result
 
 
+def _server_latency(record: RunRecord) -> dict[str, Any] | None:
+    """The server's own latency histograms (GET /metrics): handshakes during the ramp;
+    delivery (commit to the socket write) and commits from the start of sending to the end
+    of the drain."""
+    marks = record.server_metrics
+    if not marks:
+        return None
+    ramp = between(marks.get("ramp_start"), marks.get("ramp_end")) or {}
+    send = between(marks.get("send_start"), marks.get("end")) or {}
+    return {
+        "handshake_ms": ramp.get("handshake_ms"),
+        "delivery_ms": send.get("delivery_ms"),
+        "commit_ms": send.get("commit_ms"),
+    }
+
+
 def _machine(
     record: RunRecord, server: dict[str, Any] | None, tester: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -603,6 +621,23 @@ def push_rows(push: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
+def server_latency_rows(latency: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not latency:
+        return []
+    rows = []
+    for name, key in (("server delivery", "delivery_ms"), ("server handshake", "handshake_ms")):
+        part = latency.get(key)
+        if part and part["count"]:
+            rows.append(
+                (
+                    f"{name} p50/p90/p99",
+                    f"{_ms(part['p50'])} / {_ms(part['p90'])} / {_ms(part['p99'])} "
+                    f"({_n(part['count'])} observations)",
+                )
+            )
+    return rows
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """The end-of-run table for the terminal."""
     lat = report["latency_ms"]
@@ -663,6 +698,7 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"{_n(server['handshakes_per_cpu_s'])} handshakes (ramp)",
             )
         )
+    rows += server_latency_rows(report.get("server_latency"))
     rows += push_rows(report["push"])
     rows += live_rows(report.get("live"))
     rows.append(("bottleneck", report["bottleneck"]["verdict"]))

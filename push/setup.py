@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from push.metrics import PushMetrics
+from push.metrics import PushMetrics, sample_outbox
 from push.providers import Provider, PushConfigError
 from push.registration import RegistrationSpec, check_registration
 from push.worker import PushWorker, WorkerConfig
@@ -155,6 +155,7 @@ class PushBridge:
                         outage,
                     )
                     nursery.start_soon(worker.run, stop)
+                nursery.start_soon(sample_outbox, self.outbox, stop)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 for provider in self.providers.values():

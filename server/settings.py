@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     # Bearer token for /v1/operator/* (this process's push counters, provider details): for
     # whoever runs the server, not the organizations on it. Unset: those endpoints are off.
     operator_token: SecretStr | None = None
+    # Bearer token GET /metrics (Prometheus text format) requires; unset: open, as the
+    # values are counts, sizes and durations only (no label names anyone). Set it when the
+    # API port is reachable from outside your network.
+    metrics_token: SecretStr | None = None
 
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
@@ -227,9 +231,9 @@ class Settings(BaseSettings):
             raise ValueError("must be at most 100 years")
         return value
 
-    @field_validator("operator_token")
+    @field_validator("operator_token", "metrics_token")
     @classmethod
-    def _operator_token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+    def _token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 24:
             raise ValueError("must be at least 24 characters (a long random secret)")
         return value

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from server.metrics import SWEEP_ERASED, SWEEP_FILES, SWEEP_PASSES
+
 
 @dataclass(slots=True)
 class Erased:
@@ -33,8 +35,11 @@ class SweepStatus:
     def finished(self, started: datetime, finished: datetime, counts: dict[str, Erased]) -> None:
         self.passes += 1
         self.last_started_at, self.last_finished_at, self.last = started, finished, counts
+        SWEEP_PASSES.inc()
         for name, erased in counts.items():
             self.totals.setdefault(name, Erased()).add(erased)
+            SWEEP_ERASED.labels(name).inc(erased.rows)
+            SWEEP_FILES.labels(name).inc(erased.files)
 
     def as_json(self) -> dict[str, Any]:
         def counts(by_rule: dict[str, Erased]) -> dict[str, dict[str, int]]:

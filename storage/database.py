@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +25,7 @@ import trio
 from storage.bridge import AsyncioBridge
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from storage.faults import as_unavailable, needs_new_connections
+from storage.metrics import CALL_SECONDS, POOL_WAIT_SECONDS
 from storage.migrations import apply_migrations
 
 T = TypeVar("T")
@@ -203,11 +205,14 @@ class Database:
         decides what is one)."""
         wait_s = self._acquire_timeout_s if wait_s is None else wait_s
         acquired = False
+        started = time.perf_counter()
         with trio.move_on_after(wait_s):
             await self._limiter.acquire()
             acquired = True
         if not acquired:
             raise DatabaseUnavailableError(f"no database connection came free within {wait_s:g} s")
+        running = time.perf_counter()
+        POOL_WAIT_SECONDS.observe(running - started)
         try:
             return await self._bridge.run(run)
         except DatabaseUnavailableError:
@@ -224,6 +229,7 @@ class Database:
                 raise
             raise unavailable from exc
         finally:
+            CALL_SECONDS.observe(time.perf_counter() - running)
             self._limiter.release()
 
     async def hold_lock(self, key: int, *, shared: bool) -> HeldLock | None:

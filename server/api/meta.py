@@ -1,14 +1,17 @@
-"""Health and the server's identity key."""
+"""Health, metrics and the server's identity key."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, Response, request
 
 from server.api.context import ctx
+from server.errors import ApiError, ApiErrorCode
 from server.identity import fingerprint, public_key_b64
+from server.metrics import exposition
 from storage.errors import DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,19 @@ def push_status() -> dict[str, str]:
     """Per push provider: "ok", "off" (no credentials) or "unusable" (its pushes wait in the
     outbox meanwhile; the rest of the server is unaffected; admins see why)."""
     return ctx().services.push.status()
+
+
+@bp.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text format: every process's values (server.metrics). Needs
+    `Authorization: Bearer <metrics_token>` when that is set."""
+    token = ctx().services.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+            raise ApiError(ApiErrorCode.UNAUTHENTICATED, "the metrics token is missing or wrong")
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/.well-known/obrol/server-key")

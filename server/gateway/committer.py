@@ -15,6 +15,7 @@ so that no member misses them (nor acks past them).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import trio
 from protocol import Body, Consent, Err, ErrorCode, Msg, Sent, SystemBody, encode
 from server.gateway.connection import Connection
 from server.gateway.hub import Hub
+from server.metrics import COMMIT_BATCH, COMMIT_SECONDS
 from storage.errors import DatabaseUnavailableError
 from storage.messages import (
     AppendBatch,
@@ -144,6 +146,7 @@ class Committer:
         `not_member`, or `unavailable` if the commit failed. Retrying an `unavailable` send
         with the same cid is safe even if the commit did happen (sends are idempotent)."""
         unsure = [p.message for p, _ in self._unsure.values()]
+        started = time.perf_counter()
         try:
             appended = await self._store.append([p.message for p in batch], unsure)
         except DatabaseUnavailableError as exc:
@@ -155,16 +158,19 @@ class Committer:
             self._refuse(batch)
             return
         self._outage.succeeded()
+        committed_at = time.time()
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        COMMIT_BATCH.observe(len(batch))
         self.batches += 1
         answered = 0
         try:
-            self._fan_out_recovered(appended)
+            self._fan_out_recovered(appended, committed_at)
             for p, result in zip(batch, appended.results, strict=True):
                 stored = acknowledge(p, result)
                 answered += 1
                 if stored is not None:
                     self.committed += 1
-                    self._publish(stored, p, appended)
+                    self._publish(stored, p, appended, committed_at)
         except Exception:
             # A bug. What is committed stays committed: a retry with the cid gets its `sent`.
             logger.exception("answering a committed batch of %d sends failed", len(batch))
@@ -186,7 +192,7 @@ class Committer:
                 key = (p.message.sender_device_id, p.message.client_id)
                 self._unsure.setdefault(key, (p, self._published))
 
-    def _fan_out_recovered(self, appended: AppendBatch) -> None:
+    def _fan_out_recovered(self, appended: AppendBatch, committed_at: float) -> None:
         """Fan out what failed commits stored after all, before anything newer: members
         who missed it would otherwise ack past its position and never see it."""
         if not self._unsure:
@@ -203,9 +209,11 @@ class Committer:
                 len(recovered),
             )
         for message, p in recovered:
-            self._publish(message, p, appended)
+            self._publish(message, p, appended, committed_at)
 
-    def _publish(self, message: StoredMessage, p: PendingSend, appended: AppendBatch) -> None:
+    def _publish(
+        self, message: StoredMessage, p: PendingSend, appended: AppendBatch, committed_at: float
+    ) -> None:
         """Fan a stored message out (encoded once) to the members its scope allows."""
         self._published = max(self._published, message.pos)
         members = appended.members.get(message.conversation_id, frozenset())
@@ -213,6 +221,7 @@ class Committer:
             recipients(members, message.sender_id, message.scope),
             message.pos,
             msg_frame(message, p.body, p.consent),
+            committed_at,
         )
 
 

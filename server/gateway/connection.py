@@ -41,6 +41,7 @@ from protocol import (
 from server.gateway.flusher import MAX_BATCH_BYTES, MAX_BATCH_FRAMES, Flusher, batches
 from server.gateway.states import NEXT, GatewayStats, State, StateError
 from server.gateway.tls import TlsEndpoint
+from server.metrics import connection_moved, delivered
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Connection:
         self._fd = sock.fileno()
         self.ws = WSConnection(ConnectionType.SERVER)
         self.state = State.HANDSHAKE
+        connection_moved(None, State.HANDSHAKE)
         self.channel: SecureChannel | None = None
         self.account_id: uuid.UUID | None = None
         self.device_id: uuid.UUID | None = None
@@ -89,6 +91,9 @@ class Connection:
         # Live messages at or below this pos already came with the catch-up: a message
         # committed while the catch-up read the store can be fanned out after `go_live`.
         self._live_after = 0
+        # When the oldest committed message waiting in `_pending` was committed (wall clock):
+        # the next write observes commit-to-socket latency from it (server.metrics).
+        self._oldest_commit: float | None = None
         self._sync = 0  # the number of the current catch-up (`start_sync`)
         self.resync_deadline: float | None = None
         self.closed = trio.Event()
@@ -122,8 +127,12 @@ class Connection:
             return False
         if state not in NEXT[current]:
             raise StateError(f"{current.value} -> {state.value}")
-        self.state = state
+        self._set_state(state)
         return True
+
+    def _set_state(self, state: State) -> None:
+        connection_moved(self.state, state)
+        self.state = state
 
     # -- the secure session --------------------------------------------------------------
 
@@ -170,14 +179,17 @@ class Connection:
             return
         self._flusher.mark(self)
 
-    def deliver(self, pos: int | None, frame: bytes) -> None:
+    def deliver(self, pos: int | None, frame: bytes, committed_at: float | None = None) -> None:
         """A live frame (message, receipt, typing): sent, parked or dropped by state.
+        `committed_at`: when a message frame's batch was committed (time.time()).
 
         Live frames may be dropped on overflow: stored ones come back with the catch-up."""
         try:
             state = self.state
             if state is State.LIVE:
                 if pos is None or pos > self._live_after:
+                    if committed_at is not None and self._oldest_commit is None:
+                        self._oldest_commit = committed_at
                     self._push(frame)
             elif state is State.SYNCING:
                 self.parked.append((pos, frame))
@@ -245,6 +257,7 @@ class Connection:
             return
         logger.info("connection %s overflowed: told to re-sync", self.id)
         # Live traffic goes (the store has it); replies stay, then `resync`.
+        self._oldest_commit = None
         self._pending = [*self._replies, RESYNC_FRAME]
         self._pending_bytes = sum(map(len, self._pending))
         self.parked = []
@@ -270,6 +283,9 @@ class Connection:
                 return
             self._seal_pending(now)
             self._write_now()
+            if self._oldest_commit is not None:
+                delivered(self._oldest_commit)
+                self._oldest_commit = None
         except Exception as exc:
             self.fail(exc)
 
@@ -349,7 +365,7 @@ class Connection:
             self._pending.clear()
             self._replies.clear()
             self._broken = True
-            self.state = State.CLOSED
+            self._set_state(State.CLOSED)
             self.closed.set()
             self._written.set()
             return True
@@ -419,7 +435,7 @@ class Connection:
                 self._seal_pending(now, encode(Err(code=error, message=message)))
         self._pending, self._pending_bytes = [], 0
         self._replies.clear()
-        self.state = State.CLOSED
+        self._set_state(State.CLOSED)
         self.closed.set()
         if self.ws.state is ConnectionState.OPEN:
             reason = error.value if error is not None else ""
@@ -440,7 +456,7 @@ class Connection:
         self._pending, self._pending_bytes = [], 0
         self._replies.clear()
         self.parked = []
-        self.state = State.CLOSED
+        self._set_state(State.CLOSED)
         self.closed.set()
 
     def fail(self, exc: BaseException) -> None:

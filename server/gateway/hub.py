@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from protocol import CloseCode, ErrorCode
 from server.gateway.connection import Connection
 from server.gateway.states import GatewayStats, State
+from server.metrics import DELIVERIES
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,15 @@ class Hub:
     def connection_count(self) -> int:
         return sum(len(c) for c in self._by_account.values())
 
-    def fan_out(self, accounts: Iterable[uuid.UUID], pos: int | None, frame: bytes) -> int:
-        """Give `frame` (encoded once) to every live connection of `accounts`.
+    def fan_out(
+        self,
+        accounts: Iterable[uuid.UUID],
+        pos: int | None,
+        frame: bytes,
+        committed_at: float | None = None,
+    ) -> int:
+        """Give `frame` (encoded once) to every live connection of `accounts`;
+        `committed_at` (time.time()) for a stored message, for the delivery latency metric.
 
         Only appends to buffers: never waits on a connection. Returns the number of
         connections it was handed to.
@@ -64,8 +72,9 @@ class Hub:
             conns = by_account.get(account)
             if conns:
                 for conn in conns:
-                    conn.deliver(pos, frame)
+                    conn.deliver(pos, frame, committed_at)
                 handed += len(conns)
+        DELIVERIES.inc(handed)
         return handed
 
     def fan_out_org(self, org_id: uuid.UUID, frame: bytes) -> int:
@@ -74,6 +83,7 @@ class Hub:
         conns = list(self._by_org.get(org_id, ()))
         for conn in conns:
             conn.deliver(None, frame)
+        DELIVERIES.inc(len(conns))
         return len(conns)
 
     # -- the privacy-policy gate -----------------------------------------------------------

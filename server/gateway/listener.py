@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import time
 import uuid
 from dataclasses import dataclass
 from typing import NoReturn
@@ -48,6 +49,7 @@ from server.gateway.session import GatewayContext, Session
 from server.gateway.states import State
 from server.gateway.tls import TlsEndpoint
 from server.handlers.access import gateway_refusal
+from server.metrics import HANDSHAKE_SECONDS, HANDSHAKES
 from storage.devices import Credentials
 from storage.errors import DatabaseUnavailableError, NotFoundError
 
@@ -188,19 +190,27 @@ class Gateway:
             self.gw.hub.close_overdue_resyncs(trio.current_time())
 
     async def _run(self, conn: Connection, nursery: trio.Nursery) -> None:
-        with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
-            handshake = await self._handshake(conn)
-        if deadline.cancelled_caught:
-            conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
-            raise _Closed
-        device, channel = handshake
-        conn.established(channel)
-        # Refused only now that the device proved its key (a FINAL `err`, then the close):
-        # whoever knows a device id learns nothing of its account this way.
-        refusal = gateway_refusal(device)  # revoked, deactivated, password change, signed out
-        if refusal is not None:
-            conn.close(*refusal)
-            raise _Closed
+        started = time.perf_counter()
+        outcome = "closed"  # refused, malformed, peer gone, database down: unless below
+        try:
+            with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
+                handshake = await self._handshake(conn)
+            if deadline.cancelled_caught:
+                outcome = "timeout"
+                conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
+                raise _Closed
+            device, channel = handshake
+            conn.established(channel)
+            # Refused only now that the device proved its key (a FINAL `err`, then the
+            # close): whoever knows a device id learns nothing of its account this way.
+            refusal = gateway_refusal(device)  # revoked, deactivated, password, signed out
+            if refusal is not None:
+                conn.close(*refusal)
+                raise _Closed
+            outcome = "ok"
+            HANDSHAKE_SECONDS.observe(time.perf_counter() - started)
+        finally:
+            HANDSHAKES.labels(outcome).inc()
         self.gw.cursors.note_seen(device.device_id, self.gw.services.clock())
         logger.info("connection %s: device %s established", conn.id, conn.device_id)
         session = Session(conn, self.gw, nursery)

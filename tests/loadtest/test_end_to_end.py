@@ -56,6 +56,11 @@ def test_a_short_run_on_its_own_server_delivers_every_message_exactly_once(
     assert report["storm"]["dropped"] == report["storm"]["reconnected"] == 10
     assert set(report["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max"}
     assert report["server"]["cpu_s"] > 0 and report["server"]["rss_mb"] > 0
+    # The server's own view, from its /metrics: every handshake of the ramp, and deliveries.
+    server_side = report["server_latency"]
+    assert server_side["handshake_ms"]["count"] >= 50
+    assert server_side["delivery_ms"]["count"] > 0 and server_side["delivery_ms"]["p99"] > 0
+    assert "server delivery p50/p90/p99" in out.out
     assert report["errors"] == {}
     assert (folder / "report.png").stat().st_size > 0
     assert "report.png" in (folder / "index.html").read_text()
@@ -141,7 +146,8 @@ async def test_against_a_running_server_provisioning_is_cached_and_reused(
     report = read_report(tmp_path / "first")
     assert_everything_delivered_once(report, devices=20)
     assert report["provisioning"]["created"] == {"users": 10, "devices": 20, "conversations": 3}
-    assert report["server"] is None  # not ours: not measured
+    assert report["server"] is None  # not ours: its process is not measured ...
+    assert report["server_latency"]["delivery_ms"]["count"] > 0  # ... but it says its own
 
     second = await run_tester(*common, "--report", str(tmp_path / "second"))
     assert second.returncode == 0, second.stderr.decode()

@@ -23,6 +23,7 @@ from loadtest.ledger import (
 )
 from loadtest.progress import Display, Tick
 from loadtest.schedule import arrivals, kind_picker, make_cid, message_key, parse_cid
+from loadtest.server_metrics import between, parse
 from loadtest.topology import build_topology
 
 
@@ -154,3 +155,28 @@ def test_a_plain_progress_line_covers_the_seconds_since_the_previous_one() -> No
     assert "sent 100 " in first
     assert "sent 300 (40/s)" in second and "delivered 3,000 (400/s)" in second
     assert "p99 80.0 ms" in second
+
+
+EXPOSITION = """# HELP obrol_delivery_latency_seconds x
+# TYPE obrol_delivery_latency_seconds histogram
+obrol_delivery_latency_seconds_bucket{{le="0.001"}} {a}
+obrol_delivery_latency_seconds_bucket{{le="0.01"}} {b}
+obrol_delivery_latency_seconds_bucket{{le="0.1"}} {c}
+obrol_delivery_latency_seconds_bucket{{le="+Inf"}} {c}
+obrol_delivery_latency_seconds_count {c}
+obrol_delivery_latency_seconds_sum {s}
+"""
+
+
+def test_server_side_percentiles_come_from_the_difference_of_two_scrapes() -> None:
+    before = parse(EXPOSITION.format(a=10, b=10, c=10, s=0.005))
+    # Since then: 100 observations, 50 in (1 ms, 10 ms], 50 in (10 ms, 100 ms].
+    after = parse(EXPOSITION.format(a=10, b=60, c=110, s=2.755))
+    delivery = between(before, after)["delivery_ms"]  # type: ignore[index]
+    assert delivery["count"] == 100
+    assert delivery["p50"] == pytest.approx(10.0)  # the top of the first bucket used
+    assert delivery["p90"] == pytest.approx(10 + 90 * 0.8)  # interpolated in the second
+    assert delivery["mean"] == pytest.approx(27.5)
+    assert between(before, None) is None
+    nothing = between(after, after)["delivery_ms"]  # type: ignore[index]
+    assert nothing["count"] == 0 and nothing["p99"] is None
