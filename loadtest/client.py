@@ -58,6 +58,7 @@ from wsproto.utilities import ProtocolError as WsprotoError
 
 from protocol import (
     ClientHandshake,
+    Erased,
     Frame,
     Msg,
     ObrolError,
@@ -455,13 +456,20 @@ class DeviceState:
     messages: list[Msg] = field(default_factory=list)
     outbox: dict[str, Send] = field(default_factory=dict)
     duplicates: int = 0
+    erased: set[bytes] = field(default_factory=set)  # ids of messages the server erased
 
     def accept(self, frame: ServerFrame) -> None:
-        """Apply one frame: keep new messages (dropping duplicates by id), advance the
-        cursor, clear acknowledged sends from the outbox."""
+        """Apply one frame: keep new messages (dropping duplicates by id), forget erased
+        ones (`erased`: tombstones, which hold a position too), advance the cursor, clear
+        acknowledged sends from the outbox."""
         if isinstance(frame, Msg):
             if self.note_message(frame.id, frame.pos):
                 self.messages.append(frame)
+        elif isinstance(frame, Erased):
+            gone = set(frame.ids)
+            self.erased |= gone
+            self.messages = [m for m in self.messages if m.id not in gone]
+            self.cursor = max(self.cursor, frame.pos)
         elif isinstance(frame, Sent):
             self.outbox.pop(frame.cid, None)
         elif isinstance(frame, Synced):

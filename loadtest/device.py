@@ -31,6 +31,7 @@ from loadtest.live import LiveFrame, LiveSharing, Target
 from loadtest.observe import TEMPORARY_ERRORS, Observations, now_us
 from loadtest.schedule import KEY_WORKER_BITS, parse_cid
 from protocol import (
+    Erased,
     Err,
     LiveEnd,
     LiveOk,
@@ -337,6 +338,13 @@ class SimDevice:
             self.live.on_end(frame)
         elif type(frame) is Synced:
             self._on_synced()
+        elif type(frame) is Erased:
+            # A tombstone: not a delivery (outside the loss check), but it holds a position,
+            # which must not go back on one connection either.
+            if frame.pos < self._connection_pos:
+                self.obs.out_of_order += 1
+            self._connection_pos = max(self._connection_pos, frame.pos)
+            self.obs.erased += len(frame.ids)
         elif type(frame) is Resync:
             obs.counts.errors["resync"] += 1
             self._need_sync = True

@@ -129,6 +129,10 @@ class Observations:
     (PROTOCOL.md §6.1 promises increasing positions); repeats are counted as duplicates."""
     stale: int = 0
     """Messages not of this run (earlier runs on a reused server, other clients)."""
+    erased: int = 0
+    """Message ids received in `erased` frames (tombstones, PROTOCOL.md 6.9): messages the
+    server erased (a consent clock, a withdrawal, a deletion). Not deliveries: outside the
+    loss check."""
     catch_up_deliveries: int = 0
     disconnects: int = 0
     """Connections that ended without the tester ending them."""

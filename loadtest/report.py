@@ -156,6 +156,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "duplicate_detail": duplicates,
         "unexpected_deliveries": loss["unexpected"] if complete else None,
         "stale_messages": _sum(finals, "stale"),
+        "erased_notices": _sum(finals, "erased"),
         "live": live,
         "out_of_order": _sum(finals, "out_of_order"),
         "unsettled_sends": unsettled,

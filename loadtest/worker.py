@@ -403,6 +403,7 @@ class Worker:
                 "stored_twice": obs.duplicates.stored_twice,
             },
             "stale": obs.stale,
+            "erased": obs.erased,
             "live": obs.live.as_wire(),
             "out_of_order": obs.out_of_order,
             "catch_up_deliveries": obs.catch_up_deliveries,

@@ -185,6 +185,14 @@ _ENCODERS: dict[type[Any], Callable[[Any], Wire]] = {
         "ids": list(x.ids),
         "at": x.at,
     },
+    fl.Erased: lambda x: {
+        "t": "erased",
+        "conv": x.conv,
+        "ids": list(x.ids),
+        "reason": x.reason,
+        "pos": x.pos,
+        "at": x.at,
+    },
     fl.LiveStart: lambda x: {
         "t": "live_start",
         "cid": x.cid,
@@ -410,6 +418,17 @@ def _consent_revoked_from_wire(w: Wire) -> fl.ConsentRevoked:
     )
 
 
+def _erased_from_wire(w: Wire) -> fl.Erased:
+    _fields(w, "", ("t", "conv", "ids", "reason", "pos", "at"))
+    return fl.Erased(
+        conv=w["conv"],
+        ids=tuple(_list(w["ids"], "ids")),
+        reason=w["reason"],
+        pos=w["pos"],
+        at=w["at"],
+    )
+
+
 CLIENT_FRAME_DECODERS: dict[str, Callable[[Wire], f.ClientFrame]] = {
     "send": _send_from_wire,
     "ack": _decoder(f.Ack, ("pos",)),
@@ -438,6 +457,7 @@ SERVER_FRAME_DECODERS: dict[str, Callable[[Wire], f.ServerFrame]] = {
     "push_ok": _decoder(f.PushOk, ("cid",)),
     "consents": _consents_from_wire,
     "consent_revoked": _consent_revoked_from_wire,
+    "erased": _erased_from_wire,
     "live_ok": _decoder(fl.LiveOk, ("cid", "id", "until")),
     "live_end": _decoder(fl.LiveEnd, ("id", "conv", "who", "reason")),
     "policy": _decoder(f.PolicyNotice, ("version", "material", "at")),

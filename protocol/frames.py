@@ -48,6 +48,7 @@ from protocol.frames_live import (
     ConsentRevoked,
     Consents,
     ConsentSet,
+    Erased,
     LiveEnd,
     LiveOk,
     LivePos,
@@ -558,6 +559,7 @@ ServerFrame = (
     | PushOk
     | Consents
     | ConsentRevoked
+    | Erased
     | LiveOk
     | LiveEnd
     | PolicyNotice

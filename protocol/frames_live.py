@@ -1,7 +1,7 @@
-"""Frames for consent grants and live location (PROTOCOL.md 5.1, 5.2, 6.4).
+"""Frames for consent grants, live location and erasures (PROTOCOL.md 5.1, 5.2, 6.4, 6.9).
 
 Client -> server: `ConsentGet`, `ConsentSet`, `LiveStart`, `LivePos`, `LiveStop`.
-Server -> client: `Consents`, `ConsentRevoked`, `LiveOk`, `LiveEnd`.
+Server -> client: `Consents`, `ConsentRevoked`, `Erased`, `LiveOk`, `LiveEnd`.
 Like every frame, they validate themselves when built.
 """
 
@@ -27,6 +27,13 @@ from protocol.fields import (
 
 LiveEndReason = Literal["stopped", "expired", "withdrawn"]
 LIVE_END_REASONS = ("stopped", "expired", "withdrawn")
+ErasedReason = Literal["deleted_by_sender", "consent_withdrawn", "retention", "account_cancelled"]
+ERASED_REASONS: tuple[ErasedReason, ...] = (
+    "deleted_by_sender",
+    "consent_withdrawn",
+    "retention",
+    "account_cancelled",
+)
 
 # --- consent grants -----------------------------------------------------------------------
 
@@ -109,6 +116,30 @@ class ConsentRevoked:
             raise invalid("ids", f"must be a list of 0..{MAX_SCOPE_MEMBERS} message ids")
         for message_id in self.ids:
             check_id("ids[]", message_id)
+        check_int("at", self.at)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Erased:
+    """The stored messages `ids` of conversation `conv` were erased at `at` (why: `reason`):
+    delete them. `pos`: the stream position of the last of their tombstones (a cursor)."""
+
+    TYPE: ClassVar[str] = "erased"
+    conv: bytes
+    ids: tuple[bytes, ...]
+    reason: ErasedReason
+    pos: int
+    at: int
+
+    def __post_init__(self) -> None:
+        check_id("conv", self.conv)
+        if type(self.ids) is not tuple or not 1 <= len(self.ids) <= MAX_SCOPE_MEMBERS:
+            raise invalid("ids", f"must be a list of 1..{MAX_SCOPE_MEMBERS} message ids")
+        for message_id in self.ids:
+            check_id("ids[]", message_id)
+        if self.reason not in ERASED_REASONS:
+            raise invalid("reason", f"must be one of: {', '.join(ERASED_REASONS)}")
+        check_int("pos", self.pos, 1)
         check_int("at", self.at)
 
 

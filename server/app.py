@@ -17,6 +17,7 @@ from server.api import (
     auth,
     consent,
     conversations,
+    deletion,
     files,
     me,
     meta,
@@ -34,6 +35,7 @@ from server.logs import request_id
 from server.services import Services
 from storage.attendance import NoSitesError
 from storage.consent import ConsentError
+from storage.deletion import NotYoursError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from storage.keyring import KeyDestroyedError
 from storage.minors import GuardianError
@@ -87,6 +89,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (NoSitesError, None): ApiErrorCode.NO_SITES,
     (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
     (KeyDestroyedError, None): ApiErrorCode.ACCOUNT_DEACTIVATED,
+    (NotYoursError, None): ApiErrorCode.FORBIDDEN,
 }
 
 
@@ -150,6 +153,7 @@ def create_app(services: Services) -> QuartTrio:
         orgs.bp,
         me.bp,
         conversations.bp,
+        deletion.bp,
         files.bp,
         push.bp,
         consent.bp,

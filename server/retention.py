@@ -3,7 +3,8 @@ and the promise that period keeps - in one place. The one sweeper (server/sweepe
 every rule here that has a `sweep`, in this order, in every server process.
 
 Each sweep erases in bounded batches (`sweep_batch` rows, one short transaction each, rows
-another process holds skipped with SKIP LOCKED, never the stream lock), rests between
+another process holds skipped with SKIP LOCKED; erasing messages takes the stream lock
+for its batch, as their tombstones need positions: storage.tombstones), rests between
 batches so that a backlog takes at most `sweep_busy_fraction` of the time, and gives each
 rule at most PASS_BATCHES batches per pass, so a large backlog in one rule never holds up
 another (live sessions end on time while a year of messages is purged). A rule that had
@@ -31,6 +32,7 @@ import trio
 
 from server.audit import prune_audit
 from server.gateway.announce import announce_live_end
+from server.gateway.erased import announce_erased
 from server.settings import Settings
 from server.sweep_status import Erased
 
@@ -90,7 +92,9 @@ async def _consent_clocks(services: Services, now: datetime) -> tuple[Erased, bo
     limit = services.settings.sweep_batch
 
     async def batch() -> tuple[Erased, bool]:
-        erasure = await services.erasure.erase_expired(now, limit)
+        async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
+            erasure = await services.erasure.erase_expired(now, limit)
+            announce_erased(services.hub, erasure.erased)
         for file_id in erasure.files:
             await services.blobs.delete(file_id)
         return Erased(len(erasure.messages), len(erasure.files)), len(erasure.messages) == limit
@@ -137,7 +141,11 @@ class OrgMessagesSweep:
             self.seq = 0
         else:
             conversation_id, cutoff = self.queue[0]
-            purge = await services.erasure.erase_older(conversation_id, cutoff, self.seq, limit)
+            async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
+                purge = await services.erasure.erase_older(
+                    conversation_id, cutoff, self.seq, limit, now
+                )
+                announce_erased(services.hub, purge.erased)
             for file_id in purge.files:
                 await services.blobs.delete(file_id)
             erased = Erased(purge.messages, len(purge.files))
@@ -155,6 +163,12 @@ class OrgMessagesSweep:
 async def _login_records(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.login_records_retention_days)
     return await batches(services, rows_before(services, services.logins.delete_before, cutoff))
+
+
+async def _tombstones(services: Services, now: datetime) -> tuple[Erased, bool]:
+    cutoff = now - timedelta(days=services.settings.tombstones_retention_days)
+    delete = services.tombstones.purge_before
+    return await batches(services, rows_before(services, delete, cutoff))
 
 
 async def _live_sessions_ended(services: Services, now: datetime) -> tuple[Erased, bool]:
@@ -227,6 +241,18 @@ def rules(org_messages: Sweep | None = None) -> tuple[Rule, ...]:
             ),
             "policy 003, article 3: log-in records are kept 3 months",
             _login_records,
+        ),
+        Rule(
+            "tombstones",
+            "tombstones: which message of which conversation was erased, why and when "
+            "(never its sender or contents), for devices that were offline at the time",
+            lambda s: (
+                f"{s.tombstones_retention_days} days (`tombstones_retention_days`); a device "
+                "offline longer reads its history again (PROTOCOL.md 6.9)"
+            ),
+            "deletion reaches every device: what a person deleted disappears from the "
+            "devices that hold it, including those offline when it was deleted",
+            _tombstones,
         ),
         Rule(
             "live_sessions_ended",

@@ -20,6 +20,7 @@ from storage.audit import AuditStore
 from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
+from storage.deletion import DeletionStore
 from storage.devices import DeviceStore
 from storage.erasure import ErasureStore
 from storage.files import BlobStore, FileStore
@@ -37,6 +38,7 @@ from storage.receipts import ReceiptStore
 from storage.requests import RequestStore
 from storage.retention import RetentionStore
 from storage.tokens import TokenStore
+from storage.tombstones import TombstoneStore
 
 
 def utc_now() -> datetime:
@@ -101,6 +103,8 @@ class Services:
     retention: RetentionStore = field(init=False)
     requests: RequestStore = field(init=False)
     notices: NoticeStore = field(init=False)
+    deletion: DeletionStore = field(init=False)
+    tombstones: TombstoneStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db, self.keyring)
@@ -124,4 +128,6 @@ class Services:
         self.retention = RetentionStore(self.db)
         self.requests = RequestStore(self.db)
         self.notices = NoticeStore(self.db)
+        self.deletion = DeletionStore(self.db)
+        self.tombstones = TombstoneStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db, self.keyring))

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     live_sessions_retention_days: int = Field(7, ge=0, le=30)  # after a session ended
     requests_retention_days: int = Field(1096, le=3660)  # after a request closed: >= 3 years
     notices_retention_days: int = Field(366, ge=30, le=3660)  # after sending (or the end date)
+    # Tombstones of erased messages, for devices that were offline (PROTOCOL.md 6.9): a
+    # device offline longer than this reads its history again.
+    tombstones_retention_days: int = Field(90, ge=7, le=3660)
     # How far ahead a service-ending notice must be sent (the policies promise 30 days).
     service_ending_notice_days: int = Field(30, ge=30, le=366)
 

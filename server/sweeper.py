@@ -1,10 +1,12 @@
 """The retention sweeper: runs every rule of the retention schedule (server/retention.py).
 
 Every server process runs one. Each pass gives every rule a turn of bounded transactions
-(`sweep_batch` rows each, oldest first, rows another process holds skipped): no long lock,
-never the stream lock, no pause of live traffic. A rule with more left makes the next pass
-start at once; otherwise the sweeper sleeps `sweep_interval_s`. It logs what it erased as
-counts per rule, never contents, and keeps them in `services.sweep_status` (/healthz).
+(`sweep_batch` rows each, oldest first, rows another process holds skipped): no long lock;
+only message erasures take the stream lock, for their batch (their tombstones take stream
+positions), so message commits wait at most one small batch. A rule with more left makes
+the next pass start at once; otherwise the sweeper sleeps `sweep_interval_s`. It logs what
+it erased as counts per rule, never contents, and keeps them in `services.sweep_status`
+(/healthz).
 """
 
 from __future__ import annotations

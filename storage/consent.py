@@ -16,6 +16,7 @@ from storage.audit import AuditEvent, account_actor, append
 from storage.database import Database
 from storage.errors import StorageError
 from storage.revocation import Revocation, revoke
+from storage.stream import lock_stream
 
 PURPOSES = ("location_share", "attendance", "media_share", "contacts_sync")
 
@@ -176,6 +177,9 @@ async def _withdraw(
     purpose: str,
     at: datetime,
 ) -> tuple[list[Grant], Revocation]:
+    # The stream lock before the grant's row lock: the erasure writes tombstones (which
+    # need it), and a message commit takes the two in this order too.
+    await lock_stream(conn)
     if not await _granted(conn, account_id, purpose):
         raise ConsentError(f"{purpose} is not granted: nothing to withdraw", "not_granted")
     await _record(conn, account_id, purpose, False, at, device_id)
@@ -230,6 +234,7 @@ async def _switch(
             on = AuditEvent("purpose_switched", account_actor(by), None, org_id, switched)
             await append(conn, [on], at)
         return []
+    await lock_stream(conn)  # before the grants' row locks, as in _withdraw
     status = await conn.execute(
         """INSERT INTO org_purposes_off (org_id, purpose, off_at, by_account)
            VALUES ($1, $2, $3, $4) ON CONFLICT (org_id, purpose) DO NOTHING""",

@@ -22,6 +22,7 @@ from storage.keyring import Keyring
 from storage.push_outbox import enqueue_for_messages, push_targets
 from storage.sealing import MESSAGE_BODY, ad, open_message_body, seal
 from storage.stream import allocate_positions, lock_stream
+from storage.tombstones import CATCH_UP_COLUMNS, TOMBSTONE_VISIBLE, Tombstone, tombstone
 from storage.visible import VISIBLE
 
 COLUMNS = """m.id, m.conversation_id, m.seq, m.pos, m.sender_id, m.sender_device_id,
@@ -344,31 +345,46 @@ async def _append(
 
 async def _after(
     conn: Any, keyring: Keyring, account_id: uuid.UUID, after_pos: int, limit: int
-) -> tuple[list[StoredMessage], int]:
-    """The rows after `after_pos`, and where to continue: the last row's pos, or with no
-    rows `after_pos` clamped to the highest committed pos (a cursor past the end of the
-    stream - from another server, or made up - would otherwise hide every live message
-    below it). One statement, so one snapshot: positions commit in order, so whatever it
-    does not see lies above both the rows and the clamp. (The senders' data keys the cache
-    lacks take one more, which needs no snapshot of its own.)"""
+) -> tuple[list[StoredMessage | Tombstone], int]:
+    """The rows after `after_pos` (messages and tombstones, in pos order), and where to
+    continue: the last row's pos, or with no rows `after_pos` clamped to the highest
+    committed pos (a cursor past the end of the stream - from another server, or made up -
+    would otherwise hide every live message below it). One statement, so one snapshot:
+    positions commit in order, so whatever it does not see lies above both the rows and the
+    clamp. (The senders' data keys the cache lacks take one more, which needs no snapshot
+    of its own.)"""
     rows = await conn.fetch(
-        f"""SELECT e.stream_end, m.*
-            FROM (SELECT coalesce(max(pos), 0) AS stream_end FROM messages) e
+        f"""SELECT e.stream_end, r.*
+            FROM (SELECT greatest((SELECT coalesce(max(pos), 0) FROM messages),
+                                  (SELECT coalesce(max(pos), 0) FROM tombstones))
+                         AS stream_end) e
             LEFT JOIN LATERAL (
-                SELECT {COLUMNS} FROM messages m
-                JOIN conversation_members cm
-                  ON cm.conversation_id = m.conversation_id AND cm.account_id = $1
-                WHERE m.pos > $2 AND {VISIBLE}
-                ORDER BY m.pos LIMIT $3
-            ) m ON true
-            ORDER BY m.pos""",
+                SELECT * FROM (
+                    (SELECT {COLUMNS}, NULL::text AS reason FROM messages m
+                     JOIN conversation_members cm
+                       ON cm.conversation_id = m.conversation_id AND cm.account_id = $1
+                     WHERE m.pos > $2 AND {VISIBLE}
+                     ORDER BY m.pos LIMIT $3)
+                    UNION ALL
+                    (SELECT {CATCH_UP_COLUMNS} FROM tombstones t
+                     JOIN conversation_members cm
+                       ON cm.conversation_id = t.conversation_id AND cm.account_id = $1
+                     WHERE t.pos > $2 AND {TOMBSTONE_VISIBLE}
+                     ORDER BY t.pos LIMIT $3)
+                ) u ORDER BY pos LIMIT $3
+            ) r ON true
+            ORDER BY r.pos""",
         account_id,
         after_pos,
         limit,
     )
     if rows[0]["id"] is None:
         return [], min(after_pos, int(rows[0]["stream_end"]))
-    return await open_messages(conn, keyring, rows), int(rows[-1]["pos"])
+    opened = iter(await open_messages(conn, keyring, [r for r in rows if r["reason"] is None]))
+    found: list[StoredMessage | Tombstone] = [
+        next(opened) if r["reason"] is None else tombstone(r) for r in rows
+    ]
+    return found, int(rows[-1]["pos"])
 
 
 async def _visible_to(
@@ -454,8 +470,10 @@ class MessageStore:
 
     async def after(
         self, account_id: uuid.UUID, after_pos: int, limit: int
-    ) -> tuple[list[StoredMessage], int, bool]:
-        """Catch-up: messages visible to the account with pos > after_pos, in pos order.
+    ) -> tuple[list[StoredMessage | Tombstone], int, bool]:
+        """Catch-up: messages visible to the account with pos > after_pos, and the
+        tombstones of erased messages it may have received (storage.tombstones), in pos
+        order.
 
         Returns (rows, next_pos, limited): next_pos is the pos to continue after, and
         limited says more rows may follow.

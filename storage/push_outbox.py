@@ -4,7 +4,8 @@ At most one job per device (`push_jobs.device_id` is the key). A message commit 
 job of every recipient device with a live registration, in the same transaction as the
 message: a burst collapses into one row carrying the latest message, due a grace after the
 first one. Workers in any process claim due rows with `FOR UPDATE SKIP LOCKED` under a lease;
-a job whose device's cursor already reached its position is moot and deleted at claim time.
+a job whose device's cursor already reached its position, or whose alert's message was
+erased since, is moot and deleted at claim time.
 
 Locks: a message commit holds the stream lock while it upserts jobs, and every other
 transaction that writes jobs of several devices or deletes registrations (read receipts,
@@ -249,14 +250,18 @@ async def _lease(conn: Any, limit: int, lease_s: float) -> tuple[list[Any], int]
            UPDATE push_jobs j SET claimed_until = now() + $2 * interval '1 second'
            FROM picked WHERE j.device_id = picked.device_id
            RETURNING j.*, coalesce((SELECT c.pos FROM device_cursors c
-                                    WHERE c.device_id = j.device_id), 0) AS cursor""",
+                                    WHERE c.device_id = j.device_id), 0) AS cursor,
+                     j.kind = 'alert' AND j.message_id IS NOT NULL AND NOT EXISTS
+                         (SELECT 1 FROM messages m WHERE m.id = j.message_id) AS erased""",
         limit,
         lease_s,
     )
-    moot = [r["device_id"] for r in rows if r["cursor"] >= r["pos"]]
+    # Moot: the device has the message already, or the alert's message was erased since
+    # (deleted by its sender, withdrawn, expired): no "New message" for what is gone.
+    moot = [r["device_id"] for r in rows if r["cursor"] >= r["pos"] or r["erased"]]
     if moot:
         await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", moot)
-    return [r for r in rows if r["cursor"] < r["pos"]], len(moot)
+    return [r for r in rows if r["cursor"] < r["pos"] and not r["erased"]], len(moot)
 
 
 async def _details(conn: Any, keyring: Keyring, live: list[Any]) -> list[ClaimedJob]:

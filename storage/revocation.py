@@ -1,6 +1,7 @@
 """What withdrawing a grant does to the data shared under it, in the withdrawal's transaction.
 
-Messages tagged `until_withdrawn` are erased; the account's live-location sessions end (a
+Messages tagged `until_withdrawn` are erased, each leaving a tombstone (reason
+`consent_withdrawn`) for the devices offline now; the account's live-location sessions end (a
 `location_share` withdrawal); and the result names everyone who may have received data
 under the grant (the audience of each conversation it was shared in) so the server can
 tell their devices. Data with another retention stays as it was: it was lawful when sent.
@@ -15,6 +16,7 @@ from typing import Any
 
 from storage.erasure import ERASED_COLUMNS, finish_erasure
 from storage.live import LOCATION_PURPOSE, LiveSession, end_all
+from storage.tombstones import ErasedGroup
 
 
 @dataclass
@@ -41,18 +43,20 @@ class Revocation:
     audiences: list[Audience]
     ended: list[LiveSession]  # live sessions the withdrawal ended
     files: list[uuid.UUID]  # file rows erased: their blobs go after the commit
+    erased: list[ErasedGroup]  # the tombstones written: fanned out after the commit
 
 
 async def revoke(conn: Any, account_id: uuid.UUID, purpose: str, at: datetime) -> Revocation:
     """Erase and end what the account's withdrawal of `purpose` requires (the grant row is
-    locked by the caller, so no send under it can commit meanwhile)."""
+    locked by the caller, so no send under it can commit meanwhile; the caller took the
+    stream lock before that, as tombstones need: storage.tombstones)."""
     rows = await conn.fetch(
         f"""DELETE FROM messages WHERE sender_id = $1 AND purpose = $2 AND until_withdrawn
             RETURNING {ERASED_COLUMNS}""",
         account_id,
         purpose,
     )
-    erasure = await finish_erasure(conn, rows)
+    erasure = await finish_erasure(conn, rows, "consent_withdrawn", at)
     audiences: dict[uuid.UUID, Audience] = {}
 
     def reached(conversation_id: uuid.UUID, scope: Any) -> Audience:
@@ -83,4 +87,6 @@ async def revoke(conn: Any, account_id: uuid.UUID, purpose: str, at: datetime) -
             account_id,
         ):
             reached(row["conversation_id"], row["scope"])
-    return Revocation(account_id, purpose, at, list(audiences.values()), ended, erasure.files)
+    return Revocation(
+        account_id, purpose, at, list(audiences.values()), ended, erasure.files, erasure.erased
+    )

@@ -3,7 +3,8 @@
 `consent_revoked` after a withdrawal (PROTOCOL.md 6.4) and `live_end` when a live-location
 session ends (6.6), each to the devices of the audience that may have received the data:
 the members of the conversation within the scope, and the sharer's own devices. Live only:
-nothing here is stored (erased messages are simply absent from any later catch-up).
+nothing here is stored. The erased messages themselves also leave tombstones, fanned out
+as `erased` frames (server/gateway/erased.py) and replayed by catch-up (6.9).
 """
 
 from __future__ import annotations

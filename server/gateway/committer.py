@@ -139,7 +139,8 @@ class Committer:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._commit(batch)
+            async with self._hub.stream_order:  # tombstones commit in between (erased.py)
+                await self._commit(batch)
 
     async def _commit(self, batch: list[PendingSend]) -> None:
         """Commit `batch` and answer every send in it once: `sent` (after the commit),

@@ -6,6 +6,8 @@ import logging
 import uuid
 from collections.abc import Iterable
 
+import trio
+
 from protocol import CloseCode, ErrorCode
 from server.gateway.connection import Connection
 from server.gateway.states import GatewayStats, State
@@ -28,6 +30,10 @@ class Hub:
         """How many acceptances this process has seen: a handshake that read its account's
         acceptance while this moved reads it again (`Gateway._handshake`)."""
         self.stats = GatewayStats()
+        self.stream_order = trio.Lock()
+        """Held by whoever commits stream positions in this process (the committer, the
+        writers of tombstones) from before the commit until its frames are fanned out:
+        every connection then receives positions in increasing order (PROTOCOL.md 6.1)."""
 
     def attach(self, conn: Connection) -> None:
         assert conn.account_id is not None and conn.device_id is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -52,12 +53,14 @@ from server.gateway.committer import (
 from server.gateway.connection import Connection
 from server.gateway.consent import purpose_mismatch, retention, scope_accounts
 from server.gateway.cursors import CursorSaver
+from server.gateway.erased import catch_up_frames
 from server.gateway.hub import Hub
 from server.services import Services
 from storage.errors import DatabaseUnavailableError, NotFoundError
 from storage.messages import NewMessage, StoredMessage
 from storage.outages import OutageLog
 from storage.receipts import ReceiptRecord
+from storage.tombstones import Tombstone
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,25 @@ def stored_msg_frame(message: StoredMessage) -> bytes:
     body = decode_body(message.kind, message.body)
     consent = None if message.consent is None else decode_consent(message.consent)
     return msg_frame(message, body, consent)
+
+
+def page_frames(rows: list[StoredMessage | Tombstone]) -> Iterator[bytes]:
+    """The frames of one catch-up page, in pos order: a `msg` per message, an `erased` per
+    run of tombstones (storage.tombstones)."""
+    run: list[Tombstone] = []
+    for row in rows:
+        if isinstance(row, Tombstone):
+            run.append(row)
+            continue
+        if run:
+            yield from catch_up_frames(run)
+            run = []
+        try:
+            yield stored_msg_frame(row)
+        except RemoteProtocolError:
+            logger.error("stored message %s is unreadable; skipped", row.id)
+    if run:
+        yield from catch_up_frames(run)
 
 
 class Session:
@@ -309,7 +331,8 @@ class Session:
         self._nursery.start_soon(self._run_catch_up, sync, after, scope)
 
     async def _run_catch_up(self, sync: int, after: int, scope: trio.CancelScope) -> None:
-        """Everything stored after `after`, in pos order, then `synced`, then live traffic.
+        """Everything stored after `after` (messages, tombstones), in pos order, then
+        `synced`, then live traffic.
 
         Every step is checked against `sync`, the number of this catch-up: a newer `sync`
         cancels this task, but a store read that already finished can still return, and what
@@ -336,11 +359,8 @@ class Session:
                     )
                     return
                 self.gw.reads.succeeded()
-                for message in rows:
-                    try:
-                        conn.catch_up(sync, stored_msg_frame(message))
-                    except RemoteProtocolError:
-                        logger.error("stored message %s is unreadable; skipped", message.id)
+                for frame in page_frames(rows):
+                    conn.catch_up(sync, frame)
                     if conn.buffered_bytes > high_water:
                         await conn.wait_written(high_water // 4)
                     if not conn.syncing(sync):

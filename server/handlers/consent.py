@@ -11,6 +11,7 @@ import uuid
 
 from server.errors import forbidden, invalid
 from server.gateway.announce import announce_revocation
+from server.gateway.erased import announce_erased
 from server.handlers.access import Actor, require_org
 from server.handlers.audit import record_admin_reads
 from server.services import Services
@@ -53,9 +54,11 @@ class ConsentHandler:
         s, purpose = self._s, check_purpose(purpose)
         if on:
             return await s.consent.grant(org_id, account_id, device_id, purpose, s.clock())
-        grants, revocation = await s.consent.withdraw(
-            org_id, account_id, device_id, purpose, s.clock()
-        )
+        async with s.hub.stream_order:  # the erasure's tombstones: server/gateway/erased.py
+            grants, revocation = await s.consent.withdraw(
+                org_id, account_id, device_id, purpose, s.clock()
+            )
+            announce_erased(s.hub, revocation.erased)
         await announce_revocation(s, revocation)
         return grants
 
@@ -80,8 +83,12 @@ class ConsentHandler:
     async def switch(self, actor: Actor, org_id: uuid.UUID, purpose: str, off: bool) -> None:
         """Switch a purpose off for everyone (every grant of it is withdrawn) or on again."""
         self._admin(actor, org_id)
-        revocations = await self._s.consent.switch(
-            org_id, check_purpose(purpose), off, actor.account_id, self._s.clock()
-        )
+        purpose = check_purpose(purpose)
+        async with self._s.hub.stream_order:  # tombstones: server/gateway/erased.py
+            revocations = await self._s.consent.switch(
+                org_id, purpose, off, actor.account_id, self._s.clock()
+            )
+            for revocation in revocations:
+                announce_erased(self._s.hub, revocation.erased)
         for revocation in revocations:
             await announce_revocation(self._s, revocation)

@@ -146,6 +146,7 @@ SERVER_FRAMES: list[f.ServerFrame] = [
     ),
     fl.ConsentRevoked(who=ALICE, purpose="location_share", conv=CONV, ids=(MSG_ID,), at=6),
     fl.ConsentRevoked(who=ALICE, purpose="media_share", conv=CONV, ids=(), at=7),
+    fl.Erased(conv=CONV, ids=(MSG_ID,), reason="consent_withdrawn", pos=9, at=8),
     fl.LiveOk(cid="l1", id=MSG_ID, until=1_700_000_600_000),
     fl.LiveEnd(id=MSG_ID, conv=CONV, who=ALICE, reason="withdrawn"),
     f.PolicyNotice(version="2026-01", material=True, at=1_767_225_600_000),

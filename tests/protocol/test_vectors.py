@@ -239,3 +239,4 @@ def test_the_sample_plaintexts_are_the_documented_frames() -> None:
     assert codec.decode_client_batch(consent_c2s) == v.CONSENT_LIVE_C2S
     consent_s2c = DOCUMENTED["consent_live_s2c_plaintext"]
     assert codec.decode_server_batch(consent_s2c) == v.CONSENT_LIVE_S2C
+    assert codec.decode_server_batch(DOCUMENTED["erased_s2c_plaintext"]) == v.ERASED_S2C

@@ -121,6 +121,18 @@ CONSENT_LIVE_S2C: list[f.ServerFrame] = [
 """§10.3: the consent, live-location and policy frames, as plaintext batches (seal them as
 any)."""
 
+ERASED_S2C: list[f.ServerFrame] = [
+    fl.Erased(
+        conv=CONV,
+        ids=(MESSAGE_ID, MESSAGE_ID[::-1]),
+        reason="deleted_by_sender",
+        pos=44,
+        at=SENT_AT_MS + 60_000,
+    ),
+    fl.Erased(conv=CONV, ids=(MESSAGE_ID,), reason="retention", pos=45, at=SENT_AT_MS),
+]
+"""§10.4: two `erased` frames (tombstones), as one plaintext batch."""
+
 PULL_KEY = bytes(range(0x60, 0x80))
 PULL_HEADER = bytes(range(0x80, 0x98))
 PULL_MESSAGES: list[tuple[int, list[f.ServerFrame]]] = [
@@ -202,6 +214,7 @@ def compute_vectors() -> dict[str, bytes]:
     vectors.update(pull_vectors())
     vectors["consent_live_c2s_plaintext"] = encode_batch(CONSENT_LIVE_C2S)
     vectors["consent_live_s2c_plaintext"] = encode_batch(CONSENT_LIVE_S2C)
+    vectors["erased_s2c_plaintext"] = encode_batch(ERASED_S2C)
     return vectors
 
 

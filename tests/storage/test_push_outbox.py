@@ -17,6 +17,7 @@ from storage.accounts import AccountStore, NewAccount
 from storage.bridge import AsyncioBridge
 from storage.conversations import ConversationStore
 from storage.database import Database
+from storage.deletion import DeletionStore
 from storage.devices import DeviceStore
 from storage.keyring import Keyring
 from storage.messages import MessageStore, NewMessage, StoredMessage
@@ -183,6 +184,18 @@ async def test_a_device_whose_cursor_reached_the_message_makes_the_job_moot(
     assert [j.device_id for j in claim.jobs] == [world.people["cat"][1]]
     assert claim.moot == 1
     assert world.people["bob"][1] not in await pending(world)
+
+
+async def test_a_push_for_a_message_erased_since_is_moot(world: World) -> None:
+    message = await send(world, "ann", "deleted before the push went out")
+    ann, ann_phone = world.people["ann"]
+    await DeletionStore(world.db).delete_message(
+        world.org_id, ann, ann_phone, world.group, message.id, datetime.now(UTC)
+    )
+    claim = await world.outbox.claim(100, LEASE_S)
+    assert claim.jobs == []  # no "New message" for what is gone
+    assert claim.moot == 2
+    assert await pending(world) == {}
 
 
 async def test_a_claim_is_a_lease_and_concurrent_claims_never_share_a_job(world: World) -> None:

@@ -1,6 +1,7 @@
 """Erasing by a retention period, in bounded batches: oldest first, exactly what is past the
-cutoff, never waiting for the stream lock (a commit in progress) nor for rows another
-process is erasing."""
+cutoff, a tombstone for each erased message (so it waits for a commit in progress: the
+stream lock), never waiting for rows another process is erasing; the other rules never wait
+for the stream lock."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from storage.orgs import OrgStore
 from storage.stream import STREAM_LOCK_KEY
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = T0 + timedelta(days=30)
 
 
 @dataclass
@@ -78,12 +80,17 @@ async def left(world: World) -> list[str]:
 
 async def test_batches_erase_oldest_first_and_stop_at_the_cutoff(world: World) -> None:
     cutoff = T0 + timedelta(days=4, hours=12)  # m0..m4 are older
-    first = await world.erasure.erase_older(world.conversation, cutoff, 0, 3)
+    first = await world.erasure.erase_older(world.conversation, cutoff, 0, 3, NOW)
     assert (first.messages, first.head, first.last_seq) == (3, 3, 3)
     assert await left(world) == ["m3", "m4", "m5", "m6"]
-    second = await world.erasure.erase_older(world.conversation, cutoff, first.last_seq, 3)
+    second = await world.erasure.erase_older(world.conversation, cutoff, first.last_seq, 3, NOW)
     assert (second.messages, second.head) == (2, 3)  # m5 is within the period: done
     assert await left(world) == ["m5", "m6"]
+    tombstones = await world.db.read(
+        lambda conn: conn.fetch("SELECT * FROM tombstones ORDER BY pos")
+    )
+    assert [(t["reason"], t["erased_at"]) for t in tombstones] == [("retention", NOW)] * 5
+    assert [t["message_pos"] for t in tombstones] == sorted(t["message_pos"] for t in tombstones)
 
 
 class Held:
@@ -114,16 +121,38 @@ class Held:
         await self.world.bridge.run(close)
 
 
-async def test_the_sweeper_never_waits_for_the_stream_lock(world: World) -> None:
+async def test_the_rules_without_messages_never_wait_for_the_stream_lock(world: World) -> None:
     async with Held(world) as commit_in_progress:
         await commit_in_progress.execute("SELECT pg_advisory_xact_lock($1)", STREAM_LOCK_KEY)
         with trio.fail_after(10):
-            cutoff = T0 + timedelta(days=2, hours=12)
-            purge = await world.erasure.erase_older(world.conversation, cutoff, 0, 100)
-            assert purge.messages == 3
-            await world.erasure.erase_expired(T0 + timedelta(days=30), 100)
             await LoginRecordStore(world.db).delete_before(T0, 100)
             await LiveStore(world.db).delete_ended(T0, 100)
+
+
+async def test_erasing_messages_waits_for_a_commit_in_progress(world: World) -> None:
+    async def waiting_for_advisory_lock(conn: Any) -> bool:
+        return bool(
+            await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM pg_locks
+                   WHERE locktype = 'advisory' AND NOT granted)"""
+            )
+        )
+
+    async def erase() -> None:
+        cutoff = T0 + timedelta(days=2, hours=12)
+        purge = await world.erasure.erase_older(world.conversation, cutoff, 0, 100, NOW)
+        assert purge.messages == 3
+
+    held = await Held(world).__aenter__()
+    await held.execute("SELECT pg_advisory_xact_lock($1)", STREAM_LOCK_KEY)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(erase)
+            # The erasure queues for the stream lock (tombstones take positions) ...
+            while not await world.db.read(waiting_for_advisory_lock):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert await left(world) == [f"m{day}" for day in range(7)]
+            await held.__aexit__()  # ... and goes on once the commit in progress ends
     assert await left(world) == ["m3", "m4", "m5", "m6"]
 
 
@@ -149,7 +178,7 @@ async def test_rows_another_process_is_erasing_are_skipped_not_waited_for(world:
         )
         with trio.fail_after(10):
             purge = await world.erasure.erase_older(
-                world.conversation, T0 + timedelta(days=10), 0, 100
+                world.conversation, T0 + timedelta(days=10), 0, 100, NOW
             )
             deleted = await logins.delete_before(T0 + timedelta(days=10), 100)
         assert purge.messages == 6 and deleted == 2  # all but the held rows
