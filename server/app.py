@@ -15,6 +15,7 @@ from server.api import (
     attendance,
     audit,
     auth,
+    cancellation,
     consent,
     conversations,
     files,
@@ -33,6 +34,7 @@ from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
 from server.services import Services
 from storage.attendance import NoSitesError
+from storage.cancellation import CancellationError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from storage.keyring import KeyDestroyedError
@@ -87,6 +89,8 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (NoSitesError, None): ApiErrorCode.NO_SITES,
     (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
     (KeyDestroyedError, None): ApiErrorCode.ACCOUNT_DEACTIVATED,
+    (CancellationError, "cancelled"): ApiErrorCode.ACCOUNT_CANCELLED,
+    (CancellationError, "only_owner"): ApiErrorCode.ONLY_OWNER,
 }
 
 
@@ -159,6 +163,7 @@ def create_app(services: Services) -> QuartTrio:
         audit.bp,
         retention.bp,
         rights.bp,
+        cancellation.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

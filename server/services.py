@@ -17,6 +17,7 @@ from server.sweep_status import SweepStatus
 from storage.accounts import AccountStore
 from storage.attendance import AttendanceStore
 from storage.audit import AuditStore
+from storage.cancellation import CancellationStore
 from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
@@ -31,6 +32,7 @@ from storage.minors import MinorStore
 from storage.notices import NoticeStore
 from storage.orgs import OrgStore
 from storage.policies import PolicyStore
+from storage.purge import PurgeStore
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import PushRegistrationStore
 from storage.receipts import ReceiptStore
@@ -101,6 +103,8 @@ class Services:
     retention: RetentionStore = field(init=False)
     requests: RequestStore = field(init=False)
     notices: NoticeStore = field(init=False)
+    cancellations: CancellationStore = field(init=False)
+    purge: PurgeStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db, self.keyring)
@@ -124,4 +128,6 @@ class Services:
         self.retention = RetentionStore(self.db)
         self.requests = RequestStore(self.db)
         self.notices = NoticeStore(self.db)
+        self.cancellations = CancellationStore(self.db, self.keyring)
+        self.purge = PurgeStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db, self.keyring))

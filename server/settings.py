@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     live_sessions_retention_days: int = Field(7, ge=0, le=30)  # after a session ended
     requests_retention_days: int = Field(1096, le=3660)  # after a request closed: >= 3 years
     notices_retention_days: int = Field(366, ge=30, le=3660)  # after sending (or the end date)
+    # A cancelled account's rows are purged from this many hours after the cancellation (its
+    # data key is destroyed at once). At most 5 days, so that the purge ends within the 7
+    # days the policies promise even with a backlog.
+    cancelled_accounts_purge_delay_h: int = Field(0, ge=0, le=120)
     # How far ahead a service-ending notice must be sent (the policies promise 30 days).
     service_ending_notice_days: int = Field(30, ge=30, le=366)
 

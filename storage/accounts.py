@@ -244,8 +244,14 @@ def correction_events(before: Account, after: Account, by: AuditActor) -> list[A
 
 
 async def _find_for_login(conn: Any, keyring: Keyring, email: str) -> tuple[Account, bytes] | None:
+    # A cancelled account's row shows a placeholder address; until it is purged, its own
+    # address still finds it (through its cancellation), so that its password gets
+    # account_cancelled rather than a plain "wrong email or password".
     row = await conn.fetchrow(
-        f"SELECT {COLUMNS}, password_hash FROM accounts WHERE lower(work_email) = lower($1)",
+        f"""SELECT {COLUMNS}, password_hash FROM accounts WHERE id = coalesce(
+                (SELECT id FROM accounts WHERE lower(work_email) = lower($1)),
+                (SELECT account_id FROM cancellations WHERE lower(email) = lower($1)
+                 ORDER BY cancelled_at DESC LIMIT 1))""",
         email,
     )
     if row is None:

@@ -15,6 +15,7 @@ from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
 from server.handlers.attendance import AttendanceHandler
 from server.handlers.audit import AuditHandler
+from server.handlers.cancellation import CancellationHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.files import FileHandler
@@ -51,6 +52,7 @@ class ApiContext:
     retention: RetentionHandler = field(init=False)
     requests: RequestHandler = field(init=False)
     notices: NoticeHandler = field(init=False)
+    cancellation: CancellationHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class ApiContext:
         self.retention = RetentionHandler(self.services)
         self.requests = RequestHandler(self.services)
         self.notices = NoticeHandler(self.services)
+        self.cancellation = CancellationHandler(self.services)
 
 
 def ctx() -> ApiContext:
@@ -134,7 +137,7 @@ async def body(model: type[M]) -> M:
 # push registration - which is never made to wait for an acceptance; and a person's rights:
 # confirming the password again, opening and following a data-rights request (someone who
 # does not accept a new policy may want their data or their account gone) and reading
-# notices.
+# notices, and cancelling the account.
 BEFORE_POLICY_ACCEPTANCE = frozenset(
     {
         "policies.mine",
@@ -150,6 +153,7 @@ BEFORE_POLICY_ACCEPTANCE = frozenset(
         "rights.open_request",
         "rights.my_requests",
         "rights.my_notices",
+        "cancellation.cancel",
     }
 )
 
