@@ -255,8 +255,8 @@ async def test_cancellation_erases_at_once_and_the_purge_leaves_nothing(
         conversation = await server.client.get(f"/v1/conversations/{direct}", headers=ann.headers)
         assert conversation.status_code == 200, conversation.text
         assert conversation.json()["member_ids"] == [ann.id]
-        bodies = [m["body"] for m in await history(server, ann, direct)]
-        assert bodies == [{"text": "ann's own words stay"}]
+        words = [m["body"] for m in await history(server, ann, direct)]
+        assert words == [{"text": "ann's own words stay"}]
         member = await server.client.get(
             f"/v1/orgs/{ann.org_id}/members/{bob.id}", headers=ann.headers
         )
