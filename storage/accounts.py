@@ -14,6 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from storage.audit import AuditActor, AuditEvent, append
+from storage.cancellation import CancellationError
 from storage.database import Database
 from storage.errors import NotFoundError
 from storage.keyring import KeyDestroyedError, Keyring
@@ -356,6 +357,14 @@ async def _change_password(
     return signed_out
 
 
+def _refuse_cancelled(account: Account) -> None:
+    """A cancelled account is not managed any more: only the purge changes it."""
+    if account.status == "cancelled":
+        raise CancellationError(
+            "this account was cancelled: only the purge changes it", "cancelled"
+        )
+
+
 async def _update_member(
     conn: Any,
     keyring: Keyring,
@@ -366,6 +375,7 @@ async def _update_member(
     at: datetime,
 ) -> Account:
     before = await lock_account(conn, keyring, org_id, account_id)
+    _refuse_cancelled(before)
     after = await update_account(conn, keyring, org_id, account_id, changes)
     await append(conn, correction_events(before, after, by), at)
     return after
@@ -379,6 +389,7 @@ async def _deactivate(
     by: AuditActor,
     at: datetime,
 ) -> Account:
+    _refuse_cancelled(await lock_account(conn, keyring, org_id, account_id))
     row = await conn.fetchrow(
         f"""UPDATE accounts SET status = 'deactivated', updated_at = now()
             WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}""",

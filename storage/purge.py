@@ -26,9 +26,10 @@ but counts.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -37,6 +38,8 @@ from storage.audit import SYSTEM, AuditEvent, append
 from storage.database import Database
 from storage.erasure import ERASED_COLUMNS, finish_erasure
 from storage.requests import forget_person, set_status
+
+logger = logging.getLogger(__name__)
 
 # :account the account, :devices its devices, :email the work email it had, :limit how many
 # rows at most (`_bind` makes them positional). Each deletes (or changes) the person's rows.
@@ -350,11 +353,31 @@ async def _finish(conn: Any, work: Any, rows: int, files: int, now: datetime) ->
             detail = {"what": "account_purged", "count": rows, "files": files}
             event = AuditEvent("deletion", SYSTEM, account_id, org_id, detail)
             await append(conn, [event], now)
+            # Attempts made under the account since the login records' batch (few: rate
+            # limited): login_records has no foreign key to hold the account back.
+            await conn.execute(
+                """DELETE FROM login_records
+                   WHERE account_id = $1 OR lower(login_name) = lower($2)""",
+                account_id,
+                work["email"],
+            )
             await conn.execute("DELETE FROM data_keys WHERE account_id = $1", account_id)
             await conn.execute("DELETE FROM cancellations WHERE account_id = $1", account_id)
             await conn.execute("DELETE FROM accounts WHERE id = $1", account_id)
-    except asyncpg.ForeignKeyViolationError:
-        return False  # a row of theirs appeared meanwhile: the next batch deletes it
+    except asyncpg.ForeignKeyViolationError as exc:
+        # A row of theirs appeared meanwhile (the next batch deletes it), or a table the
+        # steps do not know refers to the account: let the others' purges go first.
+        logger.warning(
+            "purge of account %s held back by %s; retried in an hour",
+            account_id,
+            exc.constraint_name,
+        )
+        await conn.execute(
+            "UPDATE cancellations SET purge_after = $2 WHERE account_id = $1",
+            account_id,
+            now + timedelta(hours=1),
+        )
+        return False
     return True
 
 

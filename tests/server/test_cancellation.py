@@ -214,6 +214,18 @@ async def test_cancellation_erases_at_once_and_the_purge_leaves_nothing(
             assert (entry["display_name"], entry["status"]) == ("deleted user", "cancelled")
             assert entry["work_email"] is None and entry["account_name"] is None
 
+        # Admins cannot bring the entry back: only the purge changes it.
+        patched = await server.client.patch(
+            f"/v1/orgs/{olivia.org_id}/members/{bob.id}",
+            headers=olivia.headers,
+            json={"display_name": "Bob Again"},
+        )
+        assert_error(patched, 403, "account_cancelled")
+        deactivated = await server.client.post(
+            f"/v1/orgs/{olivia.org_id}/members/{bob.id}/deactivate", headers=olivia.headers
+        )
+        assert_error(deactivated, 403, "account_cancelled")
+
         # The request is tracked, in progress until the purge.
         requests = await server.client.get(
             f"/v1/orgs/{olivia.org_id}/requests", headers=olivia.headers
