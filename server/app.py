@@ -15,6 +15,7 @@ from server.api import (
     attendance,
     audit,
     auth,
+    cancellation,
     consent,
     conversations,
     deletion,
@@ -34,6 +35,7 @@ from server.errors import ApiError, ApiErrorCode
 from server.logs import request_id
 from server.services import Services
 from storage.attendance import NoSitesError
+from storage.cancellation import CancellationError
 from storage.consent import ConsentError
 from storage.deletion import NotYoursError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
@@ -90,6 +92,8 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
     (KeyDestroyedError, None): ApiErrorCode.ACCOUNT_DEACTIVATED,
     (NotYoursError, None): ApiErrorCode.FORBIDDEN,
+    (CancellationError, "cancelled"): ApiErrorCode.ACCOUNT_CANCELLED,
+    (CancellationError, "only_owner"): ApiErrorCode.ONLY_OWNER,
 }
 
 
@@ -163,6 +167,7 @@ def create_app(services: Services) -> QuartTrio:
         audit.bp,
         retention.bp,
         rights.bp,
+        cancellation.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

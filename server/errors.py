@@ -22,6 +22,8 @@ class ApiErrorCode(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     BAD_CREDENTIALS = "bad_credentials"
     ACCOUNT_DEACTIVATED = "account_deactivated"
+    ACCOUNT_CANCELLED = "account_cancelled"
+    ONLY_OWNER = "only_owner"
     WEAK_PASSWORD = "weak_password"
     PASSWORD_CHANGE_REQUIRED = "password_change_required"
     REAUTH_REQUIRED = "reauth_required"
@@ -59,6 +61,8 @@ STATUS = {
     ApiErrorCode.TOKEN_REVOKED: 401,
     ApiErrorCode.BAD_CREDENTIALS: 401,
     ApiErrorCode.ACCOUNT_DEACTIVATED: 403,
+    ApiErrorCode.ACCOUNT_CANCELLED: 403,
+    ApiErrorCode.ONLY_OWNER: 409,
     ApiErrorCode.WEAK_PASSWORD: 422,
     ApiErrorCode.PASSWORD_CHANGE_REQUIRED: 403,
     ApiErrorCode.REAUTH_REQUIRED: 403,

@@ -11,7 +11,7 @@ another (live sessions end on time while a year of messages is purged). A rule t
 more to do makes the sweeper start its next pass at once instead of sleeping. What was
 erased is counted per rule and logged as counts, never contents.
 
-Adding a rule (cancelled accounts purged within 7 days, export archives on their expiry):
+Adding a rule (export archives on their expiry, say):
 write a sweep - `async (services, now) -> (Erased, more)` - whose batches run through
 `batches` (`rows_before` makes the batch for a store call that deletes up to `limit` rows
 older than a cutoff), give it a setting with its unit in the name and the promise's minimum
@@ -21,6 +21,7 @@ at `GET /v1/orgs/{org}/retention`) then lists it.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from server.sweep_status import Erased
 
 if TYPE_CHECKING:
     from server.services import Services
+
+logger = logging.getLogger(__name__)
 
 PASS_BATCHES = 20  # batches one rule may run in one pass before the others get their turn
 
@@ -203,6 +206,38 @@ def org_messages_rule(sweep: Sweep | None) -> Rule:
     )
 
 
+async def _cancelled_accounts(services: Services, now: datetime) -> tuple[Erased, bool]:
+    """Purge cancelled accounts (storage/purge.py), one account at a time: the messages
+    they sent (each leaving a tombstone, under the stream lock), then the blobs of their
+    uploads, then the other rows in batches, the account itself once nothing is left."""
+    limit = services.settings.sweep_batch
+
+    async def batch() -> tuple[Erased, bool]:
+        due = await services.purge.next_due(now)
+        if due is None:
+            return Erased(), False
+        async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
+            erasure = await services.purge.messages(due.account_id, now, limit)
+            if erasure is not None:
+                announce_erased(services.hub, erasure.erased)
+        if erasure is not None and erasure.messages:
+            for file_id in erasure.files:
+                await services.blobs.delete(file_id)
+            return Erased(len(erasure.messages), len(erasure.files)), True
+        uploads = await services.purge.uploads(due.account_id, limit)
+        for file_id in uploads:
+            await services.blobs.delete(file_id)
+        done = await services.purge.batch(due.account_id, uploads, now, limit)
+        for file_id in done.files:
+            await services.blobs.delete(file_id)
+        if done.finished:
+            logger.info("cancelled account %s purged", due.account_id)
+        erased = Erased(done.rows + (1 if done.finished else 0), len(uploads) + len(done.files))
+        return erased, done.ran
+
+    return await batches(services, batch)
+
+
 async def _prune_audit(services: Services, now: datetime) -> tuple[Erased, bool]:
     """The audit log's prefix past its retention, up to a checkpoint (its own batches)."""
     return Erased(rows=await prune_audit(services, now)), False
@@ -285,6 +320,23 @@ def rules(org_messages: Sweep | None = None) -> tuple[Rule, ...]:
             "policies 000, 002, 004: members are told of incidents and of the end of the "
             "service; kept so that those who were away can read them",
             _notices,
+        ),
+        Rule(
+            "cancelled_accounts",
+            "every row of a cancelled account (messages it sent with their receipts, files and "
+            "blobs, its receipts, devices, tokens, login records - also those under its email "
+            "address -, consents and their history, policy acceptances, attendance, live "
+            "sessions, push registrations, conversation memberships, notices, guardian "
+            "consents, its data key's tombstone) and then the account; its requests stay, "
+            "naming nobody",
+            lambda s: (
+                f"purged from {s.cancelled_accounts_purge_delay_h} h after the cancellation "
+                "(`cancelled_accounts_purge_delay_h`, at most 120); unreadable from the "
+                "cancellation on (its data key is destroyed then)"
+            ),
+            'policy 000 (E): "once the account is cancelled, no information will be '
+            'retained"; policy 003, article 3: destroyed without delay, within 7 days',
+            _cancelled_accounts,
         ),
         Rule(
             "audit_log",

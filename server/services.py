@@ -17,6 +17,7 @@ from server.sweep_status import SweepStatus
 from storage.accounts import AccountStore
 from storage.attendance import AttendanceStore
 from storage.audit import AuditStore
+from storage.cancellation import CancellationStore
 from storage.consent import ConsentStore
 from storage.conversations import ConversationStore
 from storage.database import Database
@@ -32,6 +33,7 @@ from storage.minors import MinorStore
 from storage.notices import NoticeStore
 from storage.orgs import OrgStore
 from storage.policies import PolicyStore
+from storage.purge import PurgeStore
 from storage.push_outbox import PushOutbox
 from storage.push_registrations import PushRegistrationStore
 from storage.receipts import ReceiptStore
@@ -105,6 +107,8 @@ class Services:
     notices: NoticeStore = field(init=False)
     deletion: DeletionStore = field(init=False)
     tombstones: TombstoneStore = field(init=False)
+    cancellations: CancellationStore = field(init=False)
+    purge: PurgeStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db, self.keyring)
@@ -130,4 +134,6 @@ class Services:
         self.notices = NoticeStore(self.db)
         self.deletion = DeletionStore(self.db)
         self.tombstones = TombstoneStore(self.db)
+        self.cancellations = CancellationStore(self.db, self.keyring)
+        self.purge = PurgeStore(self.db)
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db, self.keyring))

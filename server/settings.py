@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     # Tombstones of erased messages, for devices that were offline (PROTOCOL.md 6.9): a
     # device offline longer than this reads its history again.
     tombstones_retention_days: int = Field(90, ge=7, le=3660)
+    # A cancelled account's rows are purged from this many hours after the cancellation (its
+    # data key is destroyed at once). At most 5 days, so that the purge ends within the 7
+    # days the policies promise even with a backlog.
+    cancelled_accounts_purge_delay_h: int = Field(0, ge=0, le=120)
     # How far ahead a service-ending notice must be sent (the policies promise 30 days).
     service_ending_notice_days: int = Field(30, ge=30, le=366)
 

@@ -14,6 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from storage.audit import AuditActor, AuditEvent, append
+from storage.cancellation import CancellationError
 from storage.database import Database
 from storage.errors import NotFoundError
 from storage.keyring import KeyDestroyedError, Keyring
@@ -244,8 +245,14 @@ def correction_events(before: Account, after: Account, by: AuditActor) -> list[A
 
 
 async def _find_for_login(conn: Any, keyring: Keyring, email: str) -> tuple[Account, bytes] | None:
+    # A cancelled account's row shows a placeholder address; until it is purged, its own
+    # address still finds it (through its cancellation), so that its password gets
+    # account_cancelled rather than a plain "wrong email or password".
     row = await conn.fetchrow(
-        f"SELECT {COLUMNS}, password_hash FROM accounts WHERE lower(work_email) = lower($1)",
+        f"""SELECT {COLUMNS}, password_hash FROM accounts WHERE id = coalesce(
+                (SELECT id FROM accounts WHERE lower(work_email) = lower($1)),
+                (SELECT account_id FROM cancellations WHERE lower(email) = lower($1)
+                 ORDER BY cancelled_at DESC LIMIT 1))""",
         email,
     )
     if row is None:
@@ -350,6 +357,14 @@ async def _change_password(
     return signed_out
 
 
+def _refuse_cancelled(account: Account) -> None:
+    """A cancelled account is not managed any more: only the purge changes it."""
+    if account.status == "cancelled":
+        raise CancellationError(
+            "this account was cancelled: only the purge changes it", "cancelled"
+        )
+
+
 async def _update_member(
     conn: Any,
     keyring: Keyring,
@@ -360,6 +375,7 @@ async def _update_member(
     at: datetime,
 ) -> Account:
     before = await lock_account(conn, keyring, org_id, account_id)
+    _refuse_cancelled(before)
     after = await update_account(conn, keyring, org_id, account_id, changes)
     await append(conn, correction_events(before, after, by), at)
     return after
@@ -373,6 +389,7 @@ async def _deactivate(
     by: AuditActor,
     at: datetime,
 ) -> Account:
+    _refuse_cancelled(await lock_account(conn, keyring, org_id, account_id))
     row = await conn.fetchrow(
         f"""UPDATE accounts SET status = 'deactivated', updated_at = now()
             WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}""",

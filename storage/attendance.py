@@ -43,7 +43,7 @@ class Site:
     name: str
     circle: Circle | None  # exactly one of circle and polygon
     polygon: tuple[Point, ...] | None
-    created_by: uuid.UUID
+    created_by: uuid.UUID | None  # None: the creator's account was purged since
     created_at: datetime
 
 

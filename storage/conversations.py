@@ -27,7 +27,7 @@ class Conversation:
     org_id: uuid.UUID
     kind: str
     title: str | None
-    created_by: uuid.UUID
+    created_by: uuid.UUID | None  # None: the creator's account was purged since
     created_at: datetime
     last_seq: int
     member_ids: tuple[uuid.UUID, ...]

@@ -91,7 +91,7 @@ class GuardianConsent:
     given_on: date
     evidence_ref: str
     recorded_at: datetime
-    recorded_by: uuid.UUID
+    recorded_by: uuid.UUID | None  # None: that account was purged since
     withdrawn_at: datetime | None
     withdrawn_by: uuid.UUID | None
 

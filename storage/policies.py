@@ -58,7 +58,7 @@ class PolicyVersion:
     language: str
     material: bool
     published_at: datetime
-    published_by: uuid.UUID
+    published_by: uuid.UUID | None  # None: the publisher's account was purged since
     text: str | None  # None where a listing leaves the text out
 
 

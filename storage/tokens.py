@@ -35,6 +35,7 @@ class TokenStatus(Enum):
     UNKNOWN = "unknown"
     EXPIRED = "expired"
     REVOKED = "revoked"
+    CANCELLED = "cancelled"  # the account was cancelled (its tokens were revoked then)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,9 @@ async def _check(conn: Any, token_hash: bytes, kind: str, now: datetime) -> tupl
     )
     if row is None:
         return TokenCheck(TokenStatus.UNKNOWN), None
-    if (
+    if row["status"] == "cancelled":
+        status = TokenStatus.CANCELLED
+    elif (
         row["revoked_at"] is not None
         or row["device_revoked_at"] is not None
         or row["status"] != "active"

@@ -34,7 +34,7 @@ def site_json(site: Site) -> dict[str, Any]:
         "polygon": None
         if site.polygon is None
         else [{"lat": lat, "lon": lon} for lat, lon in site.polygon],
-        "created_by": str(site.created_by),
+        "created_by": None if site.created_by is None else str(site.created_by),
         "created_at": iso(site.created_at),
     }
 

@@ -15,6 +15,7 @@ from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
 from server.handlers.attendance import AttendanceHandler
 from server.handlers.audit import AuditHandler
+from server.handlers.cancellation import CancellationHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.deletion import DeletionHandler
@@ -53,6 +54,7 @@ class ApiContext:
     requests: RequestHandler = field(init=False)
     notices: NoticeHandler = field(init=False)
     deletion: DeletionHandler = field(init=False)
+    cancellation: CancellationHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +74,7 @@ class ApiContext:
         self.requests = RequestHandler(self.services)
         self.notices = NoticeHandler(self.services)
         self.deletion = DeletionHandler(self.services)
+        self.cancellation = CancellationHandler(self.services)
 
 
 def ctx() -> ApiContext:
@@ -137,7 +140,7 @@ async def body(model: type[M]) -> M:
 # push registration - which is never made to wait for an acceptance; and a person's rights:
 # confirming the password again, opening and following a data-rights request (someone who
 # does not accept a new policy may want their data or their account gone), deleting their
-# own messages and files, and reading notices.
+# own messages and files, cancelling the account, and reading notices.
 BEFORE_POLICY_ACCEPTANCE = frozenset(
     {
         "policies.mine",
@@ -155,6 +158,7 @@ BEFORE_POLICY_ACCEPTANCE = frozenset(
         "rights.my_notices",
         "deletion.delete_message",
         "deletion.delete_file",
+        "cancellation.cancel",
     }
 )
 

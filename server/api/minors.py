@@ -31,7 +31,7 @@ def consent_json(c: GuardianConsent) -> dict[str, Any]:
         "given_on": c.given_on.isoformat(),
         "evidence_ref": c.evidence_ref,
         "recorded_at": iso(c.recorded_at),
-        "recorded_by": str(c.recorded_by),
+        "recorded_by": None if c.recorded_by is None else str(c.recorded_by),
         "active": c.active,
         "withdrawn_at": iso(c.withdrawn_at),
         "withdrawn_by": None if c.withdrawn_by is None else str(c.withdrawn_by),

@@ -227,6 +227,12 @@ class ReauthIn(Strict):
     password: Password
 
 
+class CancellationIn(Strict):
+    """The account's work email, typed again to confirm a cancellation."""
+
+    confirm: str = Field(min_length=1, max_length=320)
+
+
 class ConversationIn(Strict):
     """`direct`: exactly one other member. `group`: a title and any members."""
 

@@ -25,7 +25,7 @@ def version_json(v: PolicyVersion) -> dict[str, Any]:
         "language": v.language,
         "material": v.material,
         "published_at": iso(v.published_at),
-        "published_by": str(v.published_by),
+        "published_by": None if v.published_by is None else str(v.published_by),
     }
     if v.text is not None:
         result["text"] = v.text

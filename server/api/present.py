@@ -9,6 +9,7 @@ from typing import Any
 import msgpack
 
 from storage.accounts import Account
+from storage.cancellation import DELETED_NAME
 from storage.conversations import Conversation
 from storage.devices import Device
 from storage.files import FileRecord
@@ -47,7 +48,10 @@ def department_json(d: Department) -> dict[str, Any]:
 
 def account_json(a: Account, *, birth_date: bool = False) -> dict[str, Any]:
     """The whole record; `birth_date` only when asked (for the person themselves and the
-    org's owners and admins)."""
+    org's owners and admins). A cancelled account is a "deleted user" to everyone: its id,
+    organization and status, nothing else (README, "Account cancellation")."""
+    if a.status == "cancelled":
+        return deleted_user_json(a, birth_date=birth_date)
     record: dict[str, Any] = {
         "id": str(a.id),
         "org_id": str(a.org_id),
@@ -68,6 +72,30 @@ def account_json(a: Account, *, birth_date: bool = False) -> dict[str, Any]:
     }
     if birth_date:
         record["birth_date"] = None if a.birth_date is None else a.birth_date.isoformat()
+    return record
+
+
+def deleted_user_json(a: Account, *, birth_date: bool = False) -> dict[str, Any]:
+    """A cancelled account (until the purge deletes its row): the same keys as
+    `account_json`, naming nobody."""
+    record: dict[str, Any] = {
+        "id": str(a.id),
+        "org_id": str(a.org_id),
+        "account_name": None,
+        "work_email": None,
+        "display_name": DELETED_NAME,
+        "phone": None,
+        "department_id": None,
+        "position": None,
+        "role": a.role,
+        "admin_department_id": None,
+        "status": a.status,
+        "password_change_required": False,
+        "created_at": iso(a.created_at),
+        "updated_at": iso(a.updated_at),
+    }
+    if birth_date:
+        record["birth_date"] = None
     return record
 
 
@@ -121,7 +149,7 @@ def conversation_json(c: Conversation) -> dict[str, Any]:
         "org_id": str(c.org_id),
         "kind": c.kind,
         "title": c.title,
-        "created_by": str(c.created_by),
+        "created_by": None if c.created_by is None else str(c.created_by),
         "created_at": iso(c.created_at),
         "last_seq": c.last_seq,
         "member_ids": [str(m) for m in c.member_ids],

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from server.errors import ApiError, ApiErrorCode
 from server.handlers.access import Actor
+from server.handlers.cancellation import cancelled_error
 from server.handlers.minors import settle_at_login
 from server.services import Services
 from storage.accounts import Account
@@ -85,7 +86,8 @@ class SessionHandler:
         Every attempt is written to the login records; the rate limit is applied before
         the password is checked (see `admit_password_check`). Raises ApiError:
         rate_limited, bad_credentials, guardian_consent_required (a minor's account waiting
-        for a guardian's consent), account_deactivated; ConflictError for a key this account
+        for a guardian's consent), account_deactivated, account_cancelled (the password of
+        an account cancelled and not purged yet); ConflictError for a key this account
         may not use.
         """
         s = self._s
@@ -108,6 +110,9 @@ class SessionHandler:
                 "this account can be used once your organization has recorded a parent's or "
                 "guardian's consent",
             )
+        if status == "cancelled":
+            await s.logins.settle(record, "cancelled", account.id)
+            raise cancelled_error()
         if status != "active":
             await s.logins.settle(record, "deactivated", account.id)
             raise ApiError(ApiErrorCode.ACCOUNT_DEACTIVATED, "this account is deactivated")
@@ -251,6 +256,8 @@ async def admit_password_check(services: Services, attempt: LoginAttempt) -> int
 def _raise_unless_valid(status: TokenStatus) -> None:
     if status is TokenStatus.EXPIRED:
         raise ApiError(ApiErrorCode.TOKEN_EXPIRED, "the token has expired; refresh it")
+    if status is TokenStatus.CANCELLED:
+        raise cancelled_error()
     if status is TokenStatus.REVOKED:
         raise ApiError(ApiErrorCode.TOKEN_REVOKED, "the token was revoked; log in again")
     if status is not TokenStatus.VALID:
