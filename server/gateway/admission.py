@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from server.gateway.states import GatewayStats
+
 
 class QueueTimeout(Exception):
     """No handshake slot came free within the queue deadline."""
@@ -26,31 +28,29 @@ class Admission:
     """At most `slots` handshakes in progress; others wait in arrival order for up to
     `queue_timeout_s` seconds."""
 
-    def __init__(self, slots: int, queue_timeout_s: float) -> None:
+    def __init__(self, slots: int, queue_timeout_s: float, stats: GatewayStats) -> None:
         self._limiter = trio.CapacityLimiter(slots)
         self.queue_timeout_s = queue_timeout_s
-        self.refused = 0
-        """Handshakes refused `busy` since start (for metrics and logs)."""
-
-    @property
-    def in_progress(self) -> int:
-        return int(self._limiter.borrowed_tokens)
-
-    @property
-    def waiting(self) -> int:
-        return self._limiter.statistics().tasks_waiting
+        self._stats = stats  # handshakes_in_progress, _waiting, _refused_busy kept here
 
     @contextlib.asynccontextmanager
     async def slot(self, owner: object) -> AsyncIterator[None]:
         """Hold a handshake slot for the body of the `async with` (on behalf of `owner`, one
         slot per owner). Raises QueueTimeout, holding nothing, when none came free in time;
         trio.Cancelled passes through."""
-        with trio.move_on_after(self.queue_timeout_s) as queued:
-            await self._limiter.acquire_on_behalf_of(owner)
+        stats = self._stats
+        stats.handshakes_waiting += 1
+        try:
+            with trio.move_on_after(self.queue_timeout_s) as queued:
+                await self._limiter.acquire_on_behalf_of(owner)
+        finally:
+            stats.handshakes_waiting -= 1
         if queued.cancelled_caught:
-            self.refused += 1
+            stats.handshakes_refused_busy += 1
             raise QueueTimeout
+        stats.handshakes_in_progress += 1
         try:
             yield
         finally:
+            stats.handshakes_in_progress -= 1
             self._limiter.release_on_behalf_of(owner)

@@ -39,6 +39,9 @@ class DeviceKeyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, device_id: uuid.UUID) -> bool:
+        return device_id in self._entries
+
     def get(self, device_id: uuid.UUID) -> Credentials | None:
         """The cached credentials, or None (then read them from the database)."""
         found = self._entries.get(device_id)

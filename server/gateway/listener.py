@@ -90,7 +90,7 @@ class Gateway:
         # Admission and the device-key cache come straight from the server's settings.
         server = gw.services.settings
         self.admission = Admission(
-            server.gateway_handshake_slots, server.gateway_handshake_queue_timeout_s
+            server.gateway_handshake_slots, server.gateway_handshake_queue_timeout_s, self.stats
         )
         self._step_timeout_s = server.gateway_handshake_step_timeout_s
         self.device_keys = gw.hub.device_keys
