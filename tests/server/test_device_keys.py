@@ -10,7 +10,7 @@ from server.gateway.device_keys import DeviceKeyCache
 from storage.devices import Credentials
 
 
-def credentials(account: uuid.UUID | None = None, **flags: bool) -> Credentials:
+def credentials(account: uuid.UUID | None = None, /, **flags: bool) -> Credentials:
     return Credentials(
         device_id=uuid.uuid4(),
         account_id=account or uuid.uuid4(),
