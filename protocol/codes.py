@@ -36,6 +36,7 @@ class ErrorCode(enum.StrEnum):
     SIGNED_OUT = "signed_out"
     GUARDIAN_CONSENT_REQUIRED = "guardian_consent_required"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
+    BUSY = "busy"
     # Encrypted channel.
     DECRYPT_FAILED = "decrypt_failed"
     CHANNEL_CLOSED = "channel_closed"
@@ -107,6 +108,7 @@ CLOSE_CODE_FOR: Mapping[ErrorCode, CloseCode] = MappingProxyType(
         ErrorCode.SIGNED_OUT: CloseCode.SIGNED_OUT,
         ErrorCode.GUARDIAN_CONSENT_REQUIRED: CloseCode.GUARDIAN_CONSENT_REQUIRED,
         ErrorCode.HANDSHAKE_TIMEOUT: CloseCode.HANDSHAKE_TIMEOUT,
+        ErrorCode.BUSY: CloseCode.TRY_AGAIN_LATER,
         ErrorCode.DECRYPT_FAILED: CloseCode.DECRYPT_FAILED,
         ErrorCode.CHANNEL_CLOSED: CloseCode.DECRYPT_FAILED,
         ErrorCode.NOT_MEMBER: CloseCode.POLICY_VIOLATION,

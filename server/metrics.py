@@ -72,12 +72,13 @@ def connection_moved(old: State | None, new: State) -> None:
 HANDSHAKES = Counter(
     "obrol_handshakes",
     "Gateway handshakes by outcome: ok (established, the device may connect), timeout, "
-    "closed (refused, malformed, the peer went away, or the database was down)",
+    "busy (no admission slot within the queue deadline), closed (refused, malformed, a "
+    "step too slow, the peer went away, or the database was down)",
     ["outcome"],
 )
 HANDSHAKE_SECONDS = Histogram(
     "obrol_handshake_seconds",
-    "From the accepted TCP connection to an established secure channel",
+    "From admission (a handshake slot) to an established secure channel",
     buckets=LATENCY_BUCKETS,
 )
 DELIVERIES = Counter(

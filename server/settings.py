@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     # `gateway_frame_burst` (PROTOCOL.md §8); over it batches are refused, then it is closed.
     gateway_frames_per_s: float = Field(200.0, gt=0)
     gateway_frame_burst: int = Field(1000, ge=256)
+    # Handshake admission (server/gateway/admission.py): at most this many handshakes in
+    # progress; later connections wait in arrival order up to the queue timeout, then are
+    # closed `busy` (1013). A slot holder silent for the step timeout loses it (4006).
+    gateway_handshake_slots: int = Field(64, ge=1, le=100_000)
+    gateway_handshake_queue_timeout_s: float = Field(10.0, gt=0)
+    gateway_handshake_step_timeout_s: float = Field(5.0, gt=0)
+    # Devices whose key and standing the gateway keeps in memory (0: none, every handshake
+    # reads the database); kept exact by revocations, deactivations and sign-outs.
+    gateway_device_cache_size: int = Field(100_000, ge=0)
     commit_batch_max: int = Field(1000, ge=1, le=10_000)
     # Freeze start-up objects out of the cyclic GC and collect generation 0 less often:
     # under fan-out load the default thresholds spend a large share of CPU in the GC.

@@ -10,6 +10,7 @@ import trio
 
 from protocol import CloseCode, ErrorCode
 from server.gateway.connection import Connection
+from server.gateway.device_keys import DeviceKeyCache
 from server.gateway.states import GatewayStats, State
 from server.metrics import DELIVERIES
 
@@ -19,9 +20,11 @@ logger = logging.getLogger(__name__)
 class Hub:
     """The live connections of this process, by account, by device and by organization.
 
-    It also holds what the privacy-policy gate needs (see `policy_blocked`)."""
+    It also holds what the privacy-policy gate needs (see `policy_blocked`), and the cache
+    of device keys the handshake reads (`device_keys`), which the disconnect methods keep
+    exact: whatever makes a device or account refused goes through them."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_cache_size: int = 100_000) -> None:
         self._by_account: dict[uuid.UUID, set[Connection]] = {}
         self._by_device: dict[uuid.UUID, set[Connection]] = {}
         self._by_org: dict[uuid.UUID, set[Connection]] = {}
@@ -34,6 +37,7 @@ class Hub:
         """Held by whoever commits stream positions in this process (the committer, the
         writers of tombstones) from before the commit until its frames are fanned out:
         every connection then receives positions in increasing order (PROTOCOL.md 6.1)."""
+        self.device_keys = DeviceKeyCache(device_cache_size)
 
     def attach(self, conn: Connection) -> None:
         assert conn.account_id is not None and conn.device_id is not None
@@ -133,13 +137,17 @@ class Hub:
         """The account accepted the version `policy_id` (committed): its connections are
         let through again, without reconnecting."""
         self.policy_acceptances += 1
+        self.device_keys.invalidate_account(account_id)  # cached acceptances are older
         for conn in self._by_account.get(account_id, ()):
             conn.accepted_policy = max(conn.accepted_policy, policy_id)
 
     def disconnect_device(self, device_id: uuid.UUID, *, signed_out: bool = False) -> None:
         """Close the live connections of a device: revoked (4005, the device wipes itself),
         or `signed_out` (4013: its session was ended elsewhere, e.g. by a password change;
-        it logs in again)."""
+        it logs in again). Forgets the device's cached key first, so its next handshake
+        reads the database: call this before the change is acknowledged, on every process
+        (the bus brings other processes' revocations and sign-outs here)."""
+        self.device_keys.invalidate_device(device_id)
         if signed_out:
             code, error, message = CloseCode.SIGNED_OUT, ErrorCode.SIGNED_OUT, "signed out"
         else:
@@ -151,7 +159,9 @@ class Hub:
         self, account_id: uuid.UUID, *, guardian_consent_required: bool = False
     ) -> None:
         """Close every live connection of a deactivated account (4012), or of a minor's
-        account that now waits for a guardian's consent (4014)."""
+        account that now waits for a guardian's consent (4014). Forgets the account's
+        cached device keys first (as `disconnect_device` does)."""
+        self.device_keys.invalidate_account(account_id)
         if guardian_consent_required:
             code, error = CloseCode.GUARDIAN_CONSENT_REQUIRED, ErrorCode.GUARDIAN_CONSENT_REQUIRED
             message = "a guardian's consent must be recorded first"

@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -41,6 +42,7 @@ from protocol import (
     decode_client_batch_lenient,
     encode,
 )
+from server.gateway.admission import Admission, QueueTimeout
 from server.gateway.budget import DEFAULT_FRAME_LIMITS, FrameBudget, FrameLimits
 from server.gateway.committer import err_frame
 from server.gateway.connection import Connection
@@ -87,6 +89,14 @@ class Gateway:
         self.stats = gw.hub.stats
         identity = gw.services.identity
         self._identity_secret = bytes(identity) + bytes(identity.verify_key)
+        # Admission and the device-key cache come straight from the server's settings.
+        server = gw.services.settings
+        self.admission = Admission(
+            server.gateway_handshake_slots, server.gateway_handshake_queue_timeout_s, self.stats
+        )
+        self._step_timeout_s = server.gateway_handshake_step_timeout_s
+        self.device_keys = gw.hub.device_keys
+        self.device_keys.max_entries = server.gateway_device_cache_size
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -191,24 +201,30 @@ class Gateway:
 
     async def _run(self, conn: Connection, nursery: trio.Nursery) -> None:
         started = time.perf_counter()
-        outcome = "closed"  # refused, malformed, peer gone, database down: unless below
+        outcome = "closed"  # refused, malformed, too slow a step, peer gone, database down
         try:
-            with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
-                handshake = await self._handshake(conn)
-            if deadline.cancelled_caught:
-                outcome = "timeout"
-                conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
-                raise _Closed
-            device, channel = handshake
-            conn.established(channel)
-            # Refused only now that the device proved its key (a FINAL `err`, then the
-            # close): whoever knows a device id learns nothing of its account this way.
-            refusal = gateway_refusal(device)  # revoked, deactivated, password, signed out
-            if refusal is not None:
-                conn.close(*refusal)
-                raise _Closed
-            outcome = "ok"
-            HANDSHAKE_SECONDS.observe(time.perf_counter() - started)
+            async with self.admission.slot(conn):
+                # The deadline runs from admission: waiting in the queue is not the
+                # client's fault.
+                started = time.perf_counter()
+                with trio.move_on_after(self.settings.handshake_timeout_s) as deadline:
+                    handshake = await self._handshake(conn)
+                if deadline.cancelled_caught:
+                    outcome = "timeout"
+                    self._too_slow(conn)
+                device, channel = handshake
+                conn.established(channel)
+                # Refused only now that the device proved its key (a FINAL `err`, then the
+                # close): whoever knows a device id learns nothing of its account this way.
+                refusal = gateway_refusal(device)  # revoked, deactivated, signed out, ...
+                if refusal is not None:
+                    conn.close(*refusal)
+                    raise _Closed
+                outcome = "ok"
+                HANDSHAKE_SECONDS.observe(time.perf_counter() - started)
+        except QueueTimeout:
+            outcome = "busy"
+            await self._refuse_busy(conn)
         finally:
             HANDSHAKES.labels(outcome).inc()
         self.gw.cursors.note_seen(device.device_id, self.gw.services.clock())
@@ -237,55 +253,93 @@ class Gateway:
                 conn.close_normally()
                 raise _Closed
 
+    @contextlib.contextmanager
+    def _step(self, conn: Connection) -> Iterator[None]:
+        """One step of the handshake that waits for the client, under the step deadline:
+        a client that stalls while holding a handshake slot loses it (closed 4006)."""
+        with trio.move_on_after(self._step_timeout_s) as step:
+            yield
+        if step.cancelled_caught:
+            self._too_slow(conn)
+
+    def _too_slow(self, conn: Connection) -> NoReturn:
+        conn.close(CloseCode.HANDSHAKE_TIMEOUT, ErrorCode.HANDSHAKE_TIMEOUT, "too slow")
+        raise _Closed
+
+    async def _refuse_busy(self, conn: Connection) -> None:
+        """No handshake slot came free in time: upgrade (so the client can read why) and
+        close `busy` (1013); the client retries with backoff (PROTOCOL.md §7)."""
+        logger.info("connection %s: no handshake slot in time, closing busy", conn.id)
+        with self._step(conn):
+            if self.settings.tls is not None:
+                await self._tls_handshake(conn, self.settings.tls)
+            await self._upgrade(conn)
+        conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.BUSY, "busy: retry later")
+        raise _Closed
+
     async def _handshake(self, conn: Connection) -> tuple[Credentials, SecureChannel]:
         """TLS if on, upgrade to WebSocket, run the secure handshake; returns who is connected.
+        Each wait for the client is bounded by the step deadline (`_step`).
 
         The connection joins the hub as soon as the device is known, before it proves its
         key: a revocation, deactivation or password change while the handshake runs then
         closes it like any live one (the hub delivers nothing to it until it is synced)."""
-        if self.settings.tls is not None:
-            await self._tls_handshake(conn, self.settings.tls)
-        await self._upgrade(conn)
+        with self._step(conn):
+            if self.settings.tls is not None:
+                await self._tls_handshake(conn, self.settings.tls)
+            await self._upgrade(conn)
         hs = ServerHandshake(identity_secret_key=self._identity_secret)
+        with self._step(conn):
+            hello = await self._next_message(conn, None, HANDSHAKE_MESSAGE_BYTES)
         try:
-            hs.receive_client_hello(await self._next_message(conn, None, HANDSHAKE_MESSAGE_BYTES))
+            hs.receive_client_hello(hello)
         except RemoteProtocolError as error:
             self._refuse(conn, error)
-        device_id = uuid.UUID(bytes=hs.device_id)
-        hub = self.gw.hub
-        acceptances = hub.policy_acceptances
-        try:
-            device = await self.gw.services.devices.credentials(device_id)
-        except NotFoundError:
-            conn.close(CloseCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE, "device not enrolled")
-            raise _Closed from None
-        except DatabaseUnavailableError:
-            conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
-            raise _Closed from None
+        device = await self._credentials(conn, uuid.UUID(bytes=hs.device_id))
         conn.account_id, conn.org_id, conn.device_id = (
             device.account_id,
             device.org_id,
             device.device_id,
         )
+        hub = self.gw.hub
         hub.attach(conn)
         hub.note_policy(conn, device.material_policy, device.accepted_policy)
-        if hub.policy_acceptances != acceptances:
-            # An acceptance reached the hub while the credentials were read, before this
-            # connection joined it, and the read may predate it: read the gate again (rare).
-            try:
-                gate = await self.gw.services.policies.gate(device.org_id, device.account_id)
-            except DatabaseUnavailableError:
-                conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
-                raise _Closed from None
-            hub.note_policy(conn, *gate)
         conn.send_plain(hs.server_hello())
+        with self._step(conn):
+            auth = await self._next_message(conn, None, HANDSHAKE_MESSAGE_BYTES)
         try:
-            channel = hs.receive_client_auth(
-                await self._next_message(conn, None, HANDSHAKE_MESSAGE_BYTES), device.public_key
-            )
+            channel = hs.receive_client_auth(auth, device.public_key)
         except RemoteProtocolError as error:
             self._refuse(conn, error)
         return device, channel
+
+    async def _credentials(self, conn: Connection, device_id: uuid.UUID) -> Credentials:
+        """The device's key and standing: from the cache (no database round trip) for a
+        known device that may connect, else from the database (and cached if it may
+        connect). Closes the connection for an unknown device or an unavailable database.
+
+        Nothing may wait between this and `hub.attach`: an invalidation (revocation,
+        deactivation, ...) that lands while the database is read makes the read count for
+        nothing (it may predate the change) and it is read again, so what the handshake
+        goes on with is never older than the last invalidation this process saw."""
+        cache = self.device_keys
+        cached = cache.get(device_id)
+        if cached is not None:
+            return cached
+        while True:
+            generation = cache.generation
+            try:
+                device = await self.gw.services.devices.credentials(device_id)
+            except NotFoundError:
+                conn.close(
+                    CloseCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_DEVICE, "device not enrolled"
+                )
+                raise _Closed from None
+            except DatabaseUnavailableError:
+                conn.close(CloseCode.TRY_AGAIN_LATER, ErrorCode.UNAVAILABLE, "try again later")
+                raise _Closed from None
+            if cache.store(device, generation):
+                return device
 
     async def _upgrade(self, conn: Connection) -> None:
         while True:

@@ -40,3 +40,9 @@ class GatewayStats:
 
     connection_failures: int = 0
     """Connections ended by an unexpected error (`internal`) in any of their tasks."""
+    handshakes_in_progress: int = 0
+    """Handshakes holding an admission slot now (server/gateway/admission.py)."""
+    handshakes_waiting: int = 0
+    """Connections waiting in arrival order for a handshake slot now."""
+    handshakes_refused_busy: int = 0
+    """Connections closed `busy` since start: no slot came free within the queue deadline."""
