@@ -40,6 +40,15 @@ from loadtest.provision import unb64url
 from protocol import GATEWAY_PATH, ClientHandshake, ServerHandshake, SigningKeyPair, Synced
 
 STEPS = ("tcp", "websocket", "handshake", "synced")
+# The `tcp` and `websocket` steps hold connections that never go on with the handshake,
+# which handshake admission would close as stalled: give them room (every connection its
+# slot, no step or queue deadline that the measurement's own pace could hit).
+HOLD_OPEN = {
+    "OBROL_GATEWAY_HANDSHAKE_SLOTS": "100000",
+    "OBROL_GATEWAY_HANDSHAKE_STEP_TIMEOUT_S": "3600",
+    "OBROL_GATEWAY_HANDSHAKE_QUEUE_TIMEOUT_S": "3600",
+    "OBROL_HANDSHAKE_TIMEOUT_S": "3600",
+}
 IDLE_S = 5.0
 
 
@@ -153,7 +162,9 @@ def _identities(data_dir: Path, server_key: str, count: int) -> tuple[list[Devic
 async def run(args: argparse.Namespace) -> None:
     for name, micros in sans_io_costs().items():
         print(f"{name:32s} {micros:8.1f} us")
-    async with local_server(args.data_dir, args.data_dir / "bench-handshake-server.log") as srv:
+    async with local_server(
+        args.data_dir, args.data_dir / "bench-handshake-server.log", settings=HOLD_OPEN
+    ) as srv:
         identities, cursor = _identities(args.data_dir, srv.server_key, args.connections)
         results: dict[str, list[dict[str, float]]] = {step: [] for step in STEPS}
         for _ in range(args.repeats):
