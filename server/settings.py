@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     live_sessions_retention_days: int = Field(7, ge=0, le=30)  # after a session ended
     requests_retention_days: int = Field(1096, le=3660)  # after a request closed: >= 3 years
     notices_retention_days: int = Field(366, ge=30, le=3660)  # after sending (or the end date)
+    # Auth tokens (hashes) after they expired, revoked or not: until then a presented one is
+    # answered "expired" or "revoked" (and a rotated-away refresh token ends its family).
+    auth_tokens_retention_days: int = Field(7, ge=1, le=366)
+    # Blobs in the files folder with no file row (a crash between a commit that deleted rows
+    # and the deletion of their blobs) are deleted once this old: longer than any upload
+    # takes between writing its blob and recording its row.
+    orphan_blob_grace_s: int = Field(24 * 3600, ge=3600, le=30 * 24 * 3600)
     # How far ahead a service-ending notice must be sent (the policies promise 30 days).
     service_ending_notice_days: int = Field(30, ge=30, le=366)
 

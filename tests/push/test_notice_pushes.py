@@ -82,9 +82,7 @@ async def test_an_incident_notice_wakes_offline_phones_and_reaches_connected_dev
     async with await server.connect(bob) as bobs_laptop, await server.connect(cat) as cats:
         await synced(bobs_laptop)
         await synced(cats)  # Cat is connected and caught up, her phone registered
-        notice = await send_notice(
-            server, olivia, kind="security_incident", title=TITLE, text=TEXT
-        )
+        notice = await send_notice(server, olivia, kind="security_incident", title=TITLE, text=TEXT)
         [live] = await live_notices(bobs_laptop)
         [cats_live] = await live_notices(cats)
         notice_push = (await wait_for_pushes(standin, APNS_PHONE, 2))[1]
@@ -173,9 +171,7 @@ async def test_a_refused_notice_push_retries_dead_letters_and_is_redriven(
         bob = await server.add_member(olivia, "bob")
         await register(server, bob, provider="apns", token=APNS_PHONE)
         standin.add_fault(Fault(service="apns", status=503, count=None, token=APNS_PHONE))
-        notice = await send_notice(
-            server, olivia, kind="security_incident", title=TITLE, text=TEXT
-        )
+        notice = await send_notice(server, olivia, kind="security_incident", title=TITLE, text=TEXT)
         await wait_for_pushes(standin, APNS_PHONE, 2)
         with trio.fail_after(20):
             while True:
