@@ -8,9 +8,10 @@ and sent by the same workers through the same providers (`PushOutbox.claim` leas
 kinds; `PushOutbox.settle` records both). A device that is connected gets the live `notice`
 frame and the push too: the app tells them apart from nothing, both carry the notice id.
 
-Locks: rows are only ever inserted with a fresh notice id (no conflict to wait on), and a
-settlement locks registrations before jobs, like the message outbox (storage/push_outbox.py),
-so no stream lock is needed here.
+Locks: rows are only ever inserted with a fresh notice id (no conflict to wait on), holding
+KEY SHARE on the registrations in device id order (which only a deletion of them waits for,
+and that locks them in the same order); a settlement locks registrations before jobs, like
+the message outbox (storage/push_outbox.py). So no stream lock is needed here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ async def enqueue_for_notice(
            JOIN push_registrations r ON r.device_id = d.id AND r.disabled_at IS NULL
            WHERE a.org_id = $2 AND a.status = 'active'
              AND ($3::uuid[] IS NULL OR a.id = ANY($3::uuid[]))
-           ORDER BY d.id""",
+           ORDER BY d.id
+           -- a registration being deleted meanwhile (sign-out, revocation) is skipped
+           -- once that commits, not a foreign-key failure of the whole notice
+           FOR KEY SHARE OF r""",
         notice_id,
         org_id,
         None if accounts is None else list(accounts),
