@@ -5,7 +5,9 @@ No I/O here. Apple's references: "Generating a remote notification" (the payload
 from APNs" (the statuses and reasons classified below).
 
 The payload is minimal by construction: the `aps` dictionary, the conversation id `c` and the
-message id `m`, nothing else. Two choices follow Apple's documentation rather than habit:
+message id `m`, nothing else; a notice's push carries the notice id `n` and its kind `k`
+instead, with a loc-key for the kind (never the notice's title or text). Two choices
+follow Apple's documentation rather than habit:
 - The generic alert is `{"loc-key": "NEW_MESSAGE"}` with no `body`: `loc-key` is used
   *instead of* `body` and must name a key in the app's Localizable.strings, so the app ships
   that string; sending both would leave which one shows up to the device.
@@ -29,6 +31,13 @@ from push.timing import seconds_left
 
 MAX_PAYLOAD_BYTES = 4096  # Apple's limit for every push type but VoIP
 ALERT_LOC_KEY = "NEW_MESSAGE"  # the app's Localizable.strings key for "New message"
+# An organization's notice, per kind: "Your organization's service is ending" and "Security
+# notice from your organization", say; the app fetches the notice itself by its id (`n`).
+NOTICE_LOC_KEYS = {
+    "service_ending": "NOTICE_SERVICE_ENDING",
+    "security_incident": "NOTICE_SECURITY_INCIDENT",
+}
+NOTICE_THREAD_ID = "notices"
 PRIORITY_IMMEDIATE = 10
 PRIORITY_CONSERVE_POWER = 5
 ENVIRONMENTS = ("production", "sandbox")
@@ -59,6 +68,15 @@ def environment_of(target: Target) -> str | None:
 def payload(push: Push) -> dict[str, Any]:
     """The JSON payload for `push`: ids and counts, plus title/body only where opted in."""
     aps: dict[str, Any]
+    if push.kind is PushKind.NOTICE:
+        loc_key = NOTICE_LOC_KEYS.get(push.notice_kind or "", "NOTICE")
+        aps = {
+            "alert": {"loc-key": loc_key},
+            "badge": push.badge,
+            "sound": "default",
+            "thread-id": NOTICE_THREAD_ID,
+        }
+        return {"aps": aps, "n": str(push.notice_id), "k": push.notice_kind}
     if push.kind is PushKind.ALERT:
         alert: dict[str, str] = {}
         if push.title is not None:
@@ -104,7 +122,7 @@ def render(push: Push, *, default_topic: str, now: float) -> NotificationRequest
     message = payload(push)
     if encoded_size(message) > MAX_PAYLOAD_BYTES:
         return Result(Outcome.DEAD_LETTER, None, "payload_too_large")
-    alert = push.kind is PushKind.ALERT
+    alert = push.kind in (PushKind.ALERT, PushKind.NOTICE)
     return NotificationRequest(
         device_token=target.token,
         message=message,

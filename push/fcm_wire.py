@@ -2,9 +2,10 @@
 `Result`. No I/O here.
 
 The message is minimal by construction: the token, string `data` ("c", "m", "badge",
-"kind") and the `android` block (collapse key, priority, ttl, and for an alert the
-notification). The generic alert is `body_loc_key` alone: the Android SDK shows a literal
-`body` in preference to the localized one, so a fallback body would never be localized.
+"kind"; for an organization's notice "n" and "k", its id and kind, never its text) and
+the `android` block (collapse key, priority, ttl, and for an alert the notification). The
+generic alert is `body_loc_key` alone: the Android SDK shows a literal `body` in preference
+to the localized one, so a fallback body would never be localized.
 
 Google's answer ("Firebase Cloud Messaging: ErrorCode"): the `errorCode` in
 `error.details[]` (type `google.firebase.fcm.v1.FcmError`) says what happened; without one we
@@ -22,6 +23,10 @@ from push.providers import Outcome, Push, PushKind, Result
 from push.timing import parse_retry_after, seconds_left
 
 ALERT_BODY_LOC_KEY = "new_message"  # the app's string resource for "New message"
+NOTICE_BODY_LOC_KEYS = {  # an organization's notice, per kind (see apns_wire.NOTICE_LOC_KEYS)
+    "service_ending": "notice_service_ending",
+    "security_incident": "notice_security_incident",
+}
 MAX_TOKEN_CHARS = 4096
 
 _DISABLE_CODES = frozenset(
@@ -56,13 +61,22 @@ def message(push: Push, now: float) -> dict[str, Any]:
         data["c"] = str(push.conversation_id)
     if push.message_id is not None:
         data["m"] = str(push.message_id)
-    android: dict[str, Any] = {"priority": "HIGH" if push.kind is PushKind.ALERT else "NORMAL"}
+    if push.kind is PushKind.NOTICE:
+        data["n"] = str(push.notice_id)
+        data["k"] = push.notice_kind or ""
+    shown = push.kind in (PushKind.ALERT, PushKind.NOTICE)
+    android: dict[str, Any] = {"priority": "HIGH" if shown else "NORMAL"}
     if push.collapse_id is not None:
         android["collapse_key"] = push.collapse_id
     time_to_live = seconds_left(push.expires_at, now)
     if time_to_live is not None:
         android["ttl"] = f"{time_to_live}s"
-    if push.kind is PushKind.ALERT:
+    if push.kind is PushKind.NOTICE:
+        android["notification"] = {
+            "body_loc_key": NOTICE_BODY_LOC_KEYS.get(push.notice_kind or "", "notice"),
+            "notification_count": push.badge,
+        }
+    elif push.kind is PushKind.ALERT:
         notification: dict[str, Any] = {}
         if push.title is not None:
             notification["title"] = push.title

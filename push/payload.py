@@ -1,9 +1,10 @@
 """From a claimed outbox job to a minimized, provider-neutral `Push`.
 
 What a push may carry, by construction: the conversation id, the message id, the badge, and
-a generic alert. A sender name and text preview only where the recipient opted in on that
-device, and only for an untagged text message (location and file messages carry consent
-tags, so never). Ephemeral messages are never stored and so never reach the outbox.
+a generic alert; for an organization's notice, the notice id and kind with a generic alert.
+A sender name and text preview only where the recipient opted in on that device, and only
+for an untagged text message (location and file messages carry consent tags, so never).
+Ephemeral messages are never stored and so never reach the outbox.
 A muted conversation or the account's do-not-disturb hours turn an alert into a badge update.
 """
 
@@ -61,8 +62,33 @@ def _preview(job: ClaimedJob) -> tuple[str | None, str | None]:
     return job.preview_sender, text
 
 
+def build_notice_push(job: ClaimedJob, now: datetime, expiry_s: int) -> Push:
+    """A notice's push: a generic alert for its kind with the notice id, never its title or
+    text (the app reads those at GET /v1/me/notices). Not a chat message, so no mute
+    applies, and quiet hours neither: a service ending or a security incident is what they
+    must not hide. One collapse id per notice: never merged with another push."""
+    return Push(
+        push_id=uuid.uuid5(PUSH_ID_NAMESPACE, f"{job.device_id}:notice:{job.notice_id}"),
+        target=Target(
+            provider=job.provider,
+            token=job.token,
+            environment=job.environment,
+            topic=job.topic,
+            project=job.project,
+        ),
+        kind=PushKind.NOTICE,
+        badge=job.badge,
+        collapse_id=f"notice:{job.notice_id}",
+        expires_at=int((now + timedelta(seconds=expiry_s)).astimezone(UTC).timestamp()),
+        notice_id=job.notice_id,
+        notice_kind=job.notice_kind,
+    )
+
+
 def build_push(job: ClaimedJob, now: datetime, expiry_s: int) -> Push:
     """The push for a claimed job, as of `now`."""
+    if job.notice_id is not None:
+        return build_notice_push(job, now, expiry_s)
     alert = job.kind == "alert" and not job.muted and not in_quiet_hours(job, now)
     title, body = _preview(job) if alert else (None, None)
     conversation = job.conversation_id

@@ -30,6 +30,7 @@ class PushConfigError(ObrolError):
 class PushKind(StrEnum):
     ALERT = "alert"  # a visible notification (generic "New message" unless opted in), badge
     BADGE = "badge"  # badge only, nothing shown: do-not-disturb, a muted conversation, a read
+    NOTICE = "notice"  # an organization's notice: a generic alert for its kind, never its text
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,8 @@ class Push:
     expires_at: int | None = None  # unix seconds; None: the provider's default
     title: str | None = None  # only with the device's preview opt-in
     body: str | None = None  # None: the generic, localizable "New message"
+    notice_id: uuid.UUID | None = None  # kind NOTICE: which notice (the app fetches it)
+    notice_kind: str | None = None  # ... "service_ending" | "security_incident"
 
 
 class Outcome(StrEnum):

@@ -112,7 +112,7 @@ class PushWorker:
         self._metrics.add("moot", claim.moot)
         if claim.jobs:
             await self.deliver(claim.jobs)
-        return len(claim.jobs) + claim.moot >= self._config.batch
+        return claim.more
 
     async def deliver(self, jobs: Sequence[ClaimedJob]) -> None:
         """Send the claimed jobs' pushes, every provider and chunk at once; each chunk is
@@ -190,6 +190,7 @@ class PushWorker:
             reason=result.reason[:200],
             retry_at=retry_at,
             provider_timestamp=result.provider_timestamp,
+            notice_id=job.notice_id,
         )
 
     async def _settle(self, settled: list[Settlement]) -> list[uuid.UUID]:

@@ -163,6 +163,58 @@ class OrgMessagesSweep:
         return erased, True
 
 
+ORPHAN_WALK_EVERY_S = 3600.0  # the files folder is walked at most this often
+TEMPORARY_SUFFIXES = (".part", ".seal")  # storage.files: writes in progress (or abandoned)
+
+
+@dataclass
+class OrphanBlobsSweep:
+    """Deletes what a crash left in the files folder: a blob whose row is gone (the commit
+    that deleted the row came, the blob deletion after it did not) and a temporary file of
+    an unfinished write, once older than `orphan_blob_grace_s` (by modification time), so a
+    blob written for an upload whose row is about to be recorded is never touched. A walk
+    of the folder in name order, `sweep_batch` files at a time (one query for their rows),
+    at most every ORPHAN_WALK_EVERY_S; where it is carries over between passes. Files of
+    any other name are not obrol's and are left alone."""
+
+    after: str = ""  # the walk: files after this "xx/name"
+    next_walk: datetime | None = None  # the walk ended: the next begins then
+
+    async def __call__(self, services: Services, now: datetime) -> tuple[Erased, bool]:
+        if self.next_walk is not None and now < self.next_walk:
+            return Erased(), False
+        self.next_walk = None
+        return await batches(services, partial(self._step, services, now))
+
+    async def _step(self, services: Services, now: datetime) -> tuple[Erased, bool]:
+        older_than = now.timestamp() - services.settings.orphan_blob_grace_s
+        names, after = await services.blobs.old_entries(
+            self.after, older_than, services.settings.sweep_batch
+        )
+        blobs: dict[uuid.UUID, str] = {}
+        doomed: list[str] = []
+        for name in names:
+            base = name.partition("/")[2]
+            if base.startswith(".") and base.endswith(TEMPORARY_SUFFIXES):
+                doomed.append(name)
+                continue
+            try:
+                file_id = uuid.UUID(base)
+            except ValueError:
+                continue
+            if str(file_id) == base:
+                blobs[file_id] = name
+        if blobs:
+            kept = await services.files.existing(list(blobs))
+            doomed += [name for file_id, name in blobs.items() if file_id not in kept]
+        erased = Erased(files=await services.blobs.delete_entries(doomed))
+        if after is None:
+            self.after, self.next_walk = "", now + timedelta(seconds=ORPHAN_WALK_EVERY_S)
+            return erased, False
+        self.after = after
+        return erased, True
+
+
 async def _login_records(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.login_records_retention_days)
     return await batches(services, rows_before(services, services.logins.delete_before, cutoff))
@@ -188,6 +240,12 @@ async def _rights_requests(services: Services, now: datetime) -> tuple[Erased, b
 async def _notices(services: Services, now: datetime) -> tuple[Erased, bool]:
     cutoff = now - timedelta(days=services.settings.notices_retention_days)
     return await batches(services, rows_before(services, services.notices.delete_before, cutoff))
+
+
+async def _auth_tokens(services: Services, now: datetime) -> tuple[Erased, bool]:
+    cutoff = now - timedelta(days=services.settings.auth_tokens_retention_days)
+    delete = services.tokens.delete_expired_before
+    return await batches(services, rows_before(services, delete, cutoff))
 
 
 def org_messages_rule(sweep: Sweep | None) -> Rule:
@@ -243,9 +301,9 @@ async def _prune_audit(services: Services, now: datetime) -> tuple[Erased, bool]
     return Erased(rows=await prune_audit(services, now)), False
 
 
-def rules(org_messages: Sweep | None = None) -> tuple[Rule, ...]:
-    """The schedule, in the order the sweeper runs it. `org_messages`: that rule's sweep
-    (it keeps a position between passes, so each sweeper brings its own)."""
+def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) -> tuple[Rule, ...]:
+    """The schedule, in the order the sweeper runs it. `org_messages`, `orphan_blobs`: those
+    rules' sweeps (they keep a position between passes, so each sweeper brings its own)."""
     return (
         Rule(
             "live_sessions_open",
@@ -339,6 +397,18 @@ def rules(org_messages: Sweep | None = None) -> tuple[Rule, ...]:
             _cancelled_accounts,
         ),
         Rule(
+            "auth_tokens",
+            "expired sign-in tokens (hashes only: device, account, family, dates), revoked or not",
+            lambda s: (
+                f"{s.auth_tokens_retention_days} days after they expired "
+                "(`auth_tokens_retention_days`); a revoked one is kept until then too, so a "
+                "rotated-away refresh token presented again still ends its family"
+            ),
+            "nothing is kept once it has no use: an expired token only lets the server "
+            "answer `token_expired` instead of `unauthenticated`",
+            _auth_tokens,
+        ),
+        Rule(
             "audit_log",
             "audit-log entries (who did what to whose data, when: ids and counts only)",
             lambda s: (
@@ -347,6 +417,17 @@ def rules(org_messages: Sweep | None = None) -> tuple[Rule, ...]:
             ),
             "access records are kept at least 6 months and protected from tampering (policy 003)",
             _prune_audit,
+        ),
+        Rule(
+            "orphan_blobs",
+            "files in the files folder with no file row (a crash between deleting a file's "
+            "row and its blob), and temporary files of uploads that never finished",
+            lambda s: (
+                f"{s.orphan_blob_grace_s} s after they were last written "
+                "(`orphan_blob_grace_s`; the folder is walked at most hourly)"
+            ),
+            "what the other rules erase is erased from disk too, even after a crash",
+            orphan_blobs,
         ),
         Rule(
             "push_results",

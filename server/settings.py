@@ -149,6 +149,13 @@ class Settings(BaseSettings):
     # data key is destroyed at once). At most 5 days, so that the purge ends within the 7
     # days the policies promise even with a backlog.
     cancelled_accounts_purge_delay_h: int = Field(0, ge=0, le=120)
+    # Auth tokens (hashes) after they expired, revoked or not: until then a presented one is
+    # answered "expired" or "revoked" (and a rotated-away refresh token ends its family).
+    auth_tokens_retention_days: int = Field(7, ge=1, le=366)
+    # Blobs in the files folder with no file row (a crash between a commit that deleted rows
+    # and the deletion of their blobs) are deleted once this old: longer than any upload
+    # takes between writing its blob and recording its row.
+    orphan_blob_grace_s: int = Field(24 * 3600, ge=3600, le=30 * 24 * 3600)
     # How far ahead a service-ending notice must be sent (the policies promise 30 days).
     service_ending_notice_days: int = Field(30, ge=30, le=366)
 

@@ -15,7 +15,7 @@ import logging
 
 import trio
 
-from server.retention import OrgMessagesSweep, Rule, rules
+from server.retention import OrgMessagesSweep, OrphanBlobsSweep, Rule, rules
 from server.services import Services
 from server.sweep_status import Erased
 from storage.errors import DatabaseUnavailableError
@@ -55,7 +55,7 @@ async def run_sweeper(services: Services) -> None:
     `sweep_interval_s` later, tries again. While a backlog is being worked off, one log line
     every LOG_EVERY_S sums up the passes since the last."""
     outage = OutageLog(logger, "retention sweeper")
-    schedule = rules(OrgMessagesSweep())
+    schedule = rules(OrgMessagesSweep(), OrphanBlobsSweep())
     status = services.sweep_status
     unlogged: dict[str, Erased] = {}
     logged_at = trio.current_time()

@@ -209,6 +209,62 @@ class BlobStore:
     async def delete(self, file_id: uuid.UUID) -> None:
         await trio.to_thread.run_sync(lambda: self.path(file_id).unlink(missing_ok=True))
 
+    async def old_entries(
+        self, after: str, older_than: float, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to `limit` files of the folder last modified before `older_than` (unix
+        seconds), as "xx/name", in name order after `after` ("" for the start): blobs and
+        the temporary files of writes that never finished. Also where to go on from (None:
+        the whole folder was walked). Blocking work in a thread: directory listings and one
+        stat per file, no file opened."""
+        return await trio.to_thread.run_sync(self._old_entries, after, older_than, limit)
+
+    def _old_entries(
+        self, after: str, older_than: float, limit: int
+    ) -> tuple[list[str], str | None]:
+        try:
+            folders = sorted(
+                e.name for e in os.scandir(self.root) if e.is_dir() and len(e.name) == 2
+            )
+        except FileNotFoundError:
+            return [], None
+        start, _, last = after.partition("/")
+        found: list[str] = []
+        for folder in (f for f in folders if f >= start):
+            try:
+                entries = sorted(os.scandir(self.root / folder), key=lambda e: e.name)
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if (folder == start and entry.name <= last) or not entry.is_file(
+                    follow_symlinks=False
+                ):
+                    continue
+                try:
+                    modified = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                if modified < older_than:
+                    found.append(f"{folder}/{entry.name}")
+                    if len(found) == limit:
+                        return found, found[-1]
+        return found, None
+
+    async def delete_entries(self, names: list[str]) -> int:
+        """Delete these "xx/name" files (from `old_entries`); returns how many were there."""
+
+        def delete() -> int:
+            gone = 0
+            for name in names:
+                try:
+                    (self.root / name).unlink()
+                except FileNotFoundError:
+                    continue
+                gone += 1
+            return gone
+
+        return await trio.to_thread.run_sync(delete)
+
 
 def _opened(key: bytes | None, value: bytes, associated: bytes) -> bytes:
     """A sealed value opened (UnreadableError if it does not), a plaintext one as it is."""
@@ -298,6 +354,11 @@ async def _visible_to(conn: Any, file_id: uuid.UUID, account_id: uuid.UUID) -> b
     )
 
 
+async def _existing(conn: Any, file_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await conn.fetch("SELECT id FROM files WHERE id = ANY($1::uuid[])", file_ids)
+    return {r["id"] for r in rows}
+
+
 class FileStore:
     def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
@@ -312,6 +373,10 @@ class FileStore:
         """The file (`erased` if its uploader's key was destroyed, `blob_key` the key to
         read its blob with). NotFoundError for an unknown id."""
         return await self._db.read(_get, self._keyring, file_id)
+
+    async def existing(self, file_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these files have a row."""
+        return await self._db.read(_existing, file_ids)
 
     async def visible_to(self, file_id: uuid.UUID, account_id: uuid.UUID) -> bool:
         """Whether the account may see a message that shares the file (its consent scope,

@@ -1,6 +1,7 @@
 """Notices from an organization's admins to its members: the service is ending, or a
-security incident happened. Stored, so that members who were away read them later; the
-live delivery is the handler's (server/handlers/notices.py)."""
+security incident happened. Stored, so that members who were away read them later, with a
+push job for every registered device of every recipient in the same transaction
+(storage/push_notices.py); the live delivery is the handler's (server/handlers/notices.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.errors import NotFoundError
+from storage.push_notices import enqueue_for_notice
 
 KINDS = ("service_ending", "security_incident")
 COLUMNS = "n.id, n.org_id, n.kind, n.title, n.body, n.sent_at, n.sent_by, n.ends_at, n.everyone"
@@ -44,7 +46,7 @@ def _notice(row: Any) -> Notice:
 
 async def _send(
     conn: Any, org_id: uuid.UUID, new: NewNotice, by: uuid.UUID, at: datetime
-) -> tuple[Notice, list[uuid.UUID]]:
+) -> tuple[Notice, list[uuid.UUID], int]:
     row = await conn.fetchrow(
         """INSERT INTO notices AS n (id, org_id, kind, title, body, sent_at, sent_by, ends_at,
                everyone) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -61,7 +63,7 @@ async def _send(
         new.recipients is None,
     )
     if new.recipients is None:
-        return _notice(row), []
+        return _notice(row), [], await enqueue_for_notice(conn, row["id"], org_id, None)
     wanted = sorted(set(new.recipients))
     listed = await conn.fetch(
         """INSERT INTO notice_recipients (notice_id, account_id)
@@ -73,7 +75,8 @@ async def _send(
     )
     if len(listed) != len(wanted):
         raise NotFoundError("an account listed is not a member of this organization")
-    return _notice(row), [r["account_id"] for r in listed]
+    accounts = [r["account_id"] for r in listed]
+    return _notice(row), accounts, await enqueue_for_notice(conn, row["id"], org_id, accounts)
 
 
 async def _mine(
@@ -130,9 +133,10 @@ class NoticeStore:
 
     async def send(
         self, org_id: uuid.UUID, new: NewNotice, by: uuid.UUID, at: datetime
-    ) -> tuple[Notice, list[uuid.UUID]]:
-        """Store a notice and its recipients; returns it and the listed accounts (empty for
-        everyone). NotFoundError (nothing stored) if a listed account is not a member."""
+    ) -> tuple[Notice, list[uuid.UUID], int]:
+        """Store a notice, its recipients and a push job for each of their registered
+        devices; returns it, the listed accounts (empty for everyone) and how many pushes
+        were queued. NotFoundError (nothing stored) if a listed account is not a member."""
         return await self._db.transaction(_send, org_id, new, by, at)
 
     async def mine(

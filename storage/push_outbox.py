@@ -5,7 +5,9 @@ job of every recipient device with a live registration, in the same transaction 
 message: a burst collapses into one row carrying the latest message, due a grace after the
 first one. Workers in any process claim due rows with `FOR UPDATE SKIP LOCKED` under a lease;
 a job whose device's cursor already reached its position, or whose alert's message was
-erased since, is moot and deleted at claim time.
+erased since, is moot and deleted at claim time. Notices from an organization's admins have
+jobs of their own (storage/push_notices.py), never moot and never merged with these; a claim
+leases both kinds and a settlement records both.
 
 Locks: a message commit holds the stream lock while it upserts jobs, and every other
 transaction that writes jobs of several devices or deletes registrations (read receipts,
@@ -26,6 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from storage.database import Database
 from storage.keyring import Keyring
+from storage.push_notices import (
+    lease_notice_jobs,
+    redrive_notice_letters,
+    settle_notice_jobs,
+)
+from storage.push_registrations import DeadToken, disable_dead_tokens
 from storage.sealing import open_message_body
 from storage.stream import current_pos, lock_stream
 from storage.visible import VISIBLE
@@ -211,7 +219,7 @@ class ClaimedJob:
 
     device_id: uuid.UUID
     account_id: uuid.UUID
-    kind: str  # "alert" | "badge"
+    kind: str  # "alert" | "badge" | "notice" (storage/push_notices.py)
     conversation_id: uuid.UUID | None
     message_id: uuid.UUID | None
     pos: int
@@ -232,16 +240,32 @@ class ClaimedJob:
     preview_body: bytes | None  # ... its msgpack body
     preview_sender: str | None  # ... and its sender's display name
     lease: datetime  # claimed_until: the settlement must show it
+    notice_id: uuid.UUID | None = None  # kind "notice": the notice it announces
+    notice_kind: str | None = None  # ... "service_ending" | "security_incident"
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     jobs: list[ClaimedJob]
     moot: int  # jobs dropped because their device had the message already
+    more: bool = False  # a kind filled its share of the claim: more may be due right now
+
+
+async def _lease_all(
+    conn: Any, limit: int, lease_s: float
+) -> tuple[list[Any], int, list[Any], bool]:
+    """Lease up to `limit` due jobs, message jobs first but at most three quarters of them
+    (so a backlog of message pushes never holds back a notice's), notice jobs in the rest.
+    (live message rows, moot count, notice rows, whether a kind filled its share)"""
+    share = limit - limit // 4
+    live, moot = await _lease(conn, share, lease_s)
+    notices = await lease_notice_jobs(conn, limit - len(live) - moot, lease_s)
+    more = len(live) + moot >= share or len(notices) >= limit - len(live) - moot > 0
+    return live, moot, notices, more
 
 
 async def _lease(conn: Any, limit: int, lease_s: float) -> tuple[list[Any], int]:
-    """Lease up to `limit` due jobs; delete the moot ones. (live rows, moot count)"""
+    """Lease up to `limit` due message jobs; delete the moot ones. (live rows, moot count)"""
     rows = await conn.fetch(
         """WITH picked AS (
                SELECT device_id FROM push_jobs
@@ -264,13 +288,16 @@ async def _lease(conn: Any, limit: int, lease_s: float) -> tuple[list[Any], int]
     return [r for r in rows if r["cursor"] < r["pos"] and not r["erased"]], len(moot)
 
 
-async def _details(conn: Any, keyring: Keyring, live: list[Any]) -> list[ClaimedJob]:
+async def _details(
+    conn: Any, keyring: Keyring, live: list[Any], notices: list[Any]
+) -> list[ClaimedJob]:
     """What the leased jobs' pushes need: registrations, badges, quiet hours, mutes and
     previews (bodies opened with their senders' keys; an erased one has no preview). Read
     after the lease is committed, so no job row stays locked meanwhile (a commit to those
-    devices would wait on it, holding the stream lock)."""
-    devices = [r["device_id"] for r in live]
-    accounts = list({r["account_id"] for r in live})
+    devices would wait on it, holding the stream lock). Notice jobs (`notices`) need only
+    the registration and the badge: a notice alerts whatever the mutes and quiet hours."""
+    devices = [r["device_id"] for r in live + notices]
+    accounts = list({r["account_id"] for r in live + notices})
     registrations = {
         r["device_id"]: r
         for r in await conn.fetch(
@@ -278,6 +305,7 @@ async def _details(conn: Any, keyring: Keyring, live: list[Any]) -> list[Claimed
         )
     }
     live = [r for r in live if r["device_id"] in registrations]  # not removed meanwhile
+    notices = [r for r in notices if r["device_id"] in registrations]
     badges = await _badges(conn, accounts)
     settings = {
         r["account_id"]: r
@@ -342,6 +370,37 @@ async def _details(conn: Any, keyring: Keyring, live: list[Any]) -> list[Claimed
                 lease=row["claimed_until"],
             )
         )
+    for row in notices:
+        reg = registrations[row["device_id"]]
+        jobs.append(
+            ClaimedJob(
+                device_id=row["device_id"],
+                account_id=row["account_id"],
+                kind="notice",
+                conversation_id=None,
+                message_id=None,
+                pos=0,
+                burst=1,
+                queued_at=row["queued_at"],
+                attempts=row["attempts"],
+                provider=reg["provider"],
+                token=reg["token"],
+                environment=reg["environment"],
+                topic=reg["topic"],
+                project=reg["project"],
+                badge=badges.get(row["account_id"], 0),
+                muted=False,
+                dnd_start_min=None,
+                dnd_end_min=None,
+                time_zone="UTC",
+                preview_kind=None,
+                preview_body=None,
+                preview_sender=None,
+                lease=row["claimed_until"],
+                notice_id=row["notice_id"],
+                notice_kind=row["notice_kind"],
+            )
+        )
     return jobs
 
 
@@ -383,6 +442,7 @@ class Settlement:
     reason: str
     retry_at: datetime | None = None  # outcome "retry": when to try again
     provider_timestamp: datetime | None = None  # outcome "disable"
+    notice_id: uuid.UUID | None = None  # a notice's push (storage/push_notices.py)
 
 
 @dataclass
@@ -397,17 +457,21 @@ class _Sorted:
     exhausted: list[uuid.UUID] = field(default_factory=list)  # retries ran out: dead too
 
 
-async def _sort(conn: Any, settled: list[Settlement], max_attempts: int) -> _Sorted:
-    """Lock the registrations, then the jobs (each in device id order), and sort the
-    outcomes by what they do. A job whose lease is no longer ours (it ran out and another
-    worker claimed the job) is left to that worker."""
-    by_device = {s.device_id: s for s in settled}
-    devices = sorted(by_device)
+async def _lock_registrations(conn: Any, settled: list[Settlement]) -> None:
+    """A settlement locks the registrations first (in device id order), then the jobs."""
     await conn.execute(
         """SELECT 1 FROM push_registrations WHERE device_id = ANY($1::uuid[])
            ORDER BY device_id FOR NO KEY UPDATE""",
-        devices,
+        sorted({s.device_id for s in settled}),
     )
+
+
+async def _sort(conn: Any, settled: list[Settlement], max_attempts: int) -> _Sorted:
+    """Lock the jobs (in device id order; the registrations are locked already) and sort
+    the outcomes by what they do. A job whose lease is no longer ours (it ran out and
+    another worker claimed the job) is left to that worker."""
+    by_device = {s.device_id: s for s in settled}
+    devices = sorted(by_device)
     current = {
         r["device_id"]: r
         for r in await conn.fetch(
@@ -454,6 +518,19 @@ async def _dead_letter(conn: Any, dead: list[Settlement]) -> None:
 
 async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> list[uuid.UUID]:
     """Returns the devices whose job ran out of attempts and was dead-lettered."""
+    await _lock_registrations(conn, settled)
+    messages = [s for s in settled if s.notice_id is None]
+    exhausted = await _settle_messages(conn, messages, max_attempts) if messages else []
+    notices = [s for s in settled if s.notice_id is not None]
+    if notices:
+        exhausted += await settle_notice_jobs(conn, notices, max_attempts)
+    await _record_results(conn, settled)
+    return exhausted
+
+
+async def _settle_messages(
+    conn: Any, settled: list[Settlement], max_attempts: int
+) -> list[uuid.UUID]:
     sorted_ = await _sort(conn, settled, max_attempts)
     done, released, retry = sorted_.done, sorted_.released, sorted_.retry
     dead, disable = sorted_.dead, sorted_.disable
@@ -473,38 +550,22 @@ async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> li
         )
     await _dead_letter(conn, dead)
     if disable:
-        # Only the token the provider spoke of: the app may have registered a new one
-        # meanwhile. Apple: a token registered after the time it stopped being valid is
-        # good again.
-        disabled = await conn.fetch(
-            """UPDATE push_registrations r SET disabled_at = now(), disabled_reason = s.reason,
-                   provider_timestamp = s.at
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
-                   AS s(device_id, token, reason, at)
-               WHERE r.device_id = s.device_id AND r.token = s.token
-                 AND (s.at IS NULL OR r.updated_at <= s.at)
-               RETURNING r.device_id""",
-            [s.device_id for s in disable],
-            [s.token for s in disable],
-            [s.reason for s in disable],
-            [s.provider_timestamp for s in disable],
+        gone, renewed = await disable_dead_tokens(
+            conn,
+            [DeadToken(s.device_id, s.token, s.reason, s.provider_timestamp) for s in disable],
         )
-        gone = {r["device_id"] for r in disabled}
-        await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", list(gone))
-        tokens = {
-            r["device_id"]: r["token"]
-            for r in await conn.fetch(
-                "SELECT device_id, token FROM push_registrations WHERE device_id = ANY($1)",
-                [s.device_id for s in disable if s.device_id not in gone],
-            )
-        }
-        renewed = [s.device_id for s in disable if tokens.get(s.device_id, s.token) != s.token]
         await conn.execute(  # a new token registered meanwhile: the job goes out to it
             "UPDATE push_jobs SET claimed_until = NULL WHERE device_id = ANY($1::uuid[])",
-            renewed,
+            list(renewed),
         )
         stale = [s for s in disable if s.device_id not in gone and s.device_id not in renewed]
         await _dead_letter(conn, stale)  # the same token, dead only before it was renewed
+    return sorted_.exhausted
+
+
+async def _record_results(conn: Any, settled: list[Settlement]) -> None:
+    """The providers' latest answer on each registration; every answer but an acceptance
+    in push_results."""
     await conn.execute(
         """UPDATE push_registrations r SET last_result_at = now(), last_outcome = s.outcome,
                last_status = s.status, last_reason = s.reason
@@ -530,7 +591,6 @@ async def _settle(conn: Any, settled: list[Settlement], max_attempts: int) -> li
             [s.status for s in trouble],
             [s.reason for s in trouble],
         )
-    return sorted_.exhausted
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,10 +606,11 @@ class DeadLetter:
     last_reason: str
     queued_at: datetime
     dead_at: datetime
+    notice_id: uuid.UUID | None  # kind "notice": the notice whose push it was
 
 
 DEAD_COLUMNS = """d.id, d.device_id, d.account_id, d.kind, d.conversation_id, d.message_id,
-    d.attempts, d.last_status, d.last_reason, d.queued_at, d.dead_at"""
+    d.attempts, d.last_status, d.last_reason, d.queued_at, d.dead_at, d.notice_id"""
 
 
 async def _dead_letters(
@@ -578,8 +639,9 @@ async def _redrive(conn: Any, org_id: uuid.UUID, ids: list[int]) -> int:
         org_id,
         ids,
     )
+    await redrive_notice_letters(conn, [r for r in rows if r["notice_id"] is not None])
     latest: dict[uuid.UUID, Any] = {}
-    for row in sorted(rows, key=lambda r: r["pos"]):
+    for row in sorted((r for r in rows if r["notice_id"] is None), key=lambda r: r["pos"]):
         latest[row["device_id"]] = row
     await conn.executemany(
         f"""INSERT INTO push_jobs AS j (device_id, account_id, kind, conversation_id,
@@ -619,6 +681,10 @@ async def _state(conn: Any, org_id: uuid.UUID | None) -> OutboxState:
         """WITH jobs AS (
                SELECT j.due_at, j.claimed_until FROM push_jobs j
                WHERE $1::uuid IS NULL
+                  OR j.account_id IN (SELECT id FROM accounts WHERE org_id = $1)
+               UNION ALL
+               SELECT j.due_at, j.claimed_until FROM push_notice_jobs j
+               WHERE $1::uuid IS NULL
                   OR j.account_id IN (SELECT id FROM accounts WHERE org_id = $1))
            SELECT (SELECT count(*) FROM jobs) AS pending,
                   count(*) AS due,
@@ -649,10 +715,11 @@ class PushOutbox:
         """Lease up to `limit` due jobs for `lease_s`; moot ones are deleted, not returned.
         A registration removed between the lease and the read drops its job from the claim
         (its row is gone with it)."""
-        live, moot = await self._db.transaction(_lease, limit, lease_s)
-        if not live:
-            return Claim([], moot)
-        return Claim(await self._db.transaction(_details, self._keyring, live), moot)
+        live, moot, notices, more = await self._db.transaction(_lease_all, limit, lease_s)
+        if not live and not notices:
+            return Claim([], moot, more)
+        jobs = await self._db.transaction(_details, self._keyring, live, notices)
+        return Claim(jobs, moot, more)
 
     async def settle(self, settled: Sequence[Settlement], max_attempts: int) -> list[uuid.UUID]:
         """Record what the providers answered, in one transaction; returns the devices

@@ -253,3 +253,51 @@ class PushRegistrationStore:
 
     async def mutes(self, account_id: uuid.UUID) -> dict[uuid.UUID, datetime | None]:
         return await self._db.read(_mutes, account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadToken:
+    """A provider said this device's token is dead (outcome "disable")."""
+
+    device_id: uuid.UUID
+    token: str  # the token the push went to
+    reason: str
+    at: datetime | None  # APNs: since when the token is no longer valid
+
+
+async def disable_dead_tokens(
+    conn: Any, dead: list[DeadToken]
+) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """Inside a push settlement (the registrations locked): disable the registrations whose
+    token a provider called dead, and drop their pending jobs, message and notice alike.
+    Only the token the provider spoke of: the app may have registered a new one meanwhile,
+    and (Apple) a token registered after the time it stopped being valid is good again.
+    Returns (devices disabled, devices whose token was renewed meanwhile); the caller
+    releases the renewed devices' jobs and dead-letters the rest's."""
+    if not dead:
+        return set(), set()
+    disabled = await conn.fetch(
+        """UPDATE push_registrations r SET disabled_at = now(), disabled_reason = s.reason,
+               provider_timestamp = s.at
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+               AS s(device_id, token, reason, at)
+           WHERE r.device_id = s.device_id AND r.token = s.token
+             AND (s.at IS NULL OR r.updated_at <= s.at)
+           RETURNING r.device_id""",
+        [d.device_id for d in dead],
+        [d.token for d in dead],
+        [d.reason for d in dead],
+        [d.at for d in dead],
+    )
+    gone = {r["device_id"] for r in disabled}
+    await conn.execute("DELETE FROM push_jobs WHERE device_id = ANY($1::uuid[])", list(gone))
+    await conn.execute("DELETE FROM push_notice_jobs WHERE device_id = ANY($1::uuid[])", list(gone))
+    tokens = {
+        r["device_id"]: r["token"]
+        for r in await conn.fetch(
+            "SELECT device_id, token FROM push_registrations WHERE device_id = ANY($1)",
+            [d.device_id for d in dead if d.device_id not in gone],
+        )
+    }
+    renewed = {d.device_id for d in dead if tokens.get(d.device_id, d.token) != d.token}
+    return gone, renewed

@@ -31,6 +31,10 @@ async def _add(conn: Any, receipts: list[ReceiptRecord], push_grace_s: float) ->
                        $6::timestamptz[])
                 AS r(message_id, conversation_id, account_id, device_id, status, at)
            JOIN messages m ON m.id = r.message_id AND m.conversation_id = r.conversation_id
+           -- a message being erased meanwhile is skipped, not a foreign-key failure of
+           -- the whole batch (its receipts go with it: ON DELETE CASCADE); locked in id
+           -- order
+           ORDER BY m.id FOR KEY SHARE OF m
            ON CONFLICT (message_id, device_id, status) DO NOTHING""",
         [r.message_id for r in receipts],
         [r.conversation_id for r in receipts],

@@ -221,9 +221,32 @@ async def _open_session(
     return device
 
 
+async def _delete_expired_before(conn: Any, cutoff: datetime, limit: int) -> int:
+    deleted: int = await conn.fetchval(
+        """WITH gone AS (
+               DELETE FROM auth_tokens WHERE token_hash IN (
+                   SELECT token_hash FROM auth_tokens WHERE expires_at < $1
+                   ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+               RETURNING 1)
+           SELECT count(*) FROM gone""",
+        cutoff,
+        limit,
+    )
+    return deleted
+
+
 class TokenStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    async def delete_expired_before(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` tokens that expired before `cutoff`; returns how many went.
+
+        Expiry, not revocation, decides, for both kinds: a revoked refresh token must stay
+        until it expires, for a rotated-away one presented again still ends its family (it
+        would be merely unknown once deleted); a revoked access token expires within
+        `access_token_ttl_s` of its issue anyway (at most a day)."""
+        return await self._db.transaction(_delete_expired_before, cutoff, limit)
 
     async def open_session(
         self,

@@ -79,6 +79,7 @@ def dead_letter_json(d: DeadLetter) -> dict[str, Any]:
         "kind": d.kind,
         "conversation_id": None if d.conversation_id is None else str(d.conversation_id),
         "message_id": None if d.message_id is None else str(d.message_id),
+        "notice_id": None if d.notice_id is None else str(d.notice_id),
         "attempts": d.attempts,
         "last_status": d.last_status,
         "last_reason": d.last_reason,

@@ -2,14 +2,12 @@
 (sent at least `service_ending_notice_days` ahead, 30 by default: what the privacy policies
 promise), or a security incident, to every member or to the accounts it affected.
 
-A notice is stored (members read theirs at `GET /v1/me/notices`) and handed at once to every
-live connection of its recipients in this process as a `notice` frame (PROTOCOL.md 6.8);
-like the `policy` frame, several processes will need it on the bus.
-
-Not as a push: the push outbox (storage/push_outbox.py) holds one job per device that stands
-for a stream position and is dropped once the device's cursor passes it, merges a burst into
-the newest message's alert, and renders every alert as "new message". A notice has no stream
-position and must not be merged away, so it needs a job kind of its own there.
+A notice is stored (members read theirs at `GET /v1/me/notices`), queued as a push for every
+registered device of its recipients in the same transaction (storage/push_notices.py: a job
+of its own per device and notice, never moot and never merged with message pushes, a generic
+alert with the notice id and kind, never its text), and handed at once to every live
+connection of its recipients in this process as a `notice` frame (PROTOCOL.md 6.8); like the
+`policy` frame, several processes will need it on the bus.
 """
 
 from __future__ import annotations
@@ -79,7 +77,7 @@ class NoticeHandler:
         new = NewNotice(
             kind, title, text, ends_at, None if recipients is None else tuple(recipients)
         )
-        notice, listed = await self._s.notices.send(org_id, new, actor.account_id, now)
+        notice, listed, pushes = await self._s.notices.send(org_id, new, actor.account_id, now)
         frame = encode(
             OrgNotice(
                 id=notice.id.bytes,
@@ -95,12 +93,13 @@ class NoticeHandler:
         else:
             handed = self._s.hub.fan_out(listed, None, frame)
         logger.info(
-            "notice %s (%s) sent in org %s to %s: %d connections told",
+            "notice %s (%s) sent in org %s to %s: %d connections told, %d pushes queued",
             notice.id,
             notice.kind,
             org_id,
             "everyone" if notice.everyone else f"{len(listed)} accounts",
             handed,
+            pushes,
         )
         return notice, listed
 
