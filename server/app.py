@@ -17,6 +17,7 @@ from server.api import (
     auth,
     consent,
     conversations,
+    exports,
     files,
     me,
     meta,
@@ -35,6 +36,7 @@ from server.services import Services
 from storage.attendance import NoSitesError
 from storage.consent import ConsentError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.exports import ExportError
 from storage.keyring import KeyDestroyedError
 from storage.minors import GuardianError
 from storage.policies import PolicyError
@@ -87,6 +89,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (NoSitesError, None): ApiErrorCode.NO_SITES,
     (RequestError, "closed"): ApiErrorCode.REQUEST_CLOSED,
     (KeyDestroyedError, None): ApiErrorCode.ACCOUNT_DEACTIVATED,
+    (ExportError, "gone"): ApiErrorCode.GONE,
 }
 
 
@@ -159,6 +162,7 @@ def create_app(services: Services) -> QuartTrio:
         audit.bp,
         retention.bp,
         rights.bp,
+        exports.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

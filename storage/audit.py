@@ -98,6 +98,7 @@ DETAIL_KEYS = frozenset(
         "through_seq",
         "checkpoint_at",
         "entries",
+        "export_id",
     }
 )
 

@@ -17,6 +17,7 @@ from server.handlers.attendance import AttendanceHandler
 from server.handlers.audit import AuditHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
+from server.handlers.exports import ExportHandler
 from server.handlers.files import FileHandler
 from server.handlers.minors import MinorHandler
 from server.handlers.notices import NoticeHandler
@@ -51,6 +52,7 @@ class ApiContext:
     retention: RetentionHandler = field(init=False)
     requests: RequestHandler = field(init=False)
     notices: NoticeHandler = field(init=False)
+    exports: ExportHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class ApiContext:
         self.retention = RetentionHandler(self.services)
         self.requests = RequestHandler(self.services)
         self.notices = NoticeHandler(self.services)
+        self.exports = ExportHandler(self.services)
 
 
 def ctx() -> ApiContext:
@@ -132,7 +135,8 @@ async def body(model: type[M]) -> M:
 # accepting the policy; what a password change needs (a new member may have to do both, in
 # that order); stopping things - logging out, withdrawing a consent, dropping this device's
 # push registration - which is never made to wait for an acceptance; and a person's rights:
-# confirming the password again, opening and following a data-rights request (someone who
+# confirming the password again, opening and following a data-rights request, the access
+# summary and their own export (someone who
 # does not accept a new policy may want their data or their account gone) and reading
 # notices.
 BEFORE_POLICY_ACCEPTANCE = frozenset(
@@ -150,6 +154,10 @@ BEFORE_POLICY_ACCEPTANCE = frozenset(
         "rights.open_request",
         "rights.my_requests",
         "rights.my_notices",
+        "exports.summary",
+        "exports.request_export",
+        "exports.my_exports",
+        "exports.my_export",
     }
 )
 
