@@ -6,7 +6,8 @@ owner `--messages` text messages (sent over the gateway, `--batch` frames at a t
 and asks for an export of the owner's data. While the job runs it shows a progress bar
 from the job's own progress and samples the server's resident memory (VmRSS) every 0.2 s;
 it reports the time from the request to `ready`, the memory before and the peak during the
-export, and then downloads the archive (streamed) and checks its size. Run::
+export, and then downloads the archive (streamed) and checks its size. The data folder
+(over 2 GB at the defaults) is removed at the end unless `--keep`. Run::
 
     .venv/bin/python -m loadtest.bench_export                 # 100k messages, 1 GB of files
     .venv/bin/python -m loadtest.bench_export --messages 10000 --files 1   # a small one
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -171,7 +173,7 @@ async def _watch_export(
 
 
 async def run(args: argparse.Namespace) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="obrol-bench-export-")) / "data"
+    data_dir = args.folder / "data"
     file_bytes = args.file_mb * MB
     settings = {
         "OBROL_GATEWAY_FRAMES_PER_S": "1000000",
@@ -215,11 +217,18 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the data folder")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--file-mb", type=int, default=100)
     parser.add_argument("--batch", type=int, default=250)
-    trio.run(run, parser.parse_args())
+    args = parser.parse_args()
+    args.folder = Path(tempfile.mkdtemp(prefix="obrol-bench-export-"))
+    try:
+        trio.run(run, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

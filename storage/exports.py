@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from storage.audit import AuditActor, AuditEvent, append
+from storage.audit import ANONYMOUS, AuditActor, AuditEvent, append
 from storage.database import Database
 from storage.errors import NotFoundError, StorageError
 from storage.keyring import KeyDestroyedError, Keyring
@@ -282,7 +282,7 @@ async def _take_download(
     await conn.execute("UPDATE exports SET downloaded_at = $2 WHERE id = $1", job.id, now)
     event = AuditEvent(
         "export_downloaded",
-        AuditActor("account", job.account_id),
+        ANONYMOUS,  # whoever holds the link
         subject_id=job.account_id if job.scope == "account" else None,
         org_id=job.org_id,
         detail={"what": job.scope, "export_id": str(job.id)},

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import forbidden, not_found
+import trio
+
+from server.errors import ApiError, ApiErrorCode, forbidden, not_found
 from server.handlers.access import Actor, require_fresh, require_org
 from server.retention import periods
 from server.services import Services
@@ -111,5 +113,9 @@ class ExportHandler:
         if not 20 <= len(token) <= 100:
             raise not_found("no such download link")
         job, key = await self._s.exports.take_download(token, self._s.clock())
+        path = self._s.archives.path(job.id, job.attempt)
+        if not await trio.Path(path).exists():  # deleted by hand, or lost with a disk
+            logger.error("the archive of export %s is missing", job.id)
+            raise ApiError(ApiErrorCode.GONE, "the archive is gone; ask for a new export")
         logger.info("export %s downloaded", job.id)
-        return Download(job, key, self._s.archives.path(job.id, job.attempt))
+        return Download(job, key, path)
