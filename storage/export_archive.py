@@ -152,10 +152,17 @@ def new_archive_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
-async def read_archive(path: Path, key: bytes, export_id: uuid.UUID) -> AsyncIterator[bytes]:
-    """The zip's bytes, opened frame by frame. UnreadableError if the file does not open
-    or is cut short; FileNotFoundError if it is gone."""
-    async with await trio.open_file(path, "rb") as source:
+async def open_archive(path: Path) -> trio.abc.AsyncResource:
+    """The archive file, open for `read_archive` (FileNotFoundError if it is gone): opened
+    before the response starts, so a sweeper deleting it meanwhile does not cut it short."""
+    source: trio.abc.AsyncResource = await trio.open_file(path, "rb")
+    return source
+
+
+async def read_archive(source: Any, key: bytes, export_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """The zip's bytes from an open archive file, opened frame by frame; the file is closed
+    at the end. UnreadableError if it does not open or is cut short."""
+    async with source:
         opener = BlobOpener(key, export_id, await source.read(BLOB_HEAD_BYTES), EXPORT_ARCHIVE)
         while frame := await source.read(BLOB_SEALED_FRAME_BYTES):
             plain = opener.open(frame)

@@ -81,7 +81,7 @@ async def my_export(export_id: uuid.UUID) -> dict[str, Any]:
 async def download(token: str) -> Response:
     """The archive behind a single-use link (the link is the credential: no login)."""
     found = await ctx().exports.download(token)
-    chunks = read_archive(found.path, found.key, found.job.id)
+    chunks = read_archive(found.source, found.key, found.job.id)
     response = Response(chunks, mimetype="application/zip")
     response.timeout = None  # a large archive takes its time
     if found.job.archive_bytes is not None:

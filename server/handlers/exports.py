@@ -17,15 +17,13 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import trio
 
 from server.errors import ApiError, ApiErrorCode, forbidden, not_found
 from server.handlers.access import Actor, require_fresh, require_org
 from server.retention import periods
 from server.services import Services
+from storage.export_archive import open_archive
 from storage.exports import ExportJob
 from storage.personal_data import PERSON, count_all
 
@@ -42,7 +40,7 @@ class JobView:
 class Download:
     job: ExportJob
     key: bytes
-    path: Path
+    source: Any  # the archive file, open (storage.export_archive.read_archive reads it)
 
 
 class ExportHandler:
@@ -113,9 +111,10 @@ class ExportHandler:
         if not 20 <= len(token) <= 100:
             raise not_found("no such download link")
         job, key = await self._s.exports.take_download(token, self._s.clock())
-        path = self._s.archives.path(job.id, job.attempt)
-        if not await trio.Path(path).exists():  # deleted by hand, or lost with a disk
+        try:
+            source = await open_archive(self._s.archives.path(job.id, job.attempt))
+        except FileNotFoundError:  # deleted by hand, or lost with a disk
             logger.error("the archive of export %s is missing", job.id)
-            raise ApiError(ApiErrorCode.GONE, "the archive is gone; ask for a new export")
+            raise ApiError(ApiErrorCode.GONE, "the archive is gone; ask for a new export") from None
         logger.info("export %s downloaded", job.id)
-        return Download(job, key, path)
+        return Download(job, key, source)
