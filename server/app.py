@@ -19,6 +19,7 @@ from server.api import (
     consent,
     conversations,
     deletion,
+    exports,
     files,
     me,
     meta,
@@ -39,6 +40,7 @@ from storage.cancellation import CancellationError
 from storage.consent import ConsentError
 from storage.deletion import NotYoursError
 from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundError
+from storage.exports import ExportError
 from storage.keyring import KeyDestroyedError
 from storage.minors import GuardianError
 from storage.policies import PolicyError
@@ -94,6 +96,7 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (NotYoursError, None): ApiErrorCode.FORBIDDEN,
     (CancellationError, "cancelled"): ApiErrorCode.ACCOUNT_CANCELLED,
     (CancellationError, "only_owner"): ApiErrorCode.ONLY_OWNER,
+    (ExportError, "gone"): ApiErrorCode.GONE,
 }
 
 
@@ -168,6 +171,7 @@ def create_app(services: Services) -> QuartTrio:
         retention.bp,
         rights.bp,
         cancellation.bp,
+        exports.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

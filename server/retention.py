@@ -11,7 +11,7 @@ another (live sessions end on time while a year of messages is purged). A rule t
 more to do makes the sweeper start its next pass at once instead of sleeping. What was
 erased is counted per rule and logged as counts, never contents.
 
-Adding a rule (export archives on their expiry, say):
+Adding a rule:
 write a sweep - `async (services, now) -> (Erased, more)` - whose batches run through
 `batches` (`rows_before` makes the batch for a store call that deletes up to `limit` rows
 older than a cutoff), give it a setting with its unit in the name and the promise's minimum
@@ -248,6 +248,20 @@ async def _auth_tokens(services: Services, now: datetime) -> tuple[Erased, bool]
     return await batches(services, rows_before(services, delete, cutoff))
 
 
+async def _export_archives(services: Services, now: datetime) -> tuple[Erased, bool]:
+    limit = services.settings.sweep_batch
+
+    async def batch() -> tuple[Erased, bool]:
+        due = await services.exports.archives_due(now, limit)
+        files = 0
+        for export_id, _attempt in due:
+            files += await trio.to_thread.run_sync(services.archives.delete, export_id)
+        await services.exports.mark_deleted([export_id for export_id, _ in due], now)
+        return Erased(len(due), files), len(due) == limit
+
+    return await batches(services, batch)
+
+
 def org_messages_rule(sweep: Sweep | None) -> Rule:
     return Rule(
         "org_messages",
@@ -430,6 +444,27 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             orphan_blobs,
         ),
         Rule(
+            "export_archives",
+            "export archives (the zip of a person's or an organization's data, sealed on disk)",
+            lambda s: (
+                f"until its download link is used, at most {s.export_link_ttl_s // 3600} h "
+                f"({s.export_link_ttl_s} s, `export_link_ttl_s`) after it is ready"
+            ),
+            "the copy a person asked for is theirs to take, not ours to keep (policies 000-004)",
+            _export_archives,
+        ),
+        Rule(
+            "account_data",
+            "what belongs to an account: profile, devices, consent grants and history, policy "
+            "acceptances, attendance records, push registrations, guardian consents",
+            lambda s: (
+                "while the account exists; erased with it when it is cancelled (its data key "
+                "destroyed at once, its rows purged within 7 days)"
+            ),
+            "policies 000-004: once the account is cancelled, no information is retained",
+            None,
+        ),
+        Rule(
             "push_results",
             "push providers' answers other than acceptance (per device: when, outcome, reason)",
             lambda s: "1 day: pruned by the push bridge's outbox worker (push/worker.py)",
@@ -437,6 +472,11 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             None,
         ),
     )
+
+
+def periods(settings: Settings) -> dict[str, str]:
+    """Each rule's period in words, by name (what the access summary quotes)."""
+    return {r.name: r.period(settings) for r in rules()}
 
 
 def schedule(settings: Settings) -> list[dict[str, str]]:

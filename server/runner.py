@@ -30,6 +30,7 @@ from protocol import GATEWAY_PATH, CloseCode, ErrorCode
 from protocol.errors import ObrolError
 from server.app import create_app
 from server.audit import run_checkpointer
+from server.export_worker import run_export_workers
 from server.gateway.budget import FrameLimits
 from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
@@ -171,11 +172,14 @@ async def _run_services(
         pushing.start_soon(run_checkpointer, services, stop_pushing)
         sealing = trio.CancelScope()  # stopped with the server; the next start resumes it
         pushing.start_soon(seal_legacy_data, services, sealing)
+        exporting = trio.CancelScope()  # stopped with the server: a job in hand is given back
+        pushing.start_soon(run_export_workers, services, exporting)
         await _serve_all(services, tls, shutdown, database, task_status)
         # The batch in flight is sent and recorded, and the audit log's last entries are
         # signed, first.
         stop_pushing.set()
         sealing.cancel()
+        exporting.cancel()
 
 
 async def supervise_embedded(

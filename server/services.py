@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import trio
 from nacl.signing import SigningKey
 
 from push.setup import PushBridge, PushConfig
@@ -24,6 +25,8 @@ from storage.database import Database
 from storage.deletion import DeletionStore
 from storage.devices import DeviceStore
 from storage.erasure import ErasureStore
+from storage.export_archive import ArchiveFolder
+from storage.exports import ExportStore
 from storage.files import BlobStore, FileStore
 from storage.keyring import Keyring
 from storage.live import LiveStore
@@ -45,6 +48,22 @@ from storage.tombstones import TombstoneStore
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Nudge:
+    """Wakes a waiting worker at once (e.g. the export worker, when a job is queued here)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until nudged or `timeout_s` passed; a nudge before the call counts."""
+        with trio.move_on_after(timeout_s):
+            await self._event.wait()
+        self._event = trio.Event()
 
 
 def push_config(s: Settings) -> PushConfig:
@@ -109,6 +128,9 @@ class Services:
     tombstones: TombstoneStore = field(init=False)
     cancellations: CancellationStore = field(init=False)
     purge: PurgeStore = field(init=False)
+    exports: ExportStore = field(init=False)
+    archives: ArchiveFolder = field(init=False)
+    export_nudge: Nudge = field(default_factory=Nudge)  # a job was queued in this process
 
     def __post_init__(self) -> None:
         self.orgs = OrgStore(self.db, self.keyring)
@@ -136,4 +158,6 @@ class Services:
         self.tombstones = TombstoneStore(self.db)
         self.cancellations = CancellationStore(self.db, self.keyring)
         self.purge = PurgeStore(self.db)
+        self.exports = ExportStore(self.db, self.keyring)
+        self.archives = ArchiveFolder(self.settings.data_dir / "exports")
         self.push = PushBridge(push_config(self.settings), PushOutbox(self.db, self.keyring))

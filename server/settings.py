@@ -159,6 +159,17 @@ class Settings(BaseSettings):
     # How far ahead a service-ending notice must be sent (the policies promise 30 days).
     service_ending_notice_days: int = Field(30, ge=30, le=366)
 
+    # Data exports (README, "Export"): a ready archive's download links work once, for this
+    # long; then the sweeper deletes the archive. Jobs are run by `export_workers` tasks per
+    # process (0: none here), each holding a job's lease for `export_lease_s` at a time
+    # (renewed as it goes; a job whose worker died is taken over after that); they look for
+    # queued jobs every `export_poll_interval_s` (at once for a job asked of this process).
+    export_link_ttl_s: int = Field(24 * 3600, ge=60, le=30 * 24 * 3600)
+    export_workers: int = Field(1, ge=0, le=8)
+    export_lease_s: float = Field(60.0, ge=1, le=3600)
+    export_poll_interval_s: float = Field(5.0, gt=0, le=3600)
+    export_page_rows: int = Field(1000, ge=1, le=50_000)  # rows read per query
+
     # The push bridge (README, "Push notifications"). A provider with no credentials is off:
     # registrations for it are refused.
     push_grace_s: float = Field(2.0, ge=0, le=300)  # a job waits this long for the device

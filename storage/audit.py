@@ -99,6 +99,7 @@ DETAIL_KEYS = frozenset(
         "checkpoint_at",
         "entries",
         "files",
+        "export_id",
     }
 )
 

@@ -314,6 +314,12 @@ def _record(row: Any, keys: dict[uuid.UUID, bytes | None]) -> FileRecord:
     )
 
 
+def open_file_rows(rows: list[Any], keys: dict[uuid.UUID, bytes | None]) -> list[FileRecord]:
+    """Records from `files` rows, names and digests opened with `keys`
+    (`Keyring.for_read` of the uploaders)."""
+    return [_record(row, keys) for row in rows]
+
+
 async def _insert(conn: Any, keyring: Keyring, record: FileRecord) -> FileRecord:
     """KeyDestroyedError if the uploader's data key was destroyed."""
     keys, destroyed = await keyring.for_write(conn, [record.uploader_id])

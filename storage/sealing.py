@@ -47,6 +47,8 @@ ACCOUNT_BIRTH_DATE = b"accounts.birth_date:"
 FILE_NAME = b"files.name:"
 FILE_SHA256 = b"files.sha256:"
 BLOB = b"blob:"
+EXPORT_ARCHIVE = b"exports.archive:"  # an export archive on disk (a stream like a blob's)
+EXPORT_KEY = b"exports.archive_key:"  # its key, sealed under the requester's data key
 
 BLOB_MAGIC = b"\x00obrol-blob-v1\x00"  # 15 bytes, never the start of a plaintext we wrote
 BLOB_FRAME_BYTES = 64 * 1024
@@ -152,13 +154,14 @@ def open_message_body(
 
 
 class BlobSealer:
-    """Seals one blob as it streams: `head`, then what each `update` returns, then `final()`."""
+    """Seals one blob as it streams: `head`, then what each `update` returns, then `final()`.
+    `label`: what the stream is (BLOB, or EXPORT_ARCHIVE for an export archive)."""
 
-    def __init__(self, key: bytes, file_id: uuid.UUID) -> None:
+    def __init__(self, key: bytes, file_id: uuid.UUID, label: bytes = BLOB) -> None:
         self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
         header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
         self.head = BLOB_MAGIC + header
-        self._ad = ad(BLOB, file_id)
+        self._ad = ad(label, file_id)
         self._pending = bytearray()
 
     def update(self, data: bytes) -> bytes:
@@ -191,7 +194,7 @@ class BlobOpener:
     """Opens one sealed blob frame by frame: `start(head)`, then `open(frame)` for each
     `BLOB_SEALED_FRAME_BYTES` read (the last one shorter), until `done`."""
 
-    def __init__(self, key: bytes, file_id: uuid.UUID, head: bytes) -> None:
+    def __init__(self, key: bytes, file_id: uuid.UUID, head: bytes, label: bytes = BLOB) -> None:
         if len(head) != BLOB_HEAD_BYTES or not head.startswith(BLOB_MAGIC):
             raise UnreadableError("not a sealed blob")
         self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
@@ -201,7 +204,7 @@ class BlobOpener:
             )
         except nacl.exceptions.CryptoError:
             raise UnreadableError("the blob's header does not open") from None
-        self._ad = ad(BLOB, file_id)
+        self._ad = ad(label, file_id)
         self.done = False
 
     def open(self, frame: bytes) -> bytes:

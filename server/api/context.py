@@ -19,6 +19,7 @@ from server.handlers.cancellation import CancellationHandler
 from server.handlers.consent import ConsentHandler
 from server.handlers.conversations import ConversationHandler
 from server.handlers.deletion import DeletionHandler
+from server.handlers.exports import ExportHandler
 from server.handlers.files import FileHandler
 from server.handlers.minors import MinorHandler
 from server.handlers.notices import NoticeHandler
@@ -55,6 +56,7 @@ class ApiContext:
     notices: NoticeHandler = field(init=False)
     deletion: DeletionHandler = field(init=False)
     cancellation: CancellationHandler = field(init=False)
+    exports: ExportHandler = field(init=False)
     proxies: TrustedProxies = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +77,7 @@ class ApiContext:
         self.notices = NoticeHandler(self.services)
         self.deletion = DeletionHandler(self.services)
         self.cancellation = CancellationHandler(self.services)
+        self.exports = ExportHandler(self.services)
 
 
 def ctx() -> ApiContext:
@@ -139,8 +142,9 @@ async def body(model: type[M]) -> M:
 # that order); stopping things - logging out, withdrawing a consent, dropping this device's
 # push registration - which is never made to wait for an acceptance; and a person's rights:
 # confirming the password again, opening and following a data-rights request (someone who
-# does not accept a new policy may want their data or their account gone), deleting their
-# own messages and files, cancelling the account, and reading notices.
+# does not accept a new policy may want their data or their account gone), the access
+# summary and their own export, deleting their own messages and files, cancelling the
+# account, and reading notices.
 BEFORE_POLICY_ACCEPTANCE = frozenset(
     {
         "policies.mine",
@@ -159,6 +163,10 @@ BEFORE_POLICY_ACCEPTANCE = frozenset(
         "deletion.delete_message",
         "deletion.delete_file",
         "cancellation.cancel",
+        "exports.summary",
+        "exports.request_export",
+        "exports.my_exports",
+        "exports.my_export",
     }
 )
 
