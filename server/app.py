@@ -43,6 +43,7 @@ from storage.errors import ConflictError, DatabaseUnavailableError, NotFoundErro
 from storage.exports import ExportError
 from storage.keyring import KeyDestroyedError
 from storage.minors import GuardianError
+from storage.org_cancellation import OrgCancellationError
 from storage.policies import PolicyError
 from storage.requests import RequestError
 
@@ -97,6 +98,8 @@ RULE_CODES: dict[tuple[type[Exception], str | None], ApiErrorCode] = {
     (CancellationError, "cancelled"): ApiErrorCode.ACCOUNT_CANCELLED,
     (CancellationError, "only_owner"): ApiErrorCode.ONLY_OWNER,
     (ExportError, "gone"): ApiErrorCode.GONE,
+    (OrgCancellationError, "cancelled"): ApiErrorCode.ORG_CANCELLED,
+    (OrgCancellationError, "export_first"): ApiErrorCode.EXPORT_FIRST,
 }
 
 

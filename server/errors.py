@@ -24,6 +24,8 @@ class ApiErrorCode(StrEnum):
     ACCOUNT_DEACTIVATED = "account_deactivated"
     ACCOUNT_CANCELLED = "account_cancelled"
     ONLY_OWNER = "only_owner"
+    ORG_CANCELLED = "org_cancelled"
+    EXPORT_FIRST = "export_first"
     WEAK_PASSWORD = "weak_password"
     PASSWORD_CHANGE_REQUIRED = "password_change_required"
     REAUTH_REQUIRED = "reauth_required"
@@ -63,6 +65,8 @@ STATUS = {
     ApiErrorCode.ACCOUNT_DEACTIVATED: 403,
     ApiErrorCode.ACCOUNT_CANCELLED: 403,
     ApiErrorCode.ONLY_OWNER: 409,
+    ApiErrorCode.ORG_CANCELLED: 409,
+    ApiErrorCode.EXPORT_FIRST: 409,
     ApiErrorCode.WEAK_PASSWORD: 422,
     ApiErrorCode.PASSWORD_CHANGE_REQUIRED: 403,
     ApiErrorCode.REAUTH_REQUIRED: 403,

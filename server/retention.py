@@ -296,6 +296,10 @@ async def _cancelled_accounts(services: Services, now: datetime) -> tuple[Erased
             for file_id in erasure.files:
                 await services.blobs.delete(file_id)
             return Erased(len(erasure.messages), len(erasure.files)), True
+        for export_id in await services.exports.of_account(due.account_id):
+            # Their archives (unreadable already: the key wrapping them is gone); the rows
+            # go with the account.
+            await trio.to_thread.run_sync(services.archives.delete, export_id)
         uploads = await services.purge.uploads(due.account_id, limit)
         for file_id in uploads:
             await services.blobs.delete(file_id)
@@ -306,6 +310,24 @@ async def _cancelled_accounts(services: Services, now: datetime) -> tuple[Erased
             logger.info("cancelled account %s purged", due.account_id)
         erased = Erased(done.rows + (1 if done.finished else 0), len(uploads) + len(done.files))
         return erased, done.ran
+
+    return await batches(services, batch)
+
+
+async def _cancelled_orgs(services: Services, now: datetime) -> tuple[Erased, bool]:
+    """Purge deleted organizations (storage/org_cancellation.py) once `cancelled_accounts`
+    has purged every account in them: their own rows in batches, then the organization."""
+    limit = services.settings.sweep_batch
+
+    async def batch() -> tuple[Erased, bool]:
+        done = await services.org_cancellations.purge_batch(limit, now)
+        if done is None:
+            return Erased(), False
+        for file_id in done.files:
+            await services.blobs.delete(file_id)
+        if done.finished:
+            logger.info("a deleted organization was purged")
+        return Erased(done.rows + (1 if done.finished else 0), len(done.files)), True
 
     return await batches(services, batch)
 
@@ -409,6 +431,19 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             'policy 000 (E): "once the account is cancelled, no information will be '
             'retained"; policy 003, article 3: destroyed without delay, within 7 days',
             _cancelled_accounts,
+        ),
+        Rule(
+            "cancelled_orgs",
+            "a deleted organization's own rows (conversations, files, sites, attendance, policy "
+            "versions, purposes switched off, notices, requests, departments) and then the "
+            "organization, once every account in it is purged",
+            lambda s: (
+                "right after the last of its accounts (`cancelled_accounts`); the accounts are "
+                "unreadable from the deletion on"
+            ),
+            "policies 000 and 004: data migration before an organization cancels, nothing "
+            "retained once it has",
+            _cancelled_orgs,
         ),
         Rule(
             "auth_tokens",

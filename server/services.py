@@ -34,6 +34,7 @@ from storage.logins import LoginRecordStore
 from storage.messages import MessageStore
 from storage.minors import MinorStore
 from storage.notices import NoticeStore
+from storage.org_cancellation import OrgCancellationStore
 from storage.orgs import OrgStore
 from storage.policies import PolicyStore
 from storage.purge import PurgeStore
@@ -127,6 +128,7 @@ class Services:
     deletion: DeletionStore = field(init=False)
     tombstones: TombstoneStore = field(init=False)
     cancellations: CancellationStore = field(init=False)
+    org_cancellations: OrgCancellationStore = field(init=False)
     purge: PurgeStore = field(init=False)
     exports: ExportStore = field(init=False)
     archives: ArchiveFolder = field(init=False)
@@ -157,6 +159,7 @@ class Services:
         self.deletion = DeletionStore(self.db)
         self.tombstones = TombstoneStore(self.db)
         self.cancellations = CancellationStore(self.db, self.keyring)
+        self.org_cancellations = OrgCancellationStore(self.db, self.keyring)
         self.purge = PurgeStore(self.db)
         self.exports = ExportStore(self.db, self.keyring)
         self.archives = ArchiveFolder(self.settings.data_dir / "exports")

@@ -67,10 +67,13 @@ async def cancel(
     by: AuditActor,
     now: datetime,
     purge_delay: timedelta,
+    *,
+    keep_an_owner: bool = True,
 ) -> Cancelled:
     """Cancel the account in the caller's transaction (see the module doc); the purge may
     start `purge_delay` after `now`. Call `keyring.forget(account_id)` after the commit.
-    Raises NotFoundError, CancellationError."""
+    Without `keep_an_owner` (the organization itself is being deleted) its last owner may
+    go too. Raises NotFoundError, CancellationError."""
     row = await conn.fetchrow(
         "SELECT status, role, work_email FROM accounts WHERE org_id = $1 AND id = $2 FOR UPDATE",
         org_id,
@@ -80,7 +83,7 @@ async def cancel(
         raise NotFoundError("no such member")
     if row["status"] == "cancelled":
         raise CancellationError("this account is cancelled already", "cancelled")
-    if row["role"] == "owner":
+    if row["role"] == "owner" and keep_an_owner:
         # Owners are locked in a stable order, so two owners cancelling at once cannot
         # both see the other as the remaining owner.
         owners = await conn.fetch(

@@ -233,6 +233,15 @@ class CancellationIn(Strict):
     confirm: str = Field(min_length=1, max_length=320)
 
 
+class OrgCancellationIn(Strict):
+    """The organization's name, typed again to confirm its deletion, and whether its data
+    was exported first (`done`: an export ready in the last 30 days is required) or the
+    owner does not want it (`declined`)."""
+
+    confirm: str = Field(min_length=1, max_length=200)
+    export: Literal["done", "declined"] = "done"
+
+
 class ConversationIn(Strict):
     """`direct`: exactly one other member. `group`: a title and any members."""
 
