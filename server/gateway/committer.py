@@ -3,13 +3,19 @@
 One commit is in flight per process at a time, so positions are published in the order
 they were committed: every connection receives `msg` frames in increasing `pos`. Each
 sender gets its `sent` after the commit; then the `msg`, encoded once, fans out to every
-live connection of every member the commit saw (filtered by the consent scope).
+live connection of this process of every member the commit saw (filtered by the consent
+scope), and the bus tells the other processes the stream reached the batch's last position
+(they read it from the store: server/gateway/stream.py).
+
+Positions below the batch's first that this process has not fanned out yet (another
+process committed them, or a commit of ours that failed after all) are read from the store
+first (`StreamFeed.fill`), so that no member misses them nor acks past them.
 
 The committer outlives any failure: a batch the database could not take (or that failed for
 any other reason) is answered `unavailable`, never `sent`, and the next batch is tried. A
 commit can fail after it happened (the connection lost around COMMIT): the next commit that
-works looks those sends up and fans out the ones that were stored, before its own messages,
-so that no member misses them (nor acks past them).
+works looks those sends up, and the ones that were stored are fanned out (from the store)
+before its own messages.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -33,6 +40,10 @@ from storage.messages import (
     StoredMessage,
 )
 from storage.outages import OutageLog
+
+if TYPE_CHECKING:
+    from server.bus.base import Bus
+    from server.gateway.stream import StreamFeed
 
 logger = logging.getLogger(__name__)
 
@@ -107,19 +118,25 @@ class PendingSend:
 
 
 class Committer:
-    def __init__(self, store: MessageStore, hub: Hub, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        store: MessageStore,
+        hub: Hub,
+        feed: StreamFeed,
+        *,
+        bus: Bus | None = None,
+        max_batch: int = 1000,
+    ) -> None:
         self._store = store
         self._hub = hub
+        self._feed = feed
+        self._bus = bus
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[PendingSend](max_batch * 4)
         self._outage = OutageLog(logger, "commit")
         # Sends of failed commits, which may have been stored all the same: looked up with
-        # the next commit that works, and fanned out first if they were (see `_commit`).
-        # With each, the highest position published before its commit failed: if stored, its
-        # own position is above that; one at or below was stored (and fanned out) before -
-        # a resend of a committed cid that happened to fail - and must not go out again.
-        self._unsure: dict[tuple[uuid.UUID, str], tuple[PendingSend, int]] = {}
-        self._published = 0  # the highest position fanned out so far
+        # the next commit that works (see `_commit`); the feed fans out those that were.
+        self._unsure: dict[tuple[uuid.UUID, str], PendingSend] = {}
         self.committed = 0
         self.batches = 0
 
@@ -143,7 +160,7 @@ class Committer:
         """Commit `batch` and answer every send in it once: `sent` (after the commit),
         `not_member`, or `unavailable` if the commit failed. Retrying an `unavailable` send
         with the same cid is safe even if the commit did happen (sends are idempotent)."""
-        unsure = [p.message for p, _ in self._unsure.values()]
+        unsure = [p.message for p in self._unsure.values()]
         try:
             appended = await self._store.append([p.message for p in batch], unsure)
         except DatabaseUnavailableError as exc:
@@ -156,15 +173,27 @@ class Committer:
             return
         self._outage.succeeded()
         self.batches += 1
+        self._unsure = {}
         answered = 0
+        new = [r.message.pos for r in appended.results if r.outcome is Outcome.STORED and r.message]
+        recovered = [m.pos for m in appended.recovered]
         try:
-            self._fan_out_recovered(appended)
-            for p, result in zip(batch, appended.results, strict=True):
-                stored = acknowledge(p, result)
-                answered += 1
-                if stored is not None:
-                    self.committed += 1
-                    self._publish(stored, p, appended)
+            async with self._feed.lock:
+                # Below the batch's first position everything is settled: fan out what of it
+                # this process has not yet, from the store, before the batch itself. If the
+                # store cannot be read now, the batch too comes from the store later.
+                settled = min(new) - 1 if new else max(recovered, default=0)
+                live = await self._feed.fill(settled)
+                for p, result in zip(batch, appended.results, strict=True):
+                    stored = acknowledge(p, result)
+                    answered += 1
+                    if stored is not None:
+                        self.committed += 1
+                        if live and stored.pos > self._feed.last:
+                            self._publish(stored, p, appended)
+                            self._feed.last = stored.pos
+            if new and self._bus is not None:
+                self._bus.announce(max(new))
         except Exception:
             # A bug. What is committed stays committed: a retry with the cid gets its `sent`.
             logger.exception("answering a committed batch of %d sends failed", len(batch))
@@ -184,30 +213,10 @@ class Committer:
             )
             if len(self._unsure) < MAX_UNSURE:
                 key = (p.message.sender_device_id, p.message.client_id)
-                self._unsure.setdefault(key, (p, self._published))
-
-    def _fan_out_recovered(self, appended: AppendBatch) -> None:
-        """Fan out what failed commits stored after all, before anything newer: members
-        who missed it would otherwise ack past its position and never see it."""
-        if not self._unsure:
-            return
-        unsure, self._unsure = self._unsure, {}
-        recovered = []
-        for message in appended.recovered:
-            p, published_before = unsure[(message.sender_device_id, message.client_id)]
-            if message.pos > published_before:
-                recovered.append((message, p))
-        if recovered:
-            logger.warning(
-                "%d sends answered unavailable had been stored all the same; fanned out now",
-                len(recovered),
-            )
-        for message, p in recovered:
-            self._publish(message, p, appended)
+                self._unsure.setdefault(key, p)
 
     def _publish(self, message: StoredMessage, p: PendingSend, appended: AppendBatch) -> None:
         """Fan a stored message out (encoded once) to the members its scope allows."""
-        self._published = max(self._published, message.pos)
         members = appended.members.get(message.conversation_id, frozenset())
         self._hub.fan_out(
             recipients(members, message.sender_id, message.scope),

@@ -63,6 +63,7 @@ def test_serve_with_embedded_database_and_stop_on_sigterm(workdir: Path) -> None
         assert response.json() == {
             "status": "ok",
             "database": "ok",
+            "bus": "ok",
             "push": {"apns": "off", "fcm": "off"},
         }
         key = httpx.get(f"{api}/.well-known/obrol/server-key", timeout=10).json()["public_key"]
@@ -160,6 +161,7 @@ def test_a_killed_embedded_postgres_is_restarted(workdir: Path) -> None:
         assert response.json() == {
             "status": "ok",
             "database": "ok",
+            "bus": "ok",
             "push": {"apns": "off", "fcm": "off"},
         }
         assert int(pid_file.read_text().split()[0]) != old_pid
