@@ -81,6 +81,7 @@ class Running:
     server_key: str
     database: str
     tls: str | None = None  # the certificate's subject and expiry, when serving TLS
+    workers: int = 1  # processes serving (server/workers.py)
     # What the server runs on, for code that embeds it (tests reach the keyring through it).
     services: Services | None = field(default=None, repr=False, compare=False)
 
