@@ -370,4 +370,3 @@ def worker_main() -> int:
 
 if __name__ == "__main__":
     sys.exit(worker_main())
-
