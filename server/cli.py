@@ -18,6 +18,7 @@ from server.logs import configure_logging
 from server.org_command import add_org_commands, run_org_command
 from server.runner import Running, serve
 from server.settings import load_settings
+from server.workers import default_workers, supervise
 
 logger = logging.getLogger("obrol")
 
@@ -51,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)"
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="gateway+API processes sharing the ports (default: one per core; 1 serves in "
+        "this process)",
+    )
+    run.add_argument(
+        "--bus",
+        metavar="URL",
+        help="how processes and nodes sharing the database talk: postgres (default, "
+        "LISTEN/NOTIFY), nats://host:port, or none",
+    )
     run.add_argument("--config", type=Path, help="TOML settings file")
     add_org_commands(commands)
     add_audit_commands(commands)
@@ -80,7 +94,10 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
         database_url=args.database_url,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
+        workers=args.workers,
+        bus=args.bus,
     )
+    workers = settings.workers or default_workers()
     configure_logging(settings.log_level, settings.log_format)
     shutdown = trio.Event()
     # The receiver must outlive the nursery: its body ends long before the server does.
@@ -102,7 +119,10 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
 
             async def run_server(task_status: trio.TaskStatus[Running]) -> None:
                 try:
-                    await serve(settings, shutdown, task_status=task_status)
+                    if workers > 1:
+                        await supervise(settings, shutdown, workers, task_status=task_status)
+                    else:
+                        await serve(settings, shutdown, task_status=task_status)
                 finally:
                     nursery.cancel_scope.cancel()  # the signal watcher is done too
 
@@ -114,6 +134,7 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
                 f"  gateway:    {running.gateway_url or '(not served)'}\n"
                 f"  database:   {running.database}\n"
                 f"  TLS:        {running.tls or 'off'}\n"
+                f"  workers:    {running.workers} (bus: {settings.bus})\n"
                 f"  server key: {running.server_key}\n"
                 f"Press Ctrl-C to stop.",
                 flush=True,

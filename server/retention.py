@@ -97,7 +97,7 @@ async def _consent_clocks(services: Services, now: datetime) -> tuple[Erased, bo
     async def batch() -> tuple[Erased, bool]:
         async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
             erasure = await services.erasure.erase_expired(now, limit)
-            announce_erased(services.hub, erasure.erased)
+            await announce_erased(services.hub, erasure.erased)
         for file_id in erasure.files:
             await services.blobs.delete(file_id)
         return Erased(len(erasure.messages), len(erasure.files)), len(erasure.messages) == limit
@@ -148,7 +148,7 @@ class OrgMessagesSweep:
                 purge = await services.erasure.erase_older(
                     conversation_id, cutoff, self.seq, limit, now
                 )
-                announce_erased(services.hub, purge.erased)
+                await announce_erased(services.hub, purge.erased)
             for file_id in purge.files:
                 await services.blobs.delete(file_id)
             erased = Erased(purge.messages, len(purge.files))
@@ -291,7 +291,7 @@ async def _cancelled_accounts(services: Services, now: datetime) -> tuple[Erased
         async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
             erasure = await services.purge.messages(due.account_id, now, limit)
             if erasure is not None:
-                announce_erased(services.hub, erasure.erased)
+                await announce_erased(services.hub, erasure.erased)
         if erasure is not None and erasure.messages:
             for file_id in erasure.files:
                 await services.blobs.delete(file_id)

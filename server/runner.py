@@ -30,12 +30,15 @@ from protocol import GATEWAY_PATH, CloseCode, ErrorCode
 from protocol.errors import ObrolError
 from server.app import create_app
 from server.audit import run_checkpointer
+from server.bus.base import Bus
+from server.bus.node import join, open_bus, run_node
 from server.export_worker import run_export_workers
 from server.gateway.budget import FrameLimits
 from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
 from server.gateway.listener import Gateway, GatewaySettings
 from server.gateway.session import GatewayContext
+from server.gateway.stream import StreamFeed
 from server.handlers.minors import settle_at_start
 from server.identity import fingerprint, load_or_create_identity, public_key_b64
 from server.keys import open_keyring
@@ -49,6 +52,7 @@ from storage.bridge import AsyncioBridge
 from storage.database import Database
 from storage.embedded import EmbeddedPostgres, create_private_dir, describe_exit
 from storage.errors import EmbeddedPostgresError
+from storage.stream_read import StreamReader
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,15 @@ class ListenError(ObrolError):
 
 
 @dataclass(frozen=True, slots=True)
+class InheritedSockets:
+    """Listening sockets a worker process got from its supervisor (server/workers.py): the
+    port is shared by every worker, whichever accepts a connection serves it."""
+
+    api_fd: int | None
+    gateway_fd: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Running:
     """What a started server tells its caller."""
 
@@ -69,6 +82,7 @@ class Running:
     server_key: str
     database: str
     tls: str | None = None  # the certificate's subject and expiry, when serving TLS
+    workers: int = 1  # processes serving (server/workers.py)
     # What the server runs on, for code that embeds it (tests reach the keyring through it).
     services: Services | None = field(default=None, repr=False, compare=False)
 
@@ -100,11 +114,13 @@ async def serve(
     shutdown: trio.Event,
     *,
     clock: Callable[[], datetime] = utc_now,
+    sockets: InheritedSockets | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set; report the bound address through `task_status`.
 
-    `clock` is the wall clock token expiry and login records use (tests move it). Raises
+    `clock` is the wall clock token expiry and login records use (tests move it); `sockets`
+    the listening sockets to serve on instead of binding host and ports. Raises
     TlsConfigError before anything is started if the TLS certificate or key is unusable.
     """
     tls = None
@@ -140,7 +156,8 @@ async def serve(
                 try:
                     hasher = PasswordHasher(settings.password_hash_strength)
                     services = Services(settings, db, identity, hasher, keyring, clock)
-                    await _run_services(services, bridge, tls, shutdown, database, task_status)
+                    node = Node(services, open_bus(settings, bridge, db, url), sockets)
+                    await _run_services(node, bridge, tls, shutdown, database, task_status)
                 finally:
                     await claim.release()
             finally:
@@ -154,18 +171,34 @@ async def serve(
         logger.info("obrol stopped")
 
 
+@dataclass
+class Node:
+    """This process among the others sharing the database: its services, its bus (None: a
+    lone process) and its stream feed (with a gateway)."""
+
+    services: Services
+    bus: Bus | None
+    sockets: InheritedSockets | None
+    feed: StreamFeed | None = None
+
+
 async def _run_services(
-    services: Services,
+    node: Node,
     bridge: AsyncioBridge,
     tls: ServerTls | None,
     shutdown: trio.Event,
     database: str,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    """The start-up chores, then the push bridge, the sealing of legacy data and both
-    listeners, until `shutdown`."""
+    """The start-up chores, then the bus, the push bridge, the sealing of legacy data and
+    both listeners, until `shutdown`."""
+    services = node.services
     await trio.to_thread.run_sync(services.blobs.make_private)
     await settle_at_start(services)  # the age settings may have changed
+    if services.settings.serve_gateway:
+        node.feed = StreamFeed(StreamReader(services.db, services.keyring), services.hub)
+        await node.feed.start()
+        services.hub.feed = node.feed  # the writers of tombstones fan out through it
     async with trio.open_nursery() as pushing:
         stop_pushing = trio.Event()
         pushing.start_soon(services.push.run, bridge, stop_pushing)
@@ -174,7 +207,14 @@ async def _run_services(
         pushing.start_soon(seal_legacy_data, services, sealing)
         exporting = trio.CancelScope()  # stopped with the server: a job in hand is given back
         pushing.start_soon(run_export_workers, services, exporting)
-        await _serve_all(services, tls, shutdown, database, task_status)
+        async with trio.open_nursery() as bus:
+            if node.bus is not None:
+                join(services.hub, services.keyring, node.bus)
+                await bus.start(run_node, node.bus, services.hub, node.feed)
+            if node.feed is not None:
+                bus.start_soon(node.feed.poll, services.settings.bus_poll_interval_s)
+            await _serve_all(node, tls, shutdown, database, task_status)
+            bus.cancel_scope.cancel()
         # The batch in flight is sent and recorded, and the audit log's last entries are
         # signed, first.
         stop_pushing.set()
@@ -304,13 +344,15 @@ async def reload_on_sighup(
 
 
 async def _serve_all(
-    services: Services,
+    node: Node,
     tls: ServerTls | None,
     shutdown: trio.Event,
     database: str,
     task_status: trio.TaskStatus[Running],
 ) -> None:
+    services = node.services
     settings = services.settings
+    sockets = node.sockets
     async with trio.open_nursery() as nursery:
         api_url = gateway_url = None
         if tls is not None:
@@ -319,6 +361,8 @@ async def _serve_all(
             config = ApiConfig(None if tls is None else tls.api)
             config.ssl_handshake_timeout = settings.handshake_timeout_s
             config.bind = [f"{settings.host}:{settings.port}"]
+            if sockets is not None and sockets.api_fd is not None:
+                config.bind = [f"fd://{sockets.api_fd}"]
             config.graceful_timeout = settings.shutdown_timeout_s
             config.accesslog = None
             config.errorlog = logging.getLogger("hypercorn.error")  # through our handler only
@@ -333,7 +377,7 @@ async def _serve_all(
                 )
             api_url = binds[0]
         if settings.serve_gateway:
-            port = await nursery.start(_run_gateway, services, tls, shutdown)
+            port = await nursery.start(_run_gateway, node, tls, shutdown)
             scheme = "ws" if tls is None else "wss"
             gateway_url = f"{scheme}://{settings.host}:{port}{GATEWAY_PATH}"
         if settings.gc_tuning:
@@ -360,15 +404,23 @@ async def _serve_all(
 
 
 async def _run_gateway(
-    services: Services,
+    node: Node,
     tls: ServerTls | None,
     shutdown: trio.Event,
     *,
     task_status: trio.TaskStatus[int],
 ) -> None:
     """The hub's gateway, its committer and cursor saver, until `shutdown`."""
+    services = node.services
     settings = services.settings
-    committer = Committer(services.messages, services.hub, max_batch=settings.commit_batch_max)
+    assert node.feed is not None
+    committer = Committer(
+        services.messages,
+        services.hub,
+        node.feed,
+        bus=node.bus,
+        max_batch=settings.commit_batch_max,
+    )
     cursors = CursorSaver(services.messages, services.receipts, services.devices)
     context = GatewayContext(services, services.hub, committer, cursors, settings.catch_up_page)
     gateway = Gateway(
@@ -389,7 +441,8 @@ async def _run_gateway(
         nursery.start_soon(run_sweeper, services)
         port = settings.effective_gateway_port
         with listening("WebSocket gateway", settings.host, port, "--gateway-port"):
-            port = await nursery.start(gateway.serve, settings.host, port)
+            fd = None if node.sockets is None else node.sockets.gateway_fd
+            port = await nursery.start(partial(gateway.serve, settings.host, port, fd=fd))
         task_status.started(port)
         await shutdown.wait()
         services.hub.close_all(CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN, "server restarting")

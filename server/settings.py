@@ -11,6 +11,7 @@ import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -207,6 +208,16 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
+    # Processes and nodes (README, "Deployment"). `workers`: gateway+API processes under one
+    # supervisor (default: one per core; 1 serves in this process). `bus`: how processes and
+    # nodes sharing the database tell each other what happened: "postgres" (LISTEN/NOTIFY),
+    # "nats://host:port" (a NATS cluster), or "none" (a lone process). Whatever the bus,
+    # each process also reads the committed stream every `bus_poll_interval_s`, which bounds
+    # how late a message is while the bus is down.
+    workers: int | None = Field(None, ge=1, le=256)
+    bus: str = "postgres"
+    bus_poll_interval_s: float = Field(1.0, gt=0, le=60)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
@@ -222,6 +233,21 @@ class Settings(BaseSettings):
                     f"{entry!r} would trust every address: anyone could claim any client "
                     "address and dodge the per-address login limit"
                 )
+        return value
+
+    @field_validator("bus")
+    @classmethod
+    def _bus_is_known(cls, value: str) -> str:
+        if value in ("postgres", "none"):
+            return value
+        if not all(
+            urlsplit(url).scheme in ("nats", "tls") and urlsplit(url).hostname
+            for url in value.split(",")
+        ):
+            raise ValueError(
+                f"{value!r} is not a bus: use postgres, none, or nats://host:port "
+                "(several comma-separated for a NATS cluster)"
+            )
         return value
 
     @field_validator("login_records_retention_days")

@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -180,6 +180,8 @@ class Keyring:
         self._db = db
         self.master = master
         self._cache = _KeyCache(cache_size, ttl_s)
+        self.on_forget: Callable[[uuid.UUID], None] | None = None
+        """Called by `forget` with the account: tells the other processes (the bus)."""
 
     @classmethod
     async def open(
@@ -293,9 +295,12 @@ class Keyring:
         finally:
             self.forget(account_id)
 
-    def forget(self, account_id: uuid.UUID) -> None:
-        """Drop the account's key from this process's cache (after a destruction commits)."""
+    def forget(self, account_id: uuid.UUID, *, shared: bool = True) -> None:
+        """Drop the account's key from this process's cache (after a destruction commits),
+        and (`shared`) from the other processes' through `on_forget`."""
         self._cache.evict(account_id)
+        if shared and self.on_forget is not None:
+            self.on_forget(account_id)
 
     @property
     def cached(self) -> int:

@@ -25,13 +25,30 @@ HEALTH_DB_TIMEOUT_S = 2.0  # each step of the check; the answer comes within ~3x
 async def healthz() -> tuple[dict[str, Any], int]:
     """200 when the database answers, 503 otherwise, within a few seconds either way.
 
-    Nothing is cached: the answer is 200 again as soon as the database is back."""
+    Nothing is cached: the answer is 200 again as soon as the database is back. `bus` says
+    whether this process hears the others ("ok", "down", or "off" for a lone process); while
+    it is down the status is "degraded" (200: this process still serves, and delivers what
+    the others commit within `bus_poll_interval_s`)."""
+    bus = bus_status()
     try:
         await ctx().services.db.ping(HEALTH_DB_TIMEOUT_S)
     except DatabaseUnavailableError as exc:
         logger.warning("health check: %s", exc)
-        return {"status": "degraded", "database": "unavailable", "push": push_status()}, 503
-    return {"status": "ok", "database": "ok", "push": push_status()}, 200
+        return {
+            "status": "degraded",
+            "database": "unavailable",
+            "bus": bus,
+            "push": push_status(),
+        }, 503
+    status = "degraded" if bus == "down" else "ok"
+    return {"status": status, "database": "ok", "bus": bus, "push": push_status()}, 200
+
+
+def bus_status() -> str:
+    bus = ctx().services.hub.bus
+    if bus is None:
+        return "off"
+    return "ok" if bus.healthy else "down"
 
 
 def push_status() -> dict[str, str]:

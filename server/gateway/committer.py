@@ -3,13 +3,19 @@
 One commit is in flight per process at a time, so positions are published in the order
 they were committed: every connection receives `msg` frames in increasing `pos`. Each
 sender gets its `sent` after the commit; then the `msg`, encoded once, fans out to every
-live connection of every member the commit saw (filtered by the consent scope).
+live connection of this process of every member the commit saw (filtered by the consent
+scope), and the bus tells the other processes the stream reached the batch's last position
+(they read it from the store: server/gateway/stream.py).
+
+Positions below the batch's first that this process has not fanned out yet (another
+process committed them, or a commit of ours that failed after all) are read from the store
+first (`StreamFeed.fill`), so that no member misses them nor acks past them.
 
 The committer outlives any failure: a batch the database could not take (or that failed for
 any other reason) is answered `unavailable`, never `sent`, and the next batch is tried. A
 commit can fail after it happened (the connection lost around COMMIT): the next commit that
-works looks those sends up and fans out the ones that were stored, before its own messages,
-so that no member misses them (nor acks past them).
+works looks those sends up, and the ones that were stored are fanned out (from the store)
+before its own messages.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,6 +42,10 @@ from storage.messages import (
     StoredMessage,
 )
 from storage.outages import OutageLog
+
+if TYPE_CHECKING:
+    from server.bus.base import Bus
+    from server.gateway.stream import StreamFeed
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +120,25 @@ class PendingSend:
 
 
 class Committer:
-    def __init__(self, store: MessageStore, hub: Hub, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        store: MessageStore,
+        hub: Hub,
+        feed: StreamFeed,
+        *,
+        bus: Bus | None = None,
+        max_batch: int = 1000,
+    ) -> None:
         self._store = store
         self._hub = hub
+        self._feed = feed
+        self._bus = bus
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[PendingSend](max_batch * 4)
         self._outage = OutageLog(logger, "commit")
         # Sends of failed commits, which may have been stored all the same: looked up with
-        # the next commit that works, and fanned out first if they were (see `_commit`).
-        # With each, the highest position published before its commit failed: if stored, its
-        # own position is above that; one at or below was stored (and fanned out) before -
-        # a resend of a committed cid that happened to fail - and must not go out again.
-        self._unsure: dict[tuple[uuid.UUID, str], tuple[PendingSend, int]] = {}
-        self._published = 0  # the highest position fanned out so far
+        # the next commit that works (see `_commit`); the feed fans out those that were.
+        self._unsure: dict[tuple[uuid.UUID, str], PendingSend] = {}
         self.committed = 0
         self.batches = 0
 
@@ -139,14 +156,13 @@ class Committer:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            async with self._hub.stream_order:  # tombstones commit in between (erased.py)
-                await self._commit(batch)
+            await self._commit(batch)
 
     async def _commit(self, batch: list[PendingSend]) -> None:
         """Commit `batch` and answer every send in it once: `sent` (after the commit),
         `not_member`, or `unavailable` if the commit failed. Retrying an `unavailable` send
         with the same cid is safe even if the commit did happen (sends are idempotent)."""
-        unsure = [p.message for p, _ in self._unsure.values()]
+        unsure = [p.message for p in self._unsure.values()]
         started = time.perf_counter()
         try:
             appended = await self._store.append([p.message for p in batch], unsure)
@@ -163,15 +179,27 @@ class Committer:
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         COMMIT_BATCH.observe(len(batch))
         self.batches += 1
+        self._unsure = {}
         answered = 0
+        new = [r.message.pos for r in appended.results if r.outcome is Outcome.STORED and r.message]
+        recovered = [m.pos for m in appended.recovered]
         try:
-            self._fan_out_recovered(appended, committed_at)
-            for p, result in zip(batch, appended.results, strict=True):
-                stored = acknowledge(p, result)
-                answered += 1
-                if stored is not None:
-                    self.committed += 1
-                    self._publish(stored, p, appended, committed_at)
+            async with self._feed.lock:
+                # Below the batch's first position everything is settled: fan out what of it
+                # this process has not yet, from the store, before the batch itself. If the
+                # store cannot be read now, the batch too comes from the store later.
+                settled = min(new) - 1 if new else max(recovered, default=0)
+                live = await self._feed.fill(settled)
+                for p, result in zip(batch, appended.results, strict=True):
+                    stored = acknowledge(p, result)
+                    answered += 1
+                    if stored is not None:
+                        self.committed += 1
+                        if live and stored.pos > self._feed.last:
+                            self._publish(stored, p, appended, committed_at)
+                            self._feed.last = stored.pos
+            if new and self._bus is not None:
+                self._bus.announce(max(new))
         except Exception:
             # A bug. What is committed stays committed: a retry with the cid gets its `sent`.
             logger.exception("answering a committed batch of %d sends failed", len(batch))
@@ -191,32 +219,12 @@ class Committer:
             )
             if len(self._unsure) < MAX_UNSURE:
                 key = (p.message.sender_device_id, p.message.client_id)
-                self._unsure.setdefault(key, (p, self._published))
-
-    def _fan_out_recovered(self, appended: AppendBatch, committed_at: float) -> None:
-        """Fan out what failed commits stored after all, before anything newer: members
-        who missed it would otherwise ack past its position and never see it."""
-        if not self._unsure:
-            return
-        unsure, self._unsure = self._unsure, {}
-        recovered = []
-        for message in appended.recovered:
-            p, published_before = unsure[(message.sender_device_id, message.client_id)]
-            if message.pos > published_before:
-                recovered.append((message, p))
-        if recovered:
-            logger.warning(
-                "%d sends answered unavailable had been stored all the same; fanned out now",
-                len(recovered),
-            )
-        for message, p in recovered:
-            self._publish(message, p, appended, committed_at)
+                self._unsure.setdefault(key, p)
 
     def _publish(
         self, message: StoredMessage, p: PendingSend, appended: AppendBatch, committed_at: float
     ) -> None:
         """Fan a stored message out (encoded once) to the members its scope allows."""
-        self._published = max(self._published, message.pos)
         members = appended.members.get(message.conversation_id, frozenset())
         self._hub.fan_out(
             recipients(members, message.sender_id, message.scope),

@@ -2,14 +2,17 @@
 commit and replayed by catch-up.
 
 A tombstone has a stream position, so it must reach each connection in position order
-with the messages: whoever writes tombstones holds `Hub.stream_order` (which the committer
-holds around each commit and its fan-out) from before its transaction until it has fanned
-them out (`announce_erased`), so no message committed after them is published first.
+with the messages: whoever writes tombstones holds `Hub.stream_order` (the lock of this
+process's stream feed, server/gateway/stream.py, which fans out every commit) from before
+its transaction until it has fanned them out (`announce_erased`): what lies below them that
+this process has not fanned out yet goes first, read from the store, and nothing committed
+after them goes out before them. Other processes read them from the store when the bus
+announces their positions (or their timer finds them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 
 from protocol import Erased, encode
 from protocol.frames_live import ERASED_REASONS, ErasedReason
@@ -25,14 +28,36 @@ def erased_frame(conversation: bytes, ids: list[bytes], reason: str, pos: int, a
     )
 
 
-def announce_erased(hub: Hub, groups: Iterable[ErasedGroup]) -> int:
-    """Fan each group out (one frame, encoded once) to its recipients' live connections;
-    returns how many connections they were handed to. Call it holding `hub.stream_order`."""
+def tombstone_frame(t: Tombstone) -> bytes:
+    """The `erased` frame of one tombstone (as another process's feed reads it)."""
+    at = int(t.erased_at.timestamp() * 1000)
+    return erased_frame(t.conversation_id.bytes, [t.message_id.bytes], t.reason, t.pos, at)
+
+
+async def announce_erased(hub: Hub, groups: Sequence[ErasedGroup]) -> int:
+    """Fan each group out (one frame, encoded once) to its recipients' live connections,
+    after whatever lies below them that this process has not fanned out yet, and tell the
+    other processes; returns how many connections they were handed to. Call it holding
+    `hub.stream_order`, taken before the transaction that wrote them."""
+    if not groups:
+        return 0
+    feed = hub.feed
+    first = min(g.pos - len(g.ids) + 1 for g in groups)
+    last = max(g.pos for g in groups)
+    if feed is not None:
+        if not await feed.fill(first - 1):
+            return 0  # the store is unreadable now: the feed's timer fans them out later
+        if feed.last >= last:
+            return 0  # fanned out already (read from the store)
     handed = 0
     for g in groups:
         at = int(g.at.timestamp() * 1000)
         frame = erased_frame(g.conversation_id.bytes, [i.bytes for i in g.ids], g.reason, g.pos, at)
         handed += hub.fan_out(g.accounts, g.pos, frame)
+    if feed is not None:
+        feed.last = max(feed.last, last)
+    if hub.bus is not None:
+        hub.bus.announce(last)
     return handed
 
 

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import trio
 
 from protocol import CloseCode, ErrorCode
+from server.bus.base import Bus
+from server.bus.events import (
+    AccountClosed,
+    DeviceClosed,
+    Event,
+    KeyForgotten,
+    LiveFrame,
+    OrgFrame,
+    PolicyAccepted,
+    PolicyPublished,
+)
 from server.gateway.connection import Connection
 from server.gateway.device_keys import DeviceKeyCache
 from server.gateway.states import GatewayStats, State
 from server.metrics import DELIVERIES
+
+if TYPE_CHECKING:
+    from server.gateway.stream import StreamFeed
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +37,14 @@ class Hub:
 
     It also holds what the privacy-policy gate needs (see `policy_blocked`), and the cache
     of device keys the handshake reads (`device_keys`), which the disconnect methods keep
-    exact: whatever makes a device or account refused goes through them."""
+    exact: whatever makes a device or account refused goes through them.
+
+    With a bus (`bus`, server/bus/), what the handlers ask of the hub reaches every process:
+    live-only frames, closing a device's or an account's connections, policy publications
+    and acceptances, and the forgetting of destroyed data keys (`forget_key`) are shared,
+    and the other processes apply them to their own hub (`apply`). Stored messages and
+    tombstones are not shared this way: each process reads them from the store
+    (server/gateway/stream.py, `feed`)."""
 
     def __init__(self, device_cache_size: int = 100_000) -> None:
         self._by_account: dict[uuid.UUID, set[Connection]] = {}
@@ -34,10 +56,15 @@ class Hub:
         acceptance while this moved reads it again (`Gateway._handshake`)."""
         self.stats = GatewayStats()
         self.stream_order = trio.Lock()
-        """Held by whoever commits stream positions in this process (the committer, the
-        writers of tombstones) from before the commit until its frames are fanned out:
-        every connection then receives positions in increasing order (PROTOCOL.md 6.1)."""
+        """Held by whoever fans out stream positions in this process (the feed: the
+        committer's batches, what the bus announces; the writers of tombstones from before
+        their transaction) until they are handed out: every connection then receives
+        positions in increasing order (PROTOCOL.md 6.1)."""
+        self.feed: StreamFeed | None = None  # with a gateway: this process's place in the stream
         self.device_keys = DeviceKeyCache(device_cache_size)
+        self.bus: Bus | None = None
+        self.key_forgetters: list[Callable[[uuid.UUID], None]] = []
+        """Called with an account whose data key another process destroyed."""
 
     def attach(self, conn: Connection) -> None:
         assert conn.account_id is not None and conn.device_id is not None
@@ -74,8 +101,21 @@ class Hub:
         `committed_at` (time.time()) for a stored message, for the delivery latency metric.
 
         Only appends to buffers: never waits on a connection. Returns the number of
-        connections it was handed to.
+        connections it was handed to (on this process). A live-only frame (no `pos`) goes to
+        the other processes too; a stored one (`pos`) reaches them through the store.
         """
+        if pos is None and self.bus is not None:
+            accounts = tuple(accounts)
+            self.bus.share(LiveFrame(accounts, frame))
+        return self._fan_out(accounts, pos, frame, committed_at)
+
+    def _fan_out(
+        self,
+        accounts: Iterable[uuid.UUID],
+        pos: int | None,
+        frame: bytes,
+        committed_at: float | None = None,
+    ) -> int:
         by_account = self._by_account
         handed = 0
         for account in accounts:
@@ -89,7 +129,13 @@ class Hub:
 
     def fan_out_org(self, org_id: uuid.UUID, frame: bytes) -> int:
         """Give `frame` to every live connection of the organization's accounts (a live-only
-        frame: no position). Returns the number of connections it was handed to."""
+        frame: no position), on every process. Returns the number of connections it was
+        handed to on this one."""
+        if self.bus is not None:
+            self.bus.share(OrgFrame(org_id, frame))
+        return self._fan_out_org(org_id, frame)
+
+    def _fan_out_org(self, org_id: uuid.UUID, frame: bytes) -> int:
         conns = list(self._by_org.get(org_id, ()))
         for conn in conns:
             conn.deliver(None, frame)
@@ -128,14 +174,26 @@ class Hub:
     ) -> int:
         """A version was published (committed): a material one blocks the org's accounts
         at once; every live connection of the org gets `frame` (the `policy` notice).
-        Returns the number of connections it was handed to."""
+        Returns the number of connections it was handed to on this process."""
+        if self.bus is not None:
+            self.bus.share(PolicyPublished(org_id, policy_id, material, frame))
+        return self._policy_published(org_id, policy_id, material, frame)
+
+    def _policy_published(
+        self, org_id: uuid.UUID, policy_id: int, material: bool, frame: bytes
+    ) -> int:
         if material and policy_id > self._material_policy.get(org_id, 0):
             self._material_policy[org_id] = policy_id
-        return self.fan_out_org(org_id, frame)
+        return self._fan_out_org(org_id, frame)
 
     def policy_accepted(self, account_id: uuid.UUID, policy_id: int) -> None:
         """The account accepted the version `policy_id` (committed): its connections are
         let through again, without reconnecting."""
+        if self.bus is not None:
+            self.bus.share(PolicyAccepted(account_id, policy_id))
+        self._policy_accepted(account_id, policy_id)
+
+    def _policy_accepted(self, account_id: uuid.UUID, policy_id: int) -> None:
         self.policy_acceptances += 1
         self.device_keys.invalidate_account(account_id)  # cached acceptances are older
         for conn in self._by_account.get(account_id, ()):
@@ -144,9 +202,13 @@ class Hub:
     def disconnect_device(self, device_id: uuid.UUID, *, signed_out: bool = False) -> None:
         """Close the live connections of a device: revoked (4005, the device wipes itself),
         or `signed_out` (4013: its session was ended elsewhere, e.g. by a password change;
-        it logs in again). Forgets the device's cached key first, so its next handshake
-        reads the database: call this before the change is acknowledged, on every process
-        (the bus brings other processes' revocations and sign-outs here)."""
+        it logs in again), on every process."""
+        if self.bus is not None:
+            self.bus.share(DeviceClosed(device_id, signed_out))
+        self._disconnect_device(device_id, signed_out)
+
+    def _disconnect_device(self, device_id: uuid.UUID, signed_out: bool) -> None:
+        # The cached key goes first: the device's next handshake reads the database.
         self.device_keys.invalidate_device(device_id)
         if signed_out:
             code, error, message = CloseCode.SIGNED_OUT, ErrorCode.SIGNED_OUT, "signed out"
@@ -159,8 +221,12 @@ class Hub:
         self, account_id: uuid.UUID, *, guardian_consent_required: bool = False
     ) -> None:
         """Close every live connection of a deactivated account (4012), or of a minor's
-        account that now waits for a guardian's consent (4014). Forgets the account's
-        cached device keys first (as `disconnect_device` does)."""
+        account that now waits for a guardian's consent (4014), on every process."""
+        if self.bus is not None:
+            self.bus.share(AccountClosed(account_id, guardian_consent_required))
+        self._disconnect_account(account_id, guardian_consent_required)
+
+    def _disconnect_account(self, account_id: uuid.UUID, guardian_consent_required: bool) -> None:
         self.device_keys.invalidate_account(account_id)
         if guardian_consent_required:
             code, error = CloseCode.GUARDIAN_CONSENT_REQUIRED, ErrorCode.GUARDIAN_CONSENT_REQUIRED
@@ -170,6 +236,30 @@ class Hub:
             message = "account deactivated"
         for conn in list(self._by_account.get(account_id, ())):
             conn.close(code, error, message)
+
+    def forget_key(self, account_id: uuid.UUID) -> None:
+        """An account's data key was destroyed here (and evicted from this process's
+        cache): the other processes evict it too."""
+        if self.bus is not None:
+            self.bus.share(KeyForgotten(account_id))
+
+    def apply(self, event: Event) -> None:
+        """An event another process shared: act on it here, and only here."""
+        if isinstance(event, LiveFrame):
+            self._fan_out(event.accounts, None, event.frame)
+        elif isinstance(event, OrgFrame):
+            self._fan_out_org(event.org_id, event.frame)
+        elif isinstance(event, PolicyPublished):
+            self._policy_published(event.org_id, event.policy_id, event.material, event.frame)
+        elif isinstance(event, PolicyAccepted):
+            self._policy_accepted(event.account_id, event.policy_id)
+        elif isinstance(event, DeviceClosed):
+            self._disconnect_device(event.device_id, event.signed_out)
+        elif isinstance(event, AccountClosed):
+            self._disconnect_account(event.account_id, event.guardian_consent_required)
+        else:
+            for forget in self.key_forgetters:
+                forget(event.account_id)
 
     def close_overdue_resyncs(self, now: float) -> None:
         """Close the connections told to re-sync whose time to do so has passed."""

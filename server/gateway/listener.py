@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import time
 import uuid
@@ -99,10 +100,20 @@ class Gateway:
         self.device_keys.max_entries = server.gateway_device_cache_size
 
     async def serve(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int,
+        *,
+        fd: int | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on host:port (0 picks a free port, reported through task_status)."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        """Listen on host:port (0 picks a free port, reported through task_status), or on
+        the listening socket `fd` (inherited from the supervisor: server/workers.py)."""
+        if fd is None:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        else:
+            inherited = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+            listeners = [trio.SocketListener(inherited)]
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flusher.run)

@@ -58,7 +58,7 @@ class ConsentHandler:
             grants, revocation = await s.consent.withdraw(
                 org_id, account_id, device_id, purpose, s.clock()
             )
-            announce_erased(s.hub, revocation.erased)
+            await announce_erased(s.hub, revocation.erased)
         await announce_revocation(s, revocation)
         return grants
 
@@ -89,6 +89,6 @@ class ConsentHandler:
                 org_id, purpose, off, actor.account_id, self._s.clock()
             )
             for revocation in revocations:
-                announce_erased(self._s.hub, revocation.erased)
+                await announce_erased(self._s.hub, revocation.erased)
         for revocation in revocations:
             await announce_revocation(self._s, revocation)

@@ -34,7 +34,7 @@ class DeletionHandler:
             erasure = await s.deletion.delete_message(
                 actor.org_id, actor.account_id, actor.device_id, conversation_id, message_id, now
             )
-            announce_erased(s.hub, erasure.erased)
+            await announce_erased(s.hub, erasure.erased)
         await self._finish(erasure)
 
     async def delete_file(self, actor: Actor, file_id: uuid.UUID) -> int:
@@ -46,7 +46,7 @@ class DeletionHandler:
             erasure = await s.deletion.delete_file(
                 actor.org_id, actor.account_id, actor.device_id, file_id, now
             )
-            announce_erased(s.hub, erasure.erased)
+            await announce_erased(s.hub, erasure.erased)
         await self._finish(erasure)
         return len(erasure.messages)
 

@@ -63,6 +63,7 @@ def test_serve_with_embedded_database_and_stop_on_sigterm(workdir: Path) -> None
         assert response.json() == {
             "status": "ok",
             "database": "ok",
+            "bus": "ok",
             "push": {"apns": "off", "fcm": "off"},
         }
         key = httpx.get(f"{api}/.well-known/obrol/server-key", timeout=10).json()["public_key"]
@@ -153,13 +154,17 @@ def test_a_killed_embedded_postgres_is_restarted(workdir: Path) -> None:
         process.wait_for(r"embedded PostgreSQL restarted \(pid \d+\)")
         deadline = time.monotonic() + 60
         response = health(api)
-        while (response is None or response.status_code != 200) and time.monotonic() < deadline:
+        # The database first, then the bus's own connection (which retries with a pause).
+        while (
+            response is None or response.status_code != 200 or response.json()["status"] != "ok"
+        ) and time.monotonic() < deadline:
             time.sleep(0.2)
             response = health(api)
         assert response is not None
         assert response.json() == {
             "status": "ok",
             "database": "ok",
+            "bus": "ok",
             "push": {"apns": "off", "fcm": "off"},
         }
         assert int(pid_file.read_text().split()[0]) != old_pid

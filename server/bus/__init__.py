@@ -1,0 +1,1 @@
+"""The bus between processes and nodes sharing one database (README, "Deployment")."""
