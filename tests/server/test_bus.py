@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,16 @@ import pytest
 import trio
 
 from loadtest.client import ConnectionClosedError, GatewayClient
-from protocol import Msg, Receipt, ReceiptNotice, ReceiptStatus, Synced, Typing, TypingNotice
+from protocol import (
+    Erased,
+    Msg,
+    Receipt,
+    ReceiptNotice,
+    ReceiptStatus,
+    Synced,
+    Typing,
+    TypingNotice,
+)
 from tests.conftest import with_database
 from tests.harness import Harness, receive_until
 from tests.nodes import (
@@ -101,6 +111,28 @@ async def test_a_device_revoked_on_one_node_is_closed_on_the_other(
             assert closed.value.code == 4005
             # Announced on the bus, not found by a timer: well within a second here.
             assert trio.current_time() - revoked_at < 5
+
+
+async def test_a_deletion_on_one_node_reaches_the_other_in_stream_order(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with two_nodes(tmp_path, database_url) as (a, b, _):
+        ann = await a.create_org()
+        bob = await a.add_member(ann, "bob")
+        conv = await a.group(ann, bob)
+        async with await synced(a, ann) as on_a, await synced(b, bob) as on_b:
+            first = await send_acked(on_a, text("gone", conv.bytes))
+            (msg,) = await collect_msgs(on_b, 1)
+            response = await a.client.delete(
+                f"/v1/conversations/{conv}/messages/{uuid.UUID(bytes=msg.id)}",
+                headers=ann.headers,
+            )
+            assert response.status_code == 204, response.text
+            after = await send_acked(on_a, text("after", conv.bytes))
+            frames = await receive_until(on_b, lambda f: isinstance(f, Msg) and f.cid == "after")
+            (erased,) = [f for f in frames if isinstance(f, Erased)]
+            assert erased.ids == (msg.id,) and erased.reason == "deleted_by_sender"
+            assert first < erased.pos < after  # in stream order, before what came next
 
 
 async def test_the_bus_lost_and_back_loses_no_message(tmp_path: Path, database_url: str) -> None:
