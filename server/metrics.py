@@ -101,9 +101,18 @@ COMMIT_SECONDS = Histogram(
     "Duration of one group commit (the store's append, one transaction)",
     buckets=LATENCY_BUCKETS,
 )
-WORKER_RESTARTS = Counter(
+WORKER_RESTARTS = Gauge(
     "obrol_worker_restarts",
-    "Worker processes the supervisor restarted after they died",
+    "Worker processes the supervisor restarted after they died (obrol serve --workers N)",
+    multiprocess_mode="max",
+)
+# The supervisor tells each worker it starts how many restarts there were so far.
+WORKER_RESTARTS.set(int(os.environ.get("OBROL_WORKER_RESTARTS", "0") or 0))
+BUS_UP = Gauge(
+    "obrol_bus_up",
+    "1 while this process listens on the bus (0: down, announcements missed; the feed's "
+    "timer reads the store meanwhile); with several workers the lowest counts",
+    multiprocess_mode="livemin",
 )
 SWEEP_ERASED = Counter(
     "obrol_sweep_erased_rows",

@@ -30,9 +30,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from subprocess import PIPE
 
 import trio
+from prometheus_client.multiprocess import mark_process_dead
 from pydantic import SecretStr
 
 from server.identity import load_or_create_identity, public_key_b64
@@ -100,13 +102,15 @@ class Worker:
         self.process: trio.Process | None = None
         self.started_at = 0.0
 
-    async def start(self) -> dict[str, str]:
-        """Start the process and wait until it serves; returns what it reported."""
+    async def start(self, restarts: int = 0) -> dict[str, str]:
+        """Start the process and wait until it serves; returns what it reported.
+        `restarts`: how many worker restarts there were so far (a metric it shows)."""
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "server.workers"],
             stdin=PIPE,
             stdout=PIPE,
             pass_fds=self._fds,
+            env={**os.environ, "OBROL_WORKER_RESTARTS": str(restarts)},
         )
         self.process = process
         self.started_at = trio.current_time()
@@ -128,6 +132,23 @@ class Worker:
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signum)
+
+
+def share_metrics(folder: Path) -> None:
+    """The workers write their metrics to files in `folder` (prometheus-client's
+    multiprocess mode), so whichever answers GET /metrics shows them all: a private folder,
+    emptied of a previous run's files, named in the environment they inherit."""
+    create_private_dir(folder)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def forget_metrics(pid: int) -> None:
+    """A worker is gone: its live gauges (connections, bus up) stop counting."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
 
 
 class WorkerError(Exception):
@@ -155,6 +176,7 @@ class Supervisor:
         while True:
             assert worker.process is not None
             returncode = await worker.process.wait()
+            forget_metrics(worker.process.pid)
             if self.shutdown.is_set():
                 return
             self.restarts += 1
@@ -174,7 +196,7 @@ class Supervisor:
                 pause_s = 1.0
             while not self.shutdown.is_set():
                 try:
-                    await worker.start()
+                    await worker.start(self.restarts)
                     break
                 except (WorkerError, OSError) as exc:
                     logger.error("%s; next try in %.0f s", exc, pause_s)
@@ -246,6 +268,7 @@ async def supervise(
         tls_info = ServerTls(settings.tls_cert_file, settings.tls_key_file).info.describe()
     create_private_dir(settings.data_dir)
     identity = load_or_create_identity(settings.data_dir)
+    share_metrics(settings.data_dir / "metrics")
     embedded: EmbeddedPostgres | None = None
     if settings.database_url is not None:
         url = settings.database_url.get_secret_value()

@@ -29,6 +29,7 @@ from server.bus.events import (
     decode_announcement,
     encode_announcement,
 )
+from server.metrics import BUS_UP
 from storage.outages import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Bus(ABC):
 
     def __init__(self) -> None:
         self.origin = os.urandom(16)
-        self.up = False  # listening now
+        self._up = False
         self.sent = 0  # bus messages sent
         self.received = 0  # bus messages from other processes
         self.dropped = 0  # live-only events dropped (queue full, or the send failed)
@@ -75,6 +76,16 @@ class Bus(ABC):
             return
         self._events.append(event)
         self._wake.set()
+
+    @property
+    def up(self) -> bool:
+        """Listening now."""
+        return self._up
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        self._up = value
+        BUS_UP.set(1 if value else 0)
 
     @property
     def healthy(self) -> bool:

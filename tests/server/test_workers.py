@@ -117,6 +117,15 @@ async def test_a_worker_killed_under_traffic_is_restarted_and_nothing_acked_is_l
                 with trio.fail_after(60):
                     await acked.reach(len(acked.positions) + 20)
                 stop.set()
+            # Whichever worker answers, /metrics shows them all (and the restart).
+            metrics = (await node.client.get("/metrics")).text
+            assert "obrol_worker_restarts 1.0" in metrics
+            handshakes = [
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith('obrol_handshakes_total{outcome="ok"}')
+            ]
+            assert handshakes and handshakes[0] >= 6  # readers, writers: on both workers
             # Every acknowledged message is stored, once, in the order acknowledged.
             async with await node.connect(bob) as again:
                 await again.sync(0)
