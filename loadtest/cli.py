@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--gateway-url",
         help="its gateway, ws:// or wss://host:port/v1/ws (default: API port + 1, "
-        "wss:// when --url is https://)",
+        "wss:// when --url is https://); several nodes sharing one database: their gateways "
+        "separated by commas, devices spread over them (the loss check spans them all)",
     )
     target.add_argument(
         "--tls",
@@ -84,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CA.pem",
         help="trust the server's TLS certificate if this CA (PEM) issued it "
         "(default: the system's trust store); certificates and host names are always verified",
+    )
+    target.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="our own server runs N gateway+API processes (obrol serve --workers N); its CPU "
+        "and memory are the supervisor's and all its workers' (default 1)",
     )
     target.add_argument(
         "--metrics-token",
@@ -248,6 +257,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         gateway_url=args.gateway_url,
         ca_file=args.ca_file,
         tls=args.tls,
+        server_workers=args.server_workers,
         cache_path=args.cache,
         fresh=args.fresh,
         data_dir=args.data_dir,

@@ -76,6 +76,8 @@ class RunConfig:
     ca_file: Path | None = None
     """PEM certificates to trust for https:// and wss:// (None: the system's trust store)."""
     tls: bool = False
+    server_workers: int = 1
+    """Our own server's gateway+API processes (obrol serve --workers N)."""
     """Our own server with TLS (a throwaway certificate, trusted for the run)."""
     cache_path: Path | None = None
     fresh: bool = False
@@ -192,10 +194,21 @@ def check_config(config: RunConfig) -> None:
             f"--url must be the HTTP API address, like http://127.0.0.1:8400 (got {config.url})",
         )
     if config.gateway_url is not None:
+        urls = config.gateway_url.split(",")
         need(
-            config.gateway_url.startswith(("ws://", "wss://")),
-            "--gateway-url must look like ws://host:port/v1/ws or wss://host:port/v1/ws",
+            all(u.startswith(("ws://", "wss://")) for u in urls),
+            "--gateway-url must look like ws://host:port/v1/ws or wss://host:port/v1/ws "
+            "(several nodes: separated by commas)",
         )
+        need(
+            len({u.split(":", 1)[0] for u in urls}) == 1,
+            "--gateway-url: every node the same scheme (all ws:// or all wss://)",
+        )
+    need(1 <= config.server_workers <= 64, "--server-workers must be 1..64")
+    need(
+        config.server_workers == 1 or config.url is None,
+        "--server-workers is for the server of our own; without --url",
+    )
     need(not (config.tls and config.url), "--tls is for the server of our own; without --url")
     if config.ca_file is not None:
         need(

@@ -70,11 +70,13 @@ async def local_server(
     *,
     tls: bool = False,
     settings: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> AsyncIterator[LocalServer]:
     """Start the server, yield where it listens, stop it (and remove a temporary data
     folder) on the way out, however the body ends. With `tls`, it serves https:// and
     wss:// with a throwaway certificate (loadtest/devcert.py) made next to its log.
-    `settings`: more `OBROL_*` environment variables for it (the push stand-in's)."""
+    `settings`: more `OBROL_*` environment variables for it (the push stand-in's).
+    `workers`: its gateway+API processes (`obrol serve --workers N`; 1: one process)."""
     temporary: Path | None = None
     if data_dir is None:
         temporary = Path(tempfile.mkdtemp(prefix="obrol-loadtest-"))
@@ -96,6 +98,8 @@ async def local_server(
         "0",
         "--data-dir",
         str(data_dir),
+        "--workers",
+        str(workers),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     certificate = None

@@ -148,20 +148,39 @@ class ServerWatch:
         self.max_rss_mb = 0.0
         self.peak_rss_mb = 0.0
 
-    def poll(self) -> None:
+    def _server(self) -> tuple[float, float, float] | None:
+        """CPU seconds, resident and peak memory (MB) of the server: its process, and with
+        `--workers N` its worker processes (live, and those it reaped after they died); never
+        the embedded PostgreSQL, counted apart."""
         found = sample(self.pid)
+        if found is None:
+            return None
+        cpu, rss, peak = found.cpu_s + found.children_cpu_s, found.rss_mb, found.peak_rss_mb
+        postmaster = postmaster_pid(self.data_dir)
+        for child in children(self.pid):
+            if child == postmaster:
+                continue
+            worker = sample(child)
+            if worker is not None:
+                cpu += worker.cpu_s + worker.children_cpu_s
+                rss += worker.rss_mb
+                peak += worker.peak_rss_mb
+        return cpu, rss, peak
+
+    def poll(self) -> None:
+        found = self._server()
         if found is not None:
-            self.max_rss_mb = max(self.max_rss_mb, found.rss_mb)
-            self.peak_rss_mb = max(self.peak_rss_mb, found.peak_rss_mb)
+            self.max_rss_mb = max(self.max_rss_mb, found[1])
+            self.peak_rss_mb = max(self.peak_rss_mb, found[2])
 
     def mark(self, name: str, at: float) -> None:
-        found = sample(self.pid)
+        found = self._server()
         if found is None:
             return
         self.poll()
         postmaster = postmaster_pid(self.data_dir)
         db = None if postmaster is None else tree_cpu_s(postmaster)
-        self.marks[name] = Mark(at, found.cpu_s, found.rss_mb, db, machine_busy_s())
+        self.marks[name] = Mark(at, found[0], found[1], db, machine_busy_s())
 
     def between(self, first: str, last: str) -> tuple[Mark, Mark] | None:
         if first in self.marks and last in self.marks:

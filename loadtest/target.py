@@ -92,6 +92,7 @@ async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Targ
                 config.report_dir / "server.log",
                 tls=config.tls,
                 settings=settings,
+                workers=config.server_workers,
             )
         )
         display.note(f"server up: API {server.api_url}, gateway {server.gateway_url}")

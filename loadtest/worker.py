@@ -126,10 +126,13 @@ class Worker:
         ssl_context = None
         if plan.gateway_url.startswith("wss://"):
             ssl_context = client_ssl_context(None if plan.ca_file is None else Path(plan.ca_file))
+        # Several nodes (--gateway-url a,b,...): each device always goes to the same one.
+        nodes = plan.gateway_url.split(",")
         for index, device_id, secret, user in plan.devices:
             identity = DeviceIdentity(uuid.UUID(bytes=device_id), secret, plan.server_key)
             state = DeviceState(identity, cursor=plan.cursor)
-            device = SimDevice(index, state, plan.gateway_url, self.obs, self.rng, ssl_context)
+            url = nodes[index % len(nodes)]
+            device = SimDevice(index, state, url, self.obs, self.rng, ssl_context)
             self.devices.append(device)
             self.by_user.setdefault(user, []).append(device)
         self.user_of = {index: user for index, _, _, user in plan.devices}
