@@ -48,7 +48,11 @@ async def server_process(
     settings: dict[str, object], cwd: Path
 ) -> AsyncIterator[tuple[Process, Harness]]:
     """`obrol serve` as a child process, and a harness (HTTP client + helpers) for it."""
-    process = Process([sys.executable, "-m", "server.cli", "serve"], cwd, env=server_env(settings))
+    process = Process(
+        [sys.executable, "-m", "server.cli", "serve", "--workers", "1"],
+        cwd,
+        env=server_env(settings),
+    )
     try:
         api = (await trio.to_thread.run_sync(process.wait_for, r"API:\s+(http://\S+)")).group(1)
         gateway = (await trio.to_thread.run_sync(process.wait_for, r"(ws://\S+)")).group(1)
