@@ -108,6 +108,12 @@ WORKER_RESTARTS = Gauge(
 )
 # The supervisor tells each worker it starts how many restarts there were so far.
 WORKER_RESTARTS.set(int(os.environ.get("OBROL_WORKER_RESTARTS", "0") or 0))
+BUS_LAG_SECONDS = Histogram(
+    "obrol_bus_lag_seconds",
+    "From a commit on another process (its message's time) to this process reading it from "
+    "the store to fan it out: the bus's announcement, or the timer when the bus is down",
+    buckets=LATENCY_BUCKETS,
+)
 BUS_UP = Gauge(
     "obrol_bus_up",
     "1 while this process listens on the bus (0: down, announcements missed; the feed's "

@@ -18,6 +18,7 @@ from the store before our own batch goes out.
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -25,6 +26,7 @@ from protocol import RemoteProtocolError
 from server.gateway.erased import tombstone_frame
 from server.gateway.hub import Hub
 from server.gateway.session import stored_msg_frame
+from server.metrics import BUS_LAG_SECONDS
 from storage.errors import DatabaseUnavailableError
 from storage.outages import OutageLog
 from storage.stream_read import CommittedErasure, StreamReader
@@ -78,6 +80,7 @@ class StreamFeed:
                         # Committed when it was stored (another process's clock, this
                         # machine's or a synchronized one): for the delivery latency metric.
                         committed = message.sent_at.timestamp()
+                        BUS_LAG_SECONDS.observe(max(time.time() - committed, 0.0))
                         self._hub.fan_out(row.audience, message.pos, frame, committed)
                     self.read_from_store += 1
                     self.last = message.pos

@@ -133,6 +133,12 @@ async def test_a_deletion_on_one_node_reaches_the_other_in_stream_order(
             (erased,) = [f for f in frames if isinstance(f, Erased)]
             assert erased.ids == (msg.id,) and erased.reason == "deleted_by_sender"
             assert first < erased.pos < after  # in stream order, before what came next
+        # B read A's commits from the store: its bus lag is measured.
+        metrics = (await b.client.get("/metrics")).text
+        lag = [
+            line for line in metrics.splitlines() if line.startswith("obrol_bus_lag_seconds_count")
+        ]
+        assert lag and float(lag[0].split()[-1]) >= 2
 
 
 async def test_the_bus_lost_and_back_loses_no_message(tmp_path: Path, database_url: str) -> None:
