@@ -1,6 +1,7 @@
 """The retention schedule: every kind of data obrol erases on a clock, how long it is kept,
 and the promise that period keeps - in one place. The one sweeper (server/sweeper.py) runs
-every rule here that has a `sweep`, in this order, in every server process.
+every rule here that has a `sweep` (server/sweeps.py), in this order, in every server
+process.
 
 Each sweep erases in bounded batches (`sweep_batch` rows, one short transaction each, rows
 another process holds skipped with SKIP LOCKED; erasing messages takes the stream lock
@@ -11,41 +12,34 @@ another (live sessions end on time while a year of messages is purged). A rule t
 more to do makes the sweeper start its next pass at once instead of sleeping. What was
 erased is counted per rule and logged as counts, never contents.
 
-Adding a rule:
-write a sweep - `async (services, now) -> (Erased, more)` - whose batches run through
-`batches` (`rows_before` makes the batch for a store call that deletes up to `limit` rows
-older than a cutoff), give it a setting with its unit in the name and the promise's minimum
-enforced in server/settings.py, and add a `Rule` to `rules()`. `schedule(settings)` (shown
-at `GET /v1/orgs/{org}/retention`) then lists it.
+Adding a rule: write a sweep in server/sweeps.py - `async (services, now) -> (Erased,
+more)` - whose batches run through `batches` (`rows_before` makes the batch for a store
+call that deletes up to `limit` rows older than a cutoff), give it a setting with its unit
+in the name and the promise's minimum enforced in server/settings.py, and add a `Rule` to
+`rules()`. `schedule(settings)` (shown at `GET /v1/orgs/{org}/retention`) then lists it.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from functools import partial
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import trio
-
-from server.audit import prune_audit
-from server.gateway.announce import announce_live_end
-from server.gateway.erased import announce_erased
 from server.settings import Settings
-from server.sweep_status import Erased
-
-if TYPE_CHECKING:
-    from server.services import Services
-
-logger = logging.getLogger(__name__)
-
-PASS_BATCHES = 20  # batches one rule may run in one pass before the others get their turn
-
-
-Sweep = Callable[["Services", datetime], Awaitable[tuple[Erased, bool]]]
+from server.sweeps import (
+    Sweep,
+    audit_entries,
+    auth_tokens,
+    cancelled_accounts,
+    cancelled_orgs,
+    consent_clocks,
+    export_archives,
+    live_sessions_ended,
+    live_sessions_open,
+    login_records,
+    notices,
+    rights_requests,
+    tombstones,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,211 +49,6 @@ class Rule:
     period: Callable[[Settings], str]  # how long it is kept, from the settings, in words
     source: str  # the promise it keeps
     sweep: Sweep | None  # None: kept by another part of the server (`period` says which)
-
-
-Batch = Callable[[], Awaitable[tuple[Erased, bool]]]
-
-
-async def batches(services: Services, batch: Batch) -> tuple[Erased, bool]:
-    """Run `batch` (one transaction: what it erased, whether another may follow) up to
-    PASS_BATCHES times; (what went, whether more is left). Between batches it rests, so that
-    working off a backlog takes at most `sweep_busy_fraction` of the time: the pause after a
-    batch is the batch's own time scaled, so it lengthens by itself when the database is
-    busy with live traffic."""
-    fraction = services.settings.sweep_busy_fraction
-    total = Erased()
-    for _ in range(PASS_BATCHES):
-        began = trio.current_time()
-        erased, again = await batch()
-        total.add(erased)
-        if not again:
-            return total, False
-        await trio.sleep((trio.current_time() - began) * (1 - fraction) / fraction)
-    return total, True
-
-
-def rows_before(
-    services: Services, delete: Callable[[datetime, int], Awaitable[int]], cutoff: datetime
-) -> Batch:
-    """A batch for a store call that deletes up to `limit` rows older than `cutoff`."""
-    limit = services.settings.sweep_batch
-
-    async def batch() -> tuple[Erased, bool]:
-        done = await delete(cutoff, limit)
-        return Erased(done), done == limit
-
-    return batch
-
-
-async def _consent_clocks(services: Services, now: datetime) -> tuple[Erased, bool]:
-    limit = services.settings.sweep_batch
-
-    async def batch() -> tuple[Erased, bool]:
-        async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
-            erasure = await services.erasure.erase_expired(now, limit)
-            await announce_erased(services.hub, erasure.erased)
-        for file_id in erasure.files:
-            await services.blobs.delete(file_id)
-        return Erased(len(erasure.messages), len(erasure.files)), len(erasure.messages) == limit
-
-    return await batches(services, batch)
-
-
-async def _live_sessions_open(services: Services, now: datetime) -> tuple[Erased, bool]:
-    limit = services.settings.sweep_batch
-
-    async def batch() -> tuple[Erased, bool]:
-        ended = await services.live.expire(now, limit)
-        await announce_live_end(services, ended)
-        return Erased(len(ended)), len(ended) == limit
-
-    return await batches(services, batch)
-
-
-@dataclass
-class OrgMessagesSweep:
-    """Walks the conversations that have a retention period, a page at a time, and erases
-    each one's messages past it, oldest first. Where it is (page, conversation, seq) carries
-    over from one pass to the next, in this process; another process walks on its own, and
-    SKIP LOCKED keeps the two off each other's rows. A pass ends when a walk does."""
-
-    after: uuid.UUID | None = None  # the walk: conversations after this id (None: from the start)
-    walked: bool = False  # the walk read its last page: done once the queue is
-    queue: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)  # (id, cutoff)
-    seq: int = 0  # in queue[0]: erased up to here
-
-    async def __call__(self, services: Services, now: datetime) -> tuple[Erased, bool]:
-        return await batches(services, partial(self._step, services, now))
-
-    async def _step(self, services: Services, now: datetime) -> tuple[Erased, bool]:
-        """One page of conversations read, or one batch of a conversation erased."""
-        limit, erased = services.settings.sweep_batch, Erased()
-        if not self.queue:
-            due, self.after = await services.retention.due(self.after, limit)
-            self.walked = self.after is None
-            for conversation in due:
-                cutoff = now - timedelta(days=conversation.days)
-                if conversation.oldest < cutoff:
-                    self.queue.append((conversation.id, cutoff))
-            self.seq = 0
-        else:
-            conversation_id, cutoff = self.queue[0]
-            async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
-                purge = await services.erasure.erase_older(
-                    conversation_id, cutoff, self.seq, limit, now
-                )
-                await announce_erased(services.hub, purge.erased)
-            for file_id in purge.files:
-                await services.blobs.delete(file_id)
-            erased = Erased(purge.messages, len(purge.files))
-            if purge.messages == purge.head == limit:
-                self.seq = purge.last_seq
-            else:
-                self.queue.pop(0)
-                self.seq = 0
-        if not self.queue and self.walked:
-            self.walked = False  # the next pass walks again from the start
-            return erased, False
-        return erased, True
-
-
-ORPHAN_WALK_EVERY_S = 3600.0  # the files folder is walked at most this often
-TEMPORARY_SUFFIXES = (".part", ".seal")  # storage.files: writes in progress (or abandoned)
-
-
-@dataclass
-class OrphanBlobsSweep:
-    """Deletes what a crash left in the files folder: a blob whose row is gone (the commit
-    that deleted the row came, the blob deletion after it did not) and a temporary file of
-    an unfinished write, once older than `orphan_blob_grace_s` (by modification time), so a
-    blob written for an upload whose row is about to be recorded is never touched. A walk
-    of the folder in name order, `sweep_batch` files at a time (one query for their rows),
-    at most every ORPHAN_WALK_EVERY_S; where it is carries over between passes. Files of
-    any other name are not obrol's and are left alone."""
-
-    after: str = ""  # the walk: files after this "xx/name"
-    next_walk: datetime | None = None  # the walk ended: the next begins then
-
-    async def __call__(self, services: Services, now: datetime) -> tuple[Erased, bool]:
-        if self.next_walk is not None and now < self.next_walk:
-            return Erased(), False
-        self.next_walk = None
-        return await batches(services, partial(self._step, services, now))
-
-    async def _step(self, services: Services, now: datetime) -> tuple[Erased, bool]:
-        older_than = now.timestamp() - services.settings.orphan_blob_grace_s
-        names, after = await services.blobs.old_entries(
-            self.after, older_than, services.settings.sweep_batch
-        )
-        blobs: dict[uuid.UUID, str] = {}
-        doomed: list[str] = []
-        for name in names:
-            base = name.partition("/")[2]
-            if base.startswith(".") and base.endswith(TEMPORARY_SUFFIXES):
-                doomed.append(name)
-                continue
-            try:
-                file_id = uuid.UUID(base)
-            except ValueError:
-                continue
-            if str(file_id) == base:
-                blobs[file_id] = name
-        if blobs:
-            kept = await services.files.existing(list(blobs))
-            doomed += [name for file_id, name in blobs.items() if file_id not in kept]
-        erased = Erased(files=await services.blobs.delete_entries(doomed))
-        if after is None:
-            self.after, self.next_walk = "", now + timedelta(seconds=ORPHAN_WALK_EVERY_S)
-            return erased, False
-        self.after = after
-        return erased, True
-
-
-async def _login_records(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.login_records_retention_days)
-    return await batches(services, rows_before(services, services.logins.delete_before, cutoff))
-
-
-async def _tombstones(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.tombstones_retention_days)
-    delete = services.tombstones.purge_before
-    return await batches(services, rows_before(services, delete, cutoff))
-
-
-async def _live_sessions_ended(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.live_sessions_retention_days)
-    return await batches(services, rows_before(services, services.live.delete_ended, cutoff))
-
-
-async def _rights_requests(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.requests_retention_days)
-    delete = services.requests.delete_closed_before
-    return await batches(services, rows_before(services, delete, cutoff))
-
-
-async def _notices(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.notices_retention_days)
-    return await batches(services, rows_before(services, services.notices.delete_before, cutoff))
-
-
-async def _auth_tokens(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.auth_tokens_retention_days)
-    delete = services.tokens.delete_expired_before
-    return await batches(services, rows_before(services, delete, cutoff))
-
-
-async def _export_archives(services: Services, now: datetime) -> tuple[Erased, bool]:
-    limit = services.settings.sweep_batch
-
-    async def batch() -> tuple[Erased, bool]:
-        due = await services.exports.archives_due(now, limit)
-        files = 0
-        for export_id, _attempt in due:
-            files += await trio.to_thread.run_sync(services.archives.delete, export_id)
-        await services.exports.mark_deleted([export_id for export_id, _ in due], now)
-        return Erased(len(due), files), len(due) == limit
-
-    return await batches(services, batch)
 
 
 def org_messages_rule(sweep: Sweep | None) -> Rule:
@@ -278,65 +67,6 @@ def org_messages_rule(sweep: Sweep | None) -> Rule:
     )
 
 
-async def _cancelled_accounts(services: Services, now: datetime) -> tuple[Erased, bool]:
-    """Purge cancelled accounts (storage/purge.py), one account at a time: the messages
-    they sent (each leaving a tombstone, under the stream lock), then the blobs of their
-    uploads, then the other rows in batches, the account itself once nothing is left."""
-    limit = services.settings.sweep_batch
-
-    async def batch() -> tuple[Erased, bool]:
-        due = await services.purge.next_due(now)
-        if due is None:
-            return Erased(), False
-        async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
-            erasure = await services.purge.messages(due.account_id, now, limit)
-            if erasure is not None:
-                await announce_erased(services.hub, erasure.erased)
-        if erasure is not None and erasure.messages:
-            for file_id in erasure.files:
-                await services.blobs.delete(file_id)
-            return Erased(len(erasure.messages), len(erasure.files)), True
-        for export_id in await services.exports.of_account(due.account_id):
-            # Their archives (unreadable already: the key wrapping them is gone); the rows
-            # go with the account.
-            await trio.to_thread.run_sync(services.archives.delete, export_id)
-        uploads = await services.purge.uploads(due.account_id, limit)
-        for file_id in uploads:
-            await services.blobs.delete(file_id)
-        done = await services.purge.batch(due.account_id, uploads, now, limit)
-        for file_id in done.files:
-            await services.blobs.delete(file_id)
-        if done.finished:
-            logger.info("cancelled account %s purged", due.account_id)
-        erased = Erased(done.rows + (1 if done.finished else 0), len(uploads) + len(done.files))
-        return erased, done.ran
-
-    return await batches(services, batch)
-
-
-async def _cancelled_orgs(services: Services, now: datetime) -> tuple[Erased, bool]:
-    """Purge deleted organizations (storage/org_cancellation.py) once `cancelled_accounts`
-    has purged every account in them: their own rows in batches, then the organization."""
-    limit = services.settings.sweep_batch
-
-    async def batch() -> tuple[Erased, bool]:
-        done = await services.org_cancellations.purge_batch(limit, now)
-        if done is None:
-            return Erased(), False
-        for file_id in done.files:
-            await services.blobs.delete(file_id)
-        if done.finished:
-            logger.info("a deleted organization was purged")
-        return Erased(done.rows + (1 if done.finished else 0), len(done.files)), True
-
-    return await batches(services, batch)
-
-
-async def _prune_audit(services: Services, now: datetime) -> tuple[Erased, bool]:
-    """The audit log's prefix past its retention, up to a checkpoint (its own batches)."""
-    return Erased(rows=await prune_audit(services, now)), False
-
-
 def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) -> tuple[Rule, ...]:
     """The schedule, in the order the sweeper runs it. `org_messages`, `orphan_blobs`: those
     rules' sweeps (they keep a position between passes, so each sweeper brings its own)."""
@@ -349,7 +79,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
                 "(`live_location_max_s`)"
             ),
             "the person's location is shared only while they share it (policies 002, 003)",
-            _live_sessions_open,
+            live_sessions_open,
         ),
         Rule(
             "consent_clocks",
@@ -358,7 +88,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             lambda s: "the tag's `retention` seconds or `expires_at`, whichever comes first",
             "data processed under consent is kept no longer than the person agreed to "
             "(policies 000-004)",
-            _consent_clocks,
+            consent_clocks,
         ),
         org_messages_rule(org_messages),
         Rule(
@@ -369,7 +99,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
                 "at least 92: 3 calendar months)"
             ),
             "policy 003, article 3: log-in records are kept 3 months",
-            _login_records,
+            login_records,
         ),
         Rule(
             "tombstones",
@@ -381,7 +111,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             ),
             "deletion reaches every device: what a person deleted disappears from the "
             "devices that hold it, including those offline when it was deleted",
-            _tombstones,
+            tombstones,
         ),
         Rule(
             "live_sessions_ended",
@@ -392,7 +122,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
                 "(`live_sessions_retention_days`)"
             ),
             "policy 003, article 3: destroyed once its purpose is achieved, within 7 days",
-            _live_sessions_ended,
+            live_sessions_ended,
         ),
         Rule(
             "rights_requests",
@@ -402,7 +132,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
                 "(`requests_retention_days`, at least 3 years)"
             ),
             "policy 003, article 3: records of complaint and dispute handling, 3 years",
-            _rights_requests,
+            rights_requests,
         ),
         Rule(
             "notices",
@@ -413,7 +143,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             ),
             "policies 000, 002, 004: members are told of incidents and of the end of the "
             "service; kept so that those who were away can read them",
-            _notices,
+            notices,
         ),
         Rule(
             "cancelled_accounts",
@@ -430,7 +160,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             ),
             'policy 000 (E): "once the account is cancelled, no information will be '
             'retained"; policy 003, article 3: destroyed without delay, within 7 days',
-            _cancelled_accounts,
+            cancelled_accounts,
         ),
         Rule(
             "cancelled_orgs",
@@ -443,7 +173,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             ),
             "policies 000 and 004: data migration before an organization cancels, nothing "
             "retained once it has",
-            _cancelled_orgs,
+            cancelled_orgs,
         ),
         Rule(
             "auth_tokens",
@@ -455,7 +185,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
             ),
             "nothing is kept once it has no use: an expired token only lets the server "
             "answer `token_expired` instead of `unauthenticated`",
-            _auth_tokens,
+            auth_tokens,
         ),
         Rule(
             "audit_log",
@@ -465,7 +195,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
                 "months), pruned only up to a signed checkpoint (server/audit.py)"
             ),
             "access records are kept at least 6 months and protected from tampering (policy 003)",
-            _prune_audit,
+            audit_entries,
         ),
         Rule(
             "orphan_blobs",
@@ -486,7 +216,7 @@ def rules(org_messages: Sweep | None = None, orphan_blobs: Sweep | None = None) 
                 f"({s.export_link_ttl_s} s, `export_link_ttl_s`) after it is ready"
             ),
             "the copy a person asked for is theirs to take, not ours to keep (policies 000-004)",
-            _export_archives,
+            export_archives,
         ),
         Rule(
             "account_data",

@@ -15,9 +15,10 @@ import logging
 
 import trio
 
-from server.retention import OrgMessagesSweep, OrphanBlobsSweep, Rule, rules
+from server.retention import Rule, rules
 from server.services import Services
 from server.sweep_status import Erased
+from server.sweeps import OrgMessagesSweep, OrphanBlobsSweep
 from storage.errors import DatabaseUnavailableError
 from storage.outages import OutageLog
 

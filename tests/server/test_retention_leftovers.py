@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from protocol import Receipt, ReceiptStatus
-from server.retention import ORPHAN_WALK_EVERY_S
+from server.sweeps import ORPHAN_WALK_EVERY_S
 from storage.files import BlobStore
 from tests.harness import Harness, Session, assert_error
 from tests.server.sweeps import DAY_S, sql, sweep_pass, sweeping_server, until_stored
