@@ -5,6 +5,7 @@ coming back (the LISTEN connection ended, a NATS server stopped) loses nothing."
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -183,6 +184,44 @@ async def test_the_bus_lost_and_back_loses_no_message(tmp_path: Path, database_u
             frames = await receive_until(again, lambda f: isinstance(f, Synced))
             cids = [f.cid for f in frames if f.TYPE == "msg"]  # type: ignore[union-attr]
             assert len(cids) == 21 == len(set(cids))
+
+
+async def test_a_node_killed_while_its_devices_move_to_another_loses_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """B is killed with -9 while a device of bob's is connected to it and ann keeps sending
+    on A: bob reconnects to A, catches up from his cursor, and has every acknowledged
+    message once; a B started again on the same database serves him too."""
+    async with two_nodes(tmp_path, database_url) as (a, b, processes):
+        ann = await a.create_org()
+        bob = await a.add_member(ann, "bob")
+        conv = (await a.group(ann, bob)).bytes
+        bob_device = a.device(bob)
+        async with await synced(a, ann) as on_a:
+            on_b = await bob_device.reconnect(b.gateway_url)
+            await on_b.sync(bob_device.cursor)
+            first = [await send_acked(on_a, text(f"one{i}", conv)) for i in range(5)]
+            for msg in await collect_msgs(on_b, 5):
+                bob_device.accept(msg)
+            processes[1].popen.send_signal(signal.SIGKILL)
+            processes[1].popen.wait()
+            await on_b.aclose()  # its node is gone
+            more = [await send_acked(on_a, text(f"two{i}", conv)) for i in range(5)]
+            moved = await bob_device.reconnect(a.gateway_url)
+            await moved.sync(bob_device.cursor)
+            frames = await receive_until(moved, lambda f: isinstance(f, Synced))
+            for frame in frames:
+                bob_device.accept(frame)
+            await moved.aclose()
+        assert [m.pos for m in bob_device.messages] == first + more
+        assert bob_device.duplicates == 0
+        # B again, on the same database: bob is served there as well.
+        restarted = start_node(tmp_path / "data", database_url, "--workers", "1")
+        processes.append(restarted)
+        async with node_harness(restarted) as b2, await b2.connect(bob) as again:
+            await again.sync(0)
+            frames = await receive_until(again, lambda f: isinstance(f, Synced))
+            assert len([f for f in frames if isinstance(f, Msg)]) == 10
 
 
 def free_port() -> int:
