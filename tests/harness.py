@@ -271,7 +271,9 @@ async def start_harness(
         password_hash_strength="minimal",
         db_pool_size=4,
         gc_tuning=False,  # the server shares the test process: leave its GC alone
-        **{"allow_org_signup": True, **overrides},  # create_org signs up over HTTP
+        # create_org signs up over HTTP; one in-process server needs no bus (the tests of
+        # several processes start real ones: tests/nodes.py)
+        **{"allow_org_signup": True, "bus": "none", **overrides},
     )
     clock = FakeClock()
     shutdown = trio.Event()

@@ -164,7 +164,7 @@ async def test_the_server_survives_a_database_outage_under_traffic(tmp_path: Pat
     async with (
         stoppable_postgres(durable=True) as pg,  # durable: a stop keeps what was committed
         trio.open_nursery() as server_nursery,
-        start_harness(server_nursery, pg.url, tmp_path) as server,
+        start_harness(server_nursery, pg.url, tmp_path, bus="postgres") as server,
     ):
         ann = await server.create_org()
         bob = await server.add_member(ann, "bob")

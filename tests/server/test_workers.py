@@ -64,7 +64,13 @@ async def keep_sending(
                 client = await node.synced(session)
             acked.add(cid, await send_acked(client, text(cid, conv)))
             n += 1
-        except (ConnectionClosedError, ConnectError, OSError, trio.TooSlowError):
+        except (
+            ConnectionClosedError,
+            ConnectError,
+            OSError,
+            trio.BrokenResourceError,
+            trio.TooSlowError,
+        ):
             if client is not None:
                 with trio.CancelScope(shield=True):
                     await client.aclose()
