@@ -16,7 +16,8 @@ export OBROL_APNS_KEY_FILE=$(field apns_key_file) OBROL_APNS_KEY_ID=$(field apns
   OBROL_FCM_SERVICE_ACCOUNT_FILE=$(field fcm_service_account_file) \
   OBROL_FCM_BASE_URL=https://127.0.0.1:8643 OBROL_PUSH_CA_FILE=$(field ca_file) \
   OBROL_OPERATOR_TOKEN=drill-operator-token-0123456789abcdef
-start() { .venv/bin/obrol serve --port 8600 --data-dir $T/data >> $T/server.log 2>&1 & echo $! > $T/pid; }
+# One process: the push check compares the operator endpoint's counters, which are per process.
+start() { .venv/bin/obrol serve --workers 1 --port 8600 --data-dir $T/data >> $T/server.log 2>&1 & echo $! > $T/pid; }
 start
 for i in $(seq 60); do curl -sf http://127.0.0.1:8600/healthz >/dev/null && break; sleep 1; done
 echo "server up $(date +%T)"
