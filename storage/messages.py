@@ -23,7 +23,7 @@ from storage.push_outbox import enqueue_for_messages, push_targets
 from storage.sealing import MESSAGE_BODY, ad, open_message_body, seal
 from storage.stream import allocate_positions, lock_stream
 from storage.tombstones import CATCH_UP_COLUMNS, TOMBSTONE_VISIBLE, Tombstone, tombstone
-from storage.visible import VISIBLE
+from storage.visible import VISIBLE, VISIBLE_ABOVE_CURSOR
 
 COLUMNS = """m.id, m.conversation_id, m.seq, m.pos, m.sender_id, m.sender_device_id,
     m.client_id, m.kind, m.body, m.consent, m.scope, m.sent_at"""
@@ -347,7 +347,9 @@ async def _after(
     conn: Any, keyring: Keyring, account_id: uuid.UUID, after_pos: int, limit: int
 ) -> tuple[list[StoredMessage | Tombstone], int]:
     """The rows after `after_pos` (messages and tombstones, in pos order), and where to
-    continue: the last row's pos, or with no rows `after_pos` clamped to the highest
+    continue. Read conversation by conversation (those the account is in: an index range on
+    (conversation, pos) each), so what other conversations hold is never stepped over.
+    Where to continue: the last row's pos, or with no rows `after_pos` clamped to the highest
     committed pos (a cursor past the end of the stream - from another server, or made up -
     would otherwise hide every live message below it). One statement, so one snapshot:
     positions commit in order, so whatever it does not see lies above both the rows and the
@@ -359,19 +361,20 @@ async def _after(
                                   (SELECT coalesce(max(pos), 0) FROM tombstones))
                          AS stream_end) e
             LEFT JOIN LATERAL (
-                SELECT * FROM (
+                SELECT u.* FROM conversation_members cm
+                CROSS JOIN LATERAL (
                     (SELECT {COLUMNS}, NULL::text AS reason FROM messages m
-                     JOIN conversation_members cm
-                       ON cm.conversation_id = m.conversation_id AND cm.account_id = $1
-                     WHERE m.pos > $2 AND {VISIBLE}
-                     ORDER BY m.pos LIMIT $3)
+                     WHERE {VISIBLE_ABOVE_CURSOR}
+                     ORDER BY m.conversation_id, m.pos LIMIT $3)
                     UNION ALL
                     (SELECT {CATCH_UP_COLUMNS} FROM tombstones t
-                     JOIN conversation_members cm
-                       ON cm.conversation_id = t.conversation_id AND cm.account_id = $1
-                     WHERE t.pos > $2 AND {TOMBSTONE_VISIBLE}
-                     ORDER BY t.pos LIMIT $3)
-                ) u ORDER BY pos LIMIT $3
+                     WHERE t.conversation_id = cm.conversation_id
+                       AND (t.conversation_id, t.pos) > (cm.conversation_id, $2)
+                       AND {TOMBSTONE_VISIBLE}
+                     ORDER BY t.conversation_id, t.pos LIMIT $3)
+                ) u
+                WHERE cm.account_id = $1
+                ORDER BY u.pos LIMIT $3
             ) r ON true
             ORDER BY r.pos""",
         account_id,
