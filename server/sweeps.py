@@ -75,9 +75,8 @@ async def consent_clocks(services: Services, now: datetime) -> tuple[Erased, boo
     limit = services.settings.sweep_batch
 
     async def batch() -> tuple[Erased, bool]:
-        async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
-            erasure = await services.erasure.erase_expired(now, limit)
-            await announce_erased(services.hub, erasure.erased)
+        erasure = await services.erasure.erase_expired(now, limit)
+        await announce_erased(services.hub, erasure.erased)
         for file_id in erasure.files:
             await services.blobs.delete(file_id)
         return Erased(len(erasure.messages), len(erasure.files)), len(erasure.messages) == limit
@@ -124,11 +123,10 @@ class OrgMessagesSweep:
             self.seq = 0
         else:
             conversation_id, cutoff = self.queue[0]
-            async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
-                purge = await services.erasure.erase_older(
-                    conversation_id, cutoff, self.seq, limit, now
-                )
-                await announce_erased(services.hub, purge.erased)
+            purge = await services.erasure.erase_older(
+                conversation_id, cutoff, self.seq, limit, now
+            )
+            await announce_erased(services.hub, purge.erased)
             for file_id in purge.files:
                 await services.blobs.delete(file_id)
             erased = Erased(purge.messages, len(purge.files))
@@ -252,10 +250,9 @@ async def cancelled_accounts(services: Services, now: datetime) -> tuple[Erased,
         due = await services.purge.next_due(now)
         if due is None:
             return Erased(), False
-        async with services.hub.stream_order:  # tombstones: server/gateway/erased.py
-            erasure = await services.purge.messages(due.account_id, now, limit)
-            if erasure is not None:
-                await announce_erased(services.hub, erasure.erased)
+        erasure = await services.purge.messages(due.account_id, now, limit)
+        if erasure is not None:
+            await announce_erased(services.hub, erasure.erased)
         if erasure is not None and erasure.messages:
             for file_id in erasure.files:
                 await services.blobs.delete(file_id)

@@ -2,12 +2,14 @@
 commit and replayed by catch-up.
 
 A tombstone has a stream position, so it must reach each connection in position order
-with the messages: whoever writes tombstones holds `Hub.stream_order` (the lock of this
-process's stream feed, server/gateway/stream.py, which fans out every commit) from before
-its transaction until it has fanned them out (`announce_erased`): what lies below them that
-this process has not fanned out yet goes first, read from the store, and nothing committed
-after them goes out before them. Other processes read them from the store when the bus
-announces their positions (or their timer finds them).
+with the messages. After the transaction that wrote them, `announce_erased` takes
+`Hub.stream_order` (the lock of this process's stream feed, server/gateway/stream.py, which
+fans out every commit): what lies below them that this process has not fanned out yet
+goes first, read from the store, then they do, unless a commit of ours above them already
+read them from the store (the feed reads tombstones with the messages). The transaction
+itself holds no lock of ours, so live fan-out never waits for an erasure's statements.
+Other processes read them from the store when the bus announces their positions (or their
+timer finds them).
 """
 
 from __future__ import annotations
@@ -37,28 +39,30 @@ def tombstone_frame(t: Tombstone) -> bytes:
 async def announce_erased(hub: Hub, groups: Sequence[ErasedGroup]) -> int:
     """Fan each group out (one frame, encoded once) to its recipients' live connections,
     after whatever lies below them that this process has not fanned out yet, and tell the
-    other processes; returns how many connections they were handed to. Call it holding
-    `hub.stream_order`, taken before the transaction that wrote them."""
+    other processes; returns how many connections they were handed to. Call it after the
+    transaction that wrote them committed."""
     if not groups:
         return 0
-    feed = hub.feed
-    first = min(g.pos - len(g.ids) + 1 for g in groups)
     last = max(g.pos for g in groups)
-    if feed is not None:
-        if not await feed.fill(first - 1):
-            return 0  # the store is unreadable now: the feed's timer fans them out later
-        if feed.last >= last:
-            return 0  # fanned out already (read from the store)
-    handed = 0
-    for g in groups:
-        at = int(g.at.timestamp() * 1000)
-        frame = erased_frame(g.conversation_id.bytes, [i.bytes for i in g.ids], g.reason, g.pos, at)
-        handed += hub.fan_out(g.accounts, g.pos, frame)
-    if feed is not None:
-        feed.last = max(feed.last, last)
     if hub.bus is not None:
         hub.bus.announce(last)
-    return handed
+    async with hub.stream_order:
+        feed = hub.feed
+        if feed is not None:
+            first = min(g.pos - len(g.ids) + 1 for g in groups)
+            if not await feed.fill(first - 1):
+                return 0  # the store is unreadable now: the feed's timer fans them out later
+            if feed.last >= last:
+                return 0  # a commit of ours above them read them from the store already
+        handed = 0
+        for g in groups:
+            at = int(g.at.timestamp() * 1000)
+            ids = [i.bytes for i in g.ids]
+            frame = erased_frame(g.conversation_id.bytes, ids, g.reason, g.pos, at)
+            handed += hub.fan_out(g.accounts, g.pos, frame)
+        if feed is not None:
+            feed.last = max(feed.last, last)
+        return handed
 
 
 def catch_up_frames(tombstones: list[Tombstone]) -> Iterator[bytes]:

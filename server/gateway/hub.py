@@ -57,9 +57,9 @@ class Hub:
         self.stats = GatewayStats()
         self.stream_order = trio.Lock()
         """Held by whoever fans out stream positions in this process (the feed: the
-        committer's batches, what the bus announces; the writers of tombstones from before
-        their transaction) until they are handed out: every connection then receives
-        positions in increasing order (PROTOCOL.md 6.1)."""
+        committer's batches, what the bus announces, the writers of tombstones after their
+        commit) until they are handed out: every connection then receives positions in
+        increasing order (PROTOCOL.md 6.1)."""
         self.feed: StreamFeed | None = None  # with a gateway: this process's place in the stream
         self.device_keys = DeviceKeyCache(device_cache_size)
         self.bus: Bus | None = None

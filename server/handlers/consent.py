@@ -54,11 +54,10 @@ class ConsentHandler:
         s, purpose = self._s, check_purpose(purpose)
         if on:
             return await s.consent.grant(org_id, account_id, device_id, purpose, s.clock())
-        async with s.hub.stream_order:  # the erasure's tombstones: server/gateway/erased.py
-            grants, revocation = await s.consent.withdraw(
-                org_id, account_id, device_id, purpose, s.clock()
-            )
-            await announce_erased(s.hub, revocation.erased)
+        grants, revocation = await s.consent.withdraw(
+            org_id, account_id, device_id, purpose, s.clock()
+        )
+        await announce_erased(s.hub, revocation.erased)
         await announce_revocation(s, revocation)
         return grants
 
@@ -84,11 +83,10 @@ class ConsentHandler:
         """Switch a purpose off for everyone (every grant of it is withdrawn) or on again."""
         self._admin(actor, org_id)
         purpose = check_purpose(purpose)
-        async with self._s.hub.stream_order:  # tombstones: server/gateway/erased.py
-            revocations = await self._s.consent.switch(
-                org_id, purpose, off, actor.account_id, self._s.clock()
-            )
-            for revocation in revocations:
-                await announce_erased(self._s.hub, revocation.erased)
+        revocations = await self._s.consent.switch(
+            org_id, purpose, off, actor.account_id, self._s.clock()
+        )
+        for revocation in revocations:
+            await announce_erased(self._s.hub, revocation.erased)
         for revocation in revocations:
             await announce_revocation(self._s, revocation)

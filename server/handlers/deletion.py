@@ -30,11 +30,10 @@ class DeletionHandler:
         organization's, already deleted); forbidden (someone else's message)."""
         s, now = self._s, self._s.clock()
         require_fresh(actor, now)
-        async with s.hub.stream_order:  # tombstones: server/gateway/erased.py
-            erasure = await s.deletion.delete_message(
-                actor.org_id, actor.account_id, actor.device_id, conversation_id, message_id, now
-            )
-            await announce_erased(s.hub, erasure.erased)
+        erasure = await s.deletion.delete_message(
+            actor.org_id, actor.account_id, actor.device_id, conversation_id, message_id, now
+        )
+        await announce_erased(s.hub, erasure.erased)
         await self._finish(erasure)
 
     async def delete_file(self, actor: Actor, file_id: uuid.UUID) -> int:
@@ -42,11 +41,10 @@ class DeletionHandler:
         messages went. reauth_required; not_found; forbidden (someone else's file)."""
         s, now = self._s, self._s.clock()
         require_fresh(actor, now)
-        async with s.hub.stream_order:
-            erasure = await s.deletion.delete_file(
-                actor.org_id, actor.account_id, actor.device_id, file_id, now
-            )
-            await announce_erased(s.hub, erasure.erased)
+        erasure = await s.deletion.delete_file(
+            actor.org_id, actor.account_id, actor.device_id, file_id, now
+        )
+        await announce_erased(s.hub, erasure.erased)
         await self._finish(erasure)
         return len(erasure.messages)
 
