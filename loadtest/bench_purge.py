@@ -12,8 +12,18 @@ tenth with a read receipt), and runs the load test (`python -m loadtest --url ..
 arguments after `--`) in pairs: first with the backlog in place and no retention set
 (baseline), then with that organization's retention set to 30 days as the load test starts,
 so the sweeper purges the whole backlog while the devices send and receive. After each
-purge run it waits for the backlog to be gone and seeds it again. The first run of all only
-provisions the load test's population and is not counted.
+purge run it waits for the backlog to be gone, deletes the tombstones the purge left (as
+their retention would, later: they sit above every device's cursor, and each device's next
+catch-up would step over all of them, minutes for the 500 devices; BENCHMARKS.md) and seeds
+it again. The first run of all only provisions the load test's population and is not
+counted.
+
+With `--cancel` the backlog is instead the messages one account sent (a member of that
+organization, with a device and a password), and the purge run cancels that account as the
+load test starts: a password login (a fresh re-authentication) and `DELETE /v1/me`, after
+which the sweeper's `cancelled_accounts` rule erases its messages in stream-locked batches,
+each message leaving a tombstone, then the rest of the account. Every seed makes a new
+such account (the purge deletes the old one).
 
 Prints, per run, the delivery latency p50/p99, deliveries per second, the loss check, the
 server's CPU, and for purge runs when the purge ran relative to the send phase; then the
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -41,6 +52,8 @@ import asyncpg
 import httpx
 import msgpack
 import trio
+from nacl.pwhash import argon2id
+from nacl.signing import SigningKey
 
 from loadtest.localserver import LocalServer, local_server
 from loadtest.procstats import tree_cpu_s
@@ -51,6 +64,16 @@ OPERATOR_TOKEN = "bench-purge-operator-token-0123456789"
 BACKLOG_AGE_DAYS = 400
 RETENTION_DAYS = 30
 POLL_S = 0.25
+PURGER_PASSWORD = "Purge-Bench-Password-42"
+
+
+@dataclass
+class Purger:
+    """The account a `--cancel` backlog belongs to: it logs in and cancels itself."""
+
+    account_id: uuid.UUID
+    email: str
+    key: SigningKey
 
 
 @dataclass
@@ -58,6 +81,7 @@ class Backlog:
     org_id: uuid.UUID
     conversation_id: uuid.UUID
     first_pos: int = 0  # the backlog's stream positions start here (set by the first seed)
+    purger: Purger | None = None  # --cancel: a new one every seed
 
 
 @dataclass
@@ -71,6 +95,7 @@ class RunResult:
     send_window_s: tuple[float, float] | None  # from the load test's launch
     purge_window_s: tuple[float, float] | None = None  # first and last erasure seen
     purged: int = 0
+    purged_sending: int = 0  # of which while the load test was sending
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,11 +113,44 @@ async def _sql(url: str, fn: Any, *args: Any) -> Any:
     return await trio.to_thread.run_sync(run)
 
 
-async def _seed(conn: Any, backlog: Backlog | None, messages: int) -> Backlog:
+async def _add_purger(conn: Any, backlog: Backlog) -> None:
+    """--cancel: a member of the backlog's organization, with a password, one device (a key
+    it can log in with) and a seat in the backlog's group; it sends the backlog."""
+    account, device, key = uuid.uuid4(), uuid.uuid4(), SigningKey.generate()
+    email = f"purger-{account}@bench.example"
+    hashed = argon2id.str(PURGER_PASSWORD.encode(), argon2id.OPSLIMIT_MIN, argon2id.MEMLIMIT_MIN)
+    async with conn.transaction():
+        await conn.execute(
+            """INSERT INTO accounts (id, org_id, account_name, work_email, display_name,
+                   role, password_hash) VALUES ($1, $2, $3, $4, 'Purger', 'member', $5)""",
+            account,
+            backlog.org_id,
+            f"purger-{account.hex[:12]}",
+            email,
+            hashed,
+        )
+        await conn.execute(
+            """INSERT INTO devices (id, account_id, name, platform, public_key)
+               VALUES ($1, $2, 'bench', 'linux', $3)""",
+            device,
+            account,
+            bytes(key.verify_key),
+        )
+        await conn.execute(
+            """INSERT INTO conversation_members (conversation_id, account_id, role,
+                   joined_pos) VALUES ($1, $2, 'member', 0)""",
+            backlog.conversation_id,
+            account,
+        )
+    backlog.purger = Purger(account, email, key)
+
+
+async def _seed(conn: Any, backlog: Backlog | None, messages: int, cancel: bool) -> Backlog:
     """An organization with one owner, device and group (first time), and `messages` text
-    messages 400 days old in that group, a read receipt on every tenth. Seeding again puts
-    them back at the stream positions of the first seed (purged, so free): below every
-    device's cursor, as old messages are, so no device's catch-up has to step over them."""
+    messages 400 days old in that group, a read receipt on every tenth: sent by the owner,
+    or with `cancel` by a new member of its own (`_add_purger`). Seeding again puts them
+    back at the stream positions of the first seed (purged, so free): below every device's
+    cursor, as old messages are, so no device's catch-up has to step over them."""
     if backlog is None:
         backlog = Backlog(uuid.uuid4(), uuid.uuid4())
         account, device = uuid.uuid4(), uuid.uuid4()
@@ -128,11 +186,15 @@ async def _seed(conn: Any, backlog: Backlog | None, messages: int) -> Backlog:
                 backlog.conversation_id,
                 account,
             )
+    if cancel:
+        await _add_purger(conn, backlog)
     row = await conn.fetchrow(
         """SELECT c.last_seq, m.account_id, d.id AS device_id FROM conversations c
            JOIN conversation_members m ON m.conversation_id = c.id
-           JOIN devices d ON d.account_id = m.account_id WHERE c.id = $1""",
+           JOIN devices d ON d.account_id = m.account_id
+           WHERE c.id = $1 AND (m.account_id = $2 OR ($2::uuid IS NULL AND m.role = 'owner'))""",
         backlog.conversation_id,
+        backlog.purger.account_id if backlog.purger else None,
     )
     body = msgpack.packb({"text": "an old message the retention period has passed"})
     async with conn.transaction():
@@ -178,10 +240,23 @@ async def _seed(conn: Any, backlog: Backlog | None, messages: int) -> Backlog:
 
 
 async def _left(conn: Any, backlog: Backlog) -> int:
+    """Messages of the backlog still stored, plus 1 while a cancelled purger's account row
+    is (its purge ends with it)."""
     count: int = await conn.fetchval(
         "SELECT count(*) FROM messages WHERE conversation_id = $1", backlog.conversation_id
     )
+    if backlog.purger:
+        count += await conn.fetchval(
+            "SELECT count(*) FROM accounts WHERE id = $1", backlog.purger.account_id
+        )
     return count
+
+
+async def _drop_tombstones(conn: Any, backlog: Backlog) -> int:
+    dropped: str = await conn.execute(
+        "DELETE FROM tombstones WHERE conversation_id = $1", backlog.conversation_id
+    )
+    return int(dropped.rsplit(maxsplit=1)[-1])
 
 
 async def _set_retention(conn: Any, backlog: Backlog, days: int | None) -> None:
@@ -190,14 +265,43 @@ async def _set_retention(conn: Any, backlog: Backlog, days: int | None) -> None:
     )
 
 
-async def _erased_so_far(client: httpx.AsyncClient) -> int:
+async def _erased_so_far(client: httpx.AsyncClient, rule: str) -> int:
     response = await client.get(
         "/v1/operator/retention", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     )
     response.raise_for_status()
     totals = response.json()["sweeper"]["erased_since_start"]
-    rows: int = totals.get("org_messages", {}).get("rows", 0)
+    rows: int = totals.get(rule, {}).get("rows", 0)
     return rows
+
+
+async def _cancel(client: httpx.AsyncClient, purger: Purger) -> None:
+    """The purger logs in with its password (a fresh re-authentication) and cancels its
+    account (README, "Account cancellation")."""
+    login = await client.post(
+        "/v1/login",
+        json={
+            "email": purger.email,
+            "password": PURGER_PASSWORD,
+            "device": {
+                "name": "bench",
+                "platform": "linux",
+                "public_key": base64.urlsafe_b64encode(bytes(purger.key.verify_key))
+                .rstrip(b"=")
+                .decode(),
+            },
+        },
+    )
+    login.raise_for_status()
+    token = login.json()["access_token"]
+    cancelled = await client.request(
+        "DELETE",
+        "/v1/me",
+        json={"confirm": purger.email},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    if cancelled.status_code != 202:
+        raise RuntimeError(f"DELETE /v1/me: {cancelled.status_code} {cancelled.text}")
 
 
 async def _run_loadtest(
@@ -218,6 +322,7 @@ async def _run_loadtest(
         str(report_dir),
         *args,
     ]
+    rule = "cancelled_accounts" if backlog.purger else "org_messages"
     erasures: list[tuple[float, int]] = []
     cpu_before = tree_cpu_s(server.pid) or 0.0
     launched = time.time()
@@ -229,12 +334,14 @@ async def _run_loadtest(
 
         async def watch() -> None:
             while not done.is_set():
-                erasures.append((time.time() - launched, await _erased_so_far(client)))
+                erasures.append((time.time() - launched, await _erased_so_far(client, rule)))
                 with trio.move_on_after(POLL_S):
                     await done.wait()
 
         nursery.start_soon(watch)
-        if kind == "purge":
+        if kind == "purge" and backlog.purger:
+            await _cancel(client, backlog.purger)
+        elif kind == "purge":
             await _sql(url, _set_retention, backlog, RETENTION_DAYS)
         try:
             await trio.run_process(command, stdout=subprocess.DEVNULL, check=False)
@@ -264,6 +371,10 @@ async def _run_loadtest(
     if moved:
         result.purge_window_s = (round(moved[0] - POLL_S, 1), round(moved[-1], 1))
     result.purged = (erasures[-1][1] - first) if erasures else 0
+    if window and erasures:
+        during = [n for t, n in erasures if window[0] <= t <= window[1]]
+        if during:
+            result.purged_sending = during[-1] - during[0]
     return result
 
 
@@ -276,7 +387,7 @@ def _show(r: RunResult) -> str:
         text += f"  send {r.send_window_s[0]:.1f}-{r.send_window_s[1]:.1f} s"
     if r.kind == "purge":
         window = r.purge_window_s
-        text += f"  purged {r.purged}" + (
+        text += f"  purged {r.purged} ({r.purged_sending} while sending)" + (
             f" in {window[0]:.1f}-{window[1]:.1f} s" if window else " (nothing seen)"
         )
         if window and r.send_window_s:
@@ -318,7 +429,7 @@ async def main(options: argparse.Namespace, loadtest_args: list[str]) -> int:
         }
         async with local_server(folder / "data", folder / "server.log", settings=settings) as srv:
             print(f"server {srv.api_url} (pid {srv.pid}); seeding {options.messages} messages")
-            backlog = await _sql(url, _seed, None, options.messages)
+            backlog = await _sql(url, _seed, None, options.messages, options.cancel)
             warm = await _run_loadtest(
                 srv, folder, loadtest_args, kind="warm-up", url=url, backlog=backlog
             )
@@ -333,9 +444,13 @@ async def main(options: argparse.Namespace, loadtest_args: list[str]) -> int:
                     print(_show(result), flush=True)
                 started = time.monotonic()
                 await _until_gone(url, backlog)
-                print(f"(backlog gone {time.monotonic() - started:.0f} s after the run)")
+                dropped = await _sql(url, _drop_tombstones, backlog)
+                print(
+                    f"(backlog gone {time.monotonic() - started:.0f} s after the run; "
+                    f"{dropped} tombstones dropped)"
+                )
                 await _sql(url, _set_retention, backlog, None)
-                await _sql(url, _seed, backlog, options.messages)
+                await _sql(url, _seed, backlog, options.messages, options.cancel)
     finally:
         await trio.to_thread.run_sync(pg.stop)
     base = [r.p99_ms for r in results if r.kind == "baseline"]
@@ -351,6 +466,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--pairs", type=int, default=3, help="baseline + purge runs")
     parser.add_argument("--dir", type=Path, required=True, help="e.g. /tmp/bench/ret")
     parser.add_argument("--fresh", action="store_true", help="a new database and population")
+    parser.add_argument(
+        "--cancel",
+        action="store_true",
+        help="the backlog is one account's messages, purged by cancelling that account",
+    )
     if "--" in argv:
         split = argv.index("--")
         return parser.parse_args(argv[:split]), argv[split + 1 :]

@@ -142,6 +142,7 @@ class SimDevice:
         self._retries: list[tuple[float, Send]] = []
         self._wake = trio.Event()
         self._need_sync = False
+        self._sync_retry_at: float | None = None  # a refused `sync` goes again then
         self._catching_up = False
         self._live = False
         self._connection: trio.CancelScope | None = None
@@ -352,7 +353,12 @@ class SimDevice:
 
     def _on_refusal(self, frame: Err) -> None:
         """A send refused: retried later with the same cid if the refusal is temporary,
-        dropped from the outbox otherwise (PROTOCOL.md §6.2)."""
+        dropped from the outbox otherwise (PROTOCOL.md §6.2). A `sync` the server could not
+        serve (its database unavailable) is sent again, as an app does."""
+        if frame.ref_type == "sync" and frame.code in TEMPORARY_ERRORS:
+            self._sync_retry_at = time.monotonic() + RETRY_AFTER_S
+            self._wake.set()
+            return
         send = None if frame.ref is None else self.state.outbox.pop(frame.ref, None)
         if send is not None and frame.code in TEMPORARY_ERRORS:
             self._retries.append((time.monotonic() + RETRY_AFTER_S, send))
@@ -427,7 +433,14 @@ class SimDevice:
         if due:
             self._pending.extend(due)
             self._retries = [(at, send) for at, send in self._retries if at > now]
-        return min((at - now for at, _ in self._retries), default=PING_AFTER_S)
+        waits = [at - now for at, _ in self._retries]
+        if self._sync_retry_at is not None:
+            if self._sync_retry_at <= now:
+                self._sync_retry_at = None
+                self._need_sync = True
+            else:
+                waits.append(self._sync_retry_at - now)
+        return min(waits, default=PING_AFTER_S)
 
     async def _send_loop(self, client: GatewayClient) -> None:
         while True:
