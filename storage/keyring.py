@@ -35,8 +35,9 @@ weekly for "destroyed within 7 days"). See README, "Encryption at rest".
 
 Unwrapped keys are cached in memory (`_KeyCache`: least recently used out first, each entry
 kept at most `ttl_s`), so the hot paths need no query for keys they met recently. A
-destruction evicts the key from this process's cache at once; other processes stop using
-it when their entry expires (at most `ttl_s`), until issue 13's bus tells them at once.
+destruction evicts the key from this process's cache at once, and `forget` tells the other
+processes (`on_forget`: the bus, server/bus/), which evict it when the event arrives; one
+that missed it stops using it when its entry expires (at most `ttl_s`).
 
 Every method taking `conn` runs inside a caller's transaction or read, on the bridge's loop,
 and adds at most one statement for the keys not in the cache (plus, when writing, one
