@@ -126,9 +126,6 @@ class Settings(BaseSettings):
     live_location_max_s: int = Field(8 * 3600, ge=60, le=7 * 24 * 3600)
     sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     sweep_batch: int = Field(500, ge=1, le=100_000)  # rows per transaction: short locks
-    # Messages per erasure transaction: each holds the stream lock (their tombstones take
-    # positions), so message commits wait for it; smaller than sweep_batch keeps that short.
-    sweep_stream_batch: int = Field(100, ge=1, le=10_000)
     # While working off a backlog, the sweeper rests between batches so that erasing takes at
     # most this share of the time (1: no rest); the rest grows with the database's load.
     sweep_busy_fraction: float = Field(0.25, gt=0, le=1)

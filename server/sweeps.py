@@ -71,15 +71,8 @@ def rows_before(
     return batch
 
 
-def stream_batch(services: Services) -> int:
-    """Messages per erasure transaction: it holds the stream lock (tombstones take
-    positions) and message commits wait for it, so fewer than other rules' rows."""
-    settings = services.settings
-    return min(settings.sweep_batch, settings.sweep_stream_batch)
-
-
 async def consent_clocks(services: Services, now: datetime) -> tuple[Erased, bool]:
-    limit = stream_batch(services)
+    limit = services.settings.sweep_batch
 
     async def batch() -> tuple[Erased, bool]:
         erasure = await services.erasure.erase_expired(now, limit)
@@ -131,13 +124,13 @@ class OrgMessagesSweep:
         else:
             conversation_id, cutoff = self.queue[0]
             purge = await services.erasure.erase_older(
-                conversation_id, cutoff, self.seq, stream_batch(services), now
+                conversation_id, cutoff, self.seq, limit, now
             )
             await announce_erased(services.hub, purge.erased)
             for file_id in purge.files:
                 await services.blobs.delete(file_id)
             erased = Erased(purge.messages, len(purge.files))
-            if purge.messages == purge.head == stream_batch(services):
+            if purge.messages == purge.head == limit:
                 self.seq = purge.last_seq
             else:
                 self.queue.pop(0)
@@ -257,7 +250,7 @@ async def cancelled_accounts(services: Services, now: datetime) -> tuple[Erased,
         due = await services.purge.next_due(now)
         if due is None:
             return Erased(), False
-        erasure = await services.purge.messages(due.account_id, now, stream_batch(services))
+        erasure = await services.purge.messages(due.account_id, now, limit)
         if erasure is not None:
             await announce_erased(services.hub, erasure.erased)
         if erasure is not None and erasure.messages:
