@@ -13,10 +13,11 @@ more to do makes the sweeper start its next pass at once instead of sleeping. Wh
 erased is counted per rule and logged as counts, never contents.
 
 Adding a rule: write a sweep in server/sweeps.py - `async (services, now) -> (Erased,
-more)` - whose batches run through `batches` (`rows_before` makes the batch for a store
-call that deletes up to `limit` rows older than a cutoff), give it a setting with its unit
-in the name and the promise's minimum enforced in server/settings.py, and add a `Rule` to
-`rules()`. `schedule(settings)` (shown at `GET /v1/orgs/{org}/retention`) then lists it.
+more)` - whose batches run through `batches` (`older_than` makes the whole sweep for a
+store call that deletes up to `limit` rows older than a number of days), give it a
+setting with its unit in the name and the promise's minimum enforced in
+server/settings.py, and add a `Rule` to `rules()`. `schedule(settings)` (shown at
+`GET /v1/orgs/{org}/retention`) then lists it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import trio
 from server.audit import prune_audit
 from server.gateway.announce import announce_live_end
 from server.gateway.erased import announce_erased
+from server.settings import Settings
 from server.sweep_status import Erased
 
 if TYPE_CHECKING:
@@ -193,37 +194,40 @@ class OrphanBlobsSweep:
         return erased, True
 
 
-async def login_records(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.login_records_retention_days)
-    return await batches(services, rows_before(services, services.logins.delete_before, cutoff))
+def older_than(
+    days: Callable[[Settings], int],
+    store_call: Callable[[Services], Callable[[datetime, int], Awaitable[int]]],
+) -> Sweep:
+    """A sweep deleting, through `store_call(services)(cutoff, limit)`, the rows older than
+    `days(settings)` days, in batches."""
+
+    async def sweep(services: Services, now: datetime) -> tuple[Erased, bool]:
+        cutoff = now - timedelta(days=days(services.settings))
+        return await batches(services, rows_before(services, store_call(services), cutoff))
+
+    return sweep
 
 
-async def tombstones(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.tombstones_retention_days)
-    delete = services.tombstones.purge_before
-    return await batches(services, rows_before(services, delete, cutoff))
-
-
-async def live_sessions_ended(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.live_sessions_retention_days)
-    return await batches(services, rows_before(services, services.live.delete_ended, cutoff))
-
-
-async def rights_requests(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.requests_retention_days)
-    delete = services.requests.delete_closed_before
-    return await batches(services, rows_before(services, delete, cutoff))
-
-
-async def notices(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.notices_retention_days)
-    return await batches(services, rows_before(services, services.notices.delete_before, cutoff))
-
-
-async def auth_tokens(services: Services, now: datetime) -> tuple[Erased, bool]:
-    cutoff = now - timedelta(days=services.settings.auth_tokens_retention_days)
-    delete = services.tokens.delete_expired_before
-    return await batches(services, rows_before(services, delete, cutoff))
+login_records = older_than(
+    lambda s: s.login_records_retention_days, lambda services: services.logins.delete_before
+)
+tombstones = older_than(
+    lambda s: s.tombstones_retention_days, lambda services: services.tombstones.purge_before
+)
+live_sessions_ended = older_than(
+    lambda s: s.live_sessions_retention_days, lambda services: services.live.delete_ended
+)
+rights_requests = older_than(
+    lambda s: s.requests_retention_days,
+    lambda services: services.requests.delete_closed_before,
+)
+notices = older_than(
+    lambda s: s.notices_retention_days, lambda services: services.notices.delete_before
+)
+auth_tokens = older_than(
+    lambda s: s.auth_tokens_retention_days,
+    lambda services: services.tokens.delete_expired_before,
+)
 
 
 async def export_archives(services: Services, now: datetime) -> tuple[Erased, bool]:
