@@ -9,13 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint
 
 from server.api.context import actor, body, ctx
 from server.api.models import CheckIn, SiteIn
-from server.api.params import BIGINT_MAX, int_arg, page_limit
+from server.api.params import BIGINT_MAX, int_arg, page_limit, uuid_arg
 from server.api.present import iso
-from server.errors import invalid
 from storage.attendance import AttendanceRecord, Site
 
 bp = Blueprint("attendance", __name__, url_prefix="/v1")
@@ -109,10 +108,6 @@ async def my_records() -> dict[str, Any]:
 @bp.get("/orgs/<uuid:org_id>/attendance")
 async def org_records(org_id: uuid.UUID) -> dict[str, Any]:
     who = await actor()
-    account = request.args.get("account")
-    try:
-        account_id = None if account is None else uuid.UUID(account)
-    except ValueError:
-        raise invalid("must be an account id", "account") from None
+    account_id = uuid_arg("account", "must be an account id")
     records = await ctx().attendance.org_records(who, org_id, account_id, after_arg(), page_limit())
     return records_json(records)

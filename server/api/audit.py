@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint
 
 from server.api.context import actor, ctx
-from server.api.params import BIGINT_MAX, int_arg, page_limit
-from server.errors import invalid
+from server.api.params import BIGINT_MAX, int_arg, page_limit, uuid_arg
 from storage.audit_chain import AuditEntry
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")
@@ -38,10 +37,6 @@ async def mine() -> dict[str, Any]:
 async def org(org_id: uuid.UUID) -> dict[str, Any]:
     """Owners and admins: the organization's entries, `&account=<id>` for one member's."""
     who = await actor()
-    account = request.args.get("account")
-    try:
-        account_id = None if account is None else uuid.UUID(account)
-    except ValueError:
-        raise invalid("must be an account id", "account") from None
+    account_id = uuid_arg("account", "must be an account id")
     entries = await ctx().audit.org(who, org_id, account_id, after_arg(), page_limit())
     return entries_json(entries)

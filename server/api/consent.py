@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from quart import Blueprint, request
+from quart import Blueprint
 
 from server.api.context import actor, ctx
-from server.api.params import int_arg, page_limit
+from server.api.params import int_arg, page_limit, uuid_arg
 from server.api.present import iso
-from server.errors import invalid
 from storage.consent import ConsentEvent, Grant
 
 bp = Blueprint("consent", __name__, url_prefix="/v1")
@@ -83,13 +82,7 @@ async def members(org_id: uuid.UUID) -> dict[str, Any]:
 
 def account_after() -> uuid.UUID | None:
     """The `after` query parameter: the last account id of the previous page."""
-    value = request.args.get("after")
-    if value is None:
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise invalid("must be an account id", "after") from None
+    return uuid_arg("after", "must be an account id")
 
 
 @bp.put("/orgs/<uuid:org_id>/purposes/<purpose>/off")

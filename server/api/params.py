@@ -7,6 +7,7 @@ A value that is missing takes its default; one that is malformed or out of range
 from __future__ import annotations
 
 import re
+import uuid
 
 from quart import request
 
@@ -31,6 +32,17 @@ def int_arg(name: str, *, minimum: int, maximum: int) -> int | None:
     if not minimum <= value <= maximum:
         raise invalid(f"must be a whole number from {minimum} to {maximum}", name)
     return value
+
+
+def uuid_arg(name: str, problem: str = "must be an id") -> uuid.UUID | None:
+    """The parameter as an id, or None if it is absent; 422 saying `problem` otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise invalid(problem, name) from None
 
 
 def page_limit(name: str = "limit", default: int = PAGE_DEFAULT, maximum: int = PAGE_MAX) -> int:

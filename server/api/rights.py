@@ -11,7 +11,7 @@ from quart import Blueprint, request
 
 from server.api.context import actor, body, ctx
 from server.api.models import NoticeIn, RequestAnswerIn, RequestIn
-from server.api.params import page_limit
+from server.api.params import page_limit, uuid_arg
 from server.api.present import iso
 from server.errors import invalid
 from storage.notices import Notice
@@ -64,13 +64,7 @@ def admin_notice_json(n: Notice, recipients: list[uuid.UUID] | None) -> dict[str
 
 def id_arg(name: str) -> uuid.UUID | None:
     """The query parameter as an id (paging: the last id of the previous page), or None."""
-    value = request.args.get(name)
-    if value is None:
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise invalid("must be an id from the previous page's `next`", name) from None
+    return uuid_arg(name, "must be an id from the previous page's `next`")
 
 
 def bool_arg(name: str) -> bool:
