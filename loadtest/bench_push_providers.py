@@ -1,5 +1,5 @@
-"""Pushes per second through each push provider (APNs via aioapns, FCM via httpx) against
-the APNs+FCM stand-in.
+"""Pushes per second through each push provider (APNs via aioapns, FCM via
+push/h2client.py) against the APNs+FCM stand-in.
 
 One process sends: `-n` pushes per run, in batches of `--batch`, `--concurrency` batches in
 flight (as the outbox worker would hand them over), after one warm-up batch (connections,
