@@ -250,6 +250,11 @@ def _check_nodes(config: RunConfig, need: Callable[[bool, str], None]) -> None:
         return
     need(1 <= config.nodes <= MAX_NODES, f"--nodes must be 1..{MAX_NODES}")
     need(
+        config.nodes * config.server_workers <= MAX_NODES,
+        f"--nodes x --server-workers must be at most {MAX_NODES} server processes (they share "
+        "one PostgreSQL, 200 connections)",
+    )
+    need(
         config.url is None,
         "--nodes starts nodes of our own; without --url (for running nodes give their "
         "gateways with --gateway-url)",

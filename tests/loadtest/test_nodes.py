@@ -153,6 +153,7 @@ def test_two_nodes_of_its_own_over_postgres_lose_nothing(
         ),
         (["--bus", "nats"], "--bus is the bus between the nodes the tester starts"),
         (["--nodes", "0"], "--nodes must be 1..16"),
+        (["--nodes", "4", "--server-workers", "5"], "at most 16 server processes"),
         (["--nodes", "2", "--tls"], "--nodes does not combine with --tls"),
         (["--nodes", "2", "--push-share", "0.2"], "--nodes does not combine with --push-share"),
     ],
