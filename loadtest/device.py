@@ -125,10 +125,14 @@ class SimDevice:
         obs: Observations,
         rng: random.Random,
         ssl_context: ssl.SSLContext | None = None,
+        node: int | None = None,
     ) -> None:
         self.index = index
         self.state = state
         self.url = url
+        self.node = node
+        """Which of several nodes `url` is (None: a single one): its sends carry it, its
+        deliveries are timed as same-node or cross-node."""
         self.ssl_context = ssl_context
         """Verifies the gateway's certificate for a wss:// `url` (None: system trust)."""
         self.obs = obs
@@ -380,7 +384,8 @@ class SimDevice:
                 self.obs.out_of_order += 1
             if self._catching_up:
                 self._caught_up.add(tag.key)
-            self.obs.on_delivery(tag.intended_us, at_us, self._catching_up)
+            cross = None if tag.node is None or self.node is None else tag.node != self.node
+            self.obs.on_delivery(tag.intended_us, at_us, self._catching_up, cross)
             return
         duplicates = self.obs.duplicates
         if self._catching_up:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +71,14 @@ async def local_server(
     tls: bool = False,
     settings: Mapping[str, str] | None = None,
     workers: int = 1,
+    args: Sequence[str] = (),
 ) -> AsyncIterator[LocalServer]:
     """Start the server, yield where it listens, stop it (and remove a temporary data
     folder) on the way out, however the body ends. With `tls`, it serves https:// and
     wss:// with a throwaway certificate (loadtest/devcert.py) made next to its log.
     `settings`: more `OBROL_*` environment variables for it (the push stand-in's).
-    `workers`: its gateway+API processes (`obrol serve --workers N`; 1: one process)."""
+    `workers`: its gateway+API processes (`obrol serve --workers N`; 1: one process);
+    `args`: more options for `obrol serve`."""
     temporary: Path | None = None
     if data_dir is None:
         temporary = Path(tempfile.mkdtemp(prefix="obrol-loadtest-"))
@@ -100,6 +102,7 @@ async def local_server(
         str(data_dir),
         "--workers",
         str(workers),
+        *args,
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     certificate = None

@@ -110,6 +110,10 @@ class Observations:
     taken (`total_latency()` includes the current one)."""
     interval: Latency = field(default_factory=Latency)
     """The same, since the last progress message (each delivery is recorded once, here)."""
+    same_node: Latency = field(default_factory=Latency)
+    cross_node: Latency = field(default_factory=Latency)
+    """The same deliveries when the devices are spread over several nodes, split by whether
+    the sending device was on the receiving device's node or on another."""
     ack_latency: Latency = field(default_factory=Latency)
     handshake: Latency = field(default_factory=Latency)
     """Connect to established secure channel (every connection)."""
@@ -162,10 +166,16 @@ class Observations:
         if tag is not None and tag.run == self.run and tag.key & WORKER_MASK == self.worker:
             self.sends.refused(tag.key >> KEY_WORKER_BITS, frame.code.value)
 
-    def on_delivery(self, intended_us: int, at_us: int, catching_up: bool) -> None:
+    def on_delivery(
+        self, intended_us: int, at_us: int, catching_up: bool, cross_node: bool | None = None
+    ) -> None:
+        """`cross_node`: None with a single node, else whether sender and receiver were on
+        different nodes."""
         self.counts.delivered += 1
         self.interval_deliveries += 1
         self.interval.record_us(at_us - intended_us)
+        if cross_node is not None:
+            (self.cross_node if cross_node else self.same_node).record_us(at_us - intended_us)
         self.last_delivery_at = at_us / 1e6
         if catching_up:
             self.catch_up_deliveries += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,52 +136,92 @@ class Mark:
     rss_mb: float
     db_cpu_s: float | None
     machine_busy_s: float
+    bus_cpu_s: float | None = None
 
 
 class ServerWatch:
-    """CPU and memory of a local server process (and its embedded PostgreSQL) at the
-    moments the run marks, plus the highest resident memory seen."""
+    """CPU and memory of a local server - one process, or the nodes of `--nodes K` - (and of
+    its PostgreSQL, and of a NATS server between the nodes) at the moments the run marks,
+    plus the highest resident memory seen.
 
-    def __init__(self, pid: int, data_dir: Path) -> None:
-        self.pid = pid
+    `pids`: the server processes (each with its workers, if any); `db_pid`: the postmaster
+    when the tester runs it (default: the one of `data_dir`'s embedded cluster); `bus_pid`:
+    the nats-server, counted apart."""
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        data_dir: Path | None = None,
+        *,
+        db_pid: int | None = None,
+        bus_pid: int | None = None,
+    ) -> None:
+        self.pids = list(pids)
+        self.pid = self.pids[0]
         self.data_dir = data_dir
+        self.db_pid = db_pid
+        self.bus_pid = bus_pid
         self.marks: dict[str, Mark] = {}
         self.max_rss_mb = 0.0
         self.peak_rss_mb = 0.0
+        self.bus_max_rss_mb = 0.0
+
+    def postmaster(self) -> int | None:
+        if self.db_pid is not None:
+            return self.db_pid
+        return None if self.data_dir is None else postmaster_pid(self.data_dir)
 
     def _server(self) -> tuple[float, float, float] | None:
-        """CPU seconds, resident and peak memory (MB) of the server: its process, and with
+        """CPU seconds, resident and peak memory (MB) of the server: each process, and with
         `--workers N` its worker processes (live, and those it reaped after they died); never
-        the embedded PostgreSQL, counted apart."""
-        found = sample(self.pid)
-        if found is None:
-            return None
-        cpu, rss, peak = found.cpu_s + found.children_cpu_s, found.rss_mb, found.peak_rss_mb
-        postmaster = postmaster_pid(self.data_dir)
-        for child in children(self.pid):
-            if child == postmaster:
+        the PostgreSQL or the NATS server, counted apart. None if none can be read."""
+        postmaster = self.postmaster()
+        cpu = rss = peak = 0.0
+        readable = False
+        for pid in self.pids:
+            found = sample(pid)
+            if found is None:
                 continue
-            worker = sample(child)
-            if worker is not None:
-                cpu += worker.cpu_s + worker.children_cpu_s
-                rss += worker.rss_mb
-                peak += worker.peak_rss_mb
-        return cpu, rss, peak
+            readable = True
+            cpu += found.cpu_s + found.children_cpu_s
+            rss += found.rss_mb
+            peak += found.peak_rss_mb
+            for child in children(pid):
+                if child == postmaster:
+                    continue
+                worker = sample(child)
+                if worker is not None:
+                    cpu += worker.cpu_s + worker.children_cpu_s
+                    rss += worker.rss_mb
+                    peak += worker.peak_rss_mb
+        return (cpu, rss, peak) if readable else None
+
+    def cpu_now(self) -> float | None:
+        """The server's CPU seconds so far (all its processes)."""
+        found = self._server()
+        return None if found is None else found[0]
 
     def poll(self) -> None:
         found = self._server()
         if found is not None:
             self.max_rss_mb = max(self.max_rss_mb, found[1])
             self.peak_rss_mb = max(self.peak_rss_mb, found[2])
+        if self.bus_pid is not None:
+            bus = sample(self.bus_pid)
+            if bus is not None:
+                self.bus_max_rss_mb = max(self.bus_max_rss_mb, bus.rss_mb)
 
     def mark(self, name: str, at: float) -> None:
         found = self._server()
         if found is None:
             return
         self.poll()
-        postmaster = postmaster_pid(self.data_dir)
+        postmaster = self.postmaster()
         db = None if postmaster is None else tree_cpu_s(postmaster)
-        self.marks[name] = Mark(at, found[0], found[1], db, machine_busy_s())
+        bus = None if self.bus_pid is None else sample(self.bus_pid)
+        self.marks[name] = Mark(
+            at, found[0], found[1], db, machine_busy_s(), None if bus is None else bus.cpu_s
+        )
 
     def between(self, first: str, last: str) -> tuple[Mark, Mark] | None:
         if first in self.marks and last in self.marks:

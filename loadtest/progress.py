@@ -7,11 +7,12 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from loadtest.metrics import Latency
-from loadtest.procstats import machine_busy_s, sample
+from loadtest.procstats import machine_busy_s
 
 
 @dataclass
@@ -48,9 +49,10 @@ class Tick:
 class Aggregator:
     """Sums the workers' latest totals and merges their interval histograms."""
 
-    def __init__(self, workers: int, server_pid: int | None) -> None:
+    def __init__(self, workers: int, server_cpu: Callable[[], float | None] | None = None) -> None:
+        """`server_cpu`: the CPU seconds of our own server so far (None: not ours)."""
         self.workers = [WorkerProgress() for _ in range(workers)]
-        self.server_pid = server_pid
+        self.server_cpu = server_cpu
         self.started = time.monotonic()
         self.ticks: list[Tick] = []
         self._interval = Latency()
@@ -61,10 +63,7 @@ class Aggregator:
         self._last_pushes = 0
 
     def _server_cpu(self) -> float | None:
-        if self.server_pid is None:
-            return None
-        found = sample(self.server_pid)
-        return None if found is None else found.cpu_s
+        return None if self.server_cpu is None else self.server_cpu()
 
     def add(self, worker: int, message: dict[str, Any]) -> None:
         progress = self.workers[worker]

@@ -15,9 +15,9 @@ from typing import Any
 
 from loadtest.coordinator import RunRecord
 from loadtest.metrics import Latency
-from loadtest.procstats import cpu_count
+from loadtest.procstats import Mark, ServerWatch, cpu_count
 from loadtest.schedule import KEY_WORKER_BITS
-from loadtest.server_metrics import between
+from loadtest.server_metrics import Snapshot, between
 
 TESTER_CPU_LIMIT = 0.85
 """A worker using this share of a core or more during the send phase is saturated."""
@@ -171,6 +171,7 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "deliveries_per_s": _rate(loss["received"], delivery_window),
         "offered_deliveries_per_s": _rate(loss["expected"], send_s),
         "latency_ms": latency.summary_ms(),
+        "latency_by_node_ms": _by_node(record, finals),
         "ack_latency_ms": _merged(finals, "ack_latency").summary_ms(),
         "handshake_ms": _merged(finals, "handshake").summary_ms(),
         "connect_to_synced_ms": initial_handshakes.summary_ms(),
@@ -226,6 +227,31 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         else [dataclasses.asdict(t) for t in aggregator.ticks],
     }
     return report
+
+
+def _by_node(record: RunRecord, finals: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """With the devices on several nodes: delivery latency where the sending device was on
+    the receiving device's node (`same_node`) and where it was on another (`cross_node`),
+    and what crossing adds at p50/p90/p99 (None with one node)."""
+    target = record.target
+    if target is None or len(target.gateway_url.split(",")) < 2:
+        return None
+    if not all("latency_same_node" in f for f in finals):
+        return None
+    same = _merged(finals, "latency_same_node")
+    cross = _merged(finals, "latency_cross_node")
+    split: dict[str, Any] = {
+        "nodes": len(target.gateway_url.split(",")),
+        "same_node": {"count": same.count, **same.summary_ms()},
+        "cross_node": {"count": cross.count, **cross.summary_ms()},
+        "cross_minus_same_ms": None,
+    }
+    if same.count and cross.count:
+        split["cross_minus_same_ms"] = {
+            name: round(split["cross_node"][name] - split["same_node"][name], 3)
+            for name in ("p50", "p90", "p99")
+        }
+    return split
 
 
 def _timeline(record: RunRecord) -> dict[str, float | None]:
@@ -420,6 +446,9 @@ def _server(
     ramp = watch.between("ramp_start", "ramp_end")
     result: dict[str, Any] = {
         "pid": watch.pid,
+        "pids": watch.pids,
+        "nodes": len(watch.pids),
+        "db_pid": watch.postmaster(),
         "cpu_s": None if whole is None else round(whole[1].cpu_s - whole[0].cpu_s, 2),
         "rss_mb": round(watch.max_rss_mb, 1),
         "rss_peak_mb": round(watch.peak_rss_mb, 1),
@@ -440,12 +469,37 @@ def _server(
             result["db_cpu_util_send"] = round((send[1].db_cpu_s - send[0].db_cpu_s) / wall, 3)
     if whole is not None and whole[0].db_cpu_s is not None and whole[1].db_cpu_s is not None:
         result["db_cpu_s"] = round(whole[1].db_cpu_s - whole[0].db_cpu_s, 2)
+    if watch.bus_pid is not None:
+        result["bus"] = _bus(watch)
     if ramp is not None and connected:
         grown = ramp[1].rss_mb - ramp[0].rss_mb
         result["rss_per_connection_kb"] = round(grown * 1024 / connected, 1)
         cpu = ramp[1].cpu_s - ramp[0].cpu_s
         result["handshakes_per_cpu_s"] = round(connected / cpu) if cpu > 0 else None
     return result
+
+
+def _bus(watch: ServerWatch) -> dict[str, Any]:
+    """The NATS server between the nodes: its CPU (the whole run, and the share of a core
+    while sending) and its highest resident memory; counted apart from the server's."""
+    whole = watch.between("ramp_start", "end") or watch.between("ramp_start", "send_end")
+    send = watch.between("send_start", "send_end")
+
+    def cpu(pair: tuple[Mark, Mark] | None) -> float | None:
+        if pair is None or pair[0].bus_cpu_s is None or pair[1].bus_cpu_s is None:
+            return None
+        return pair[1].bus_cpu_s - pair[0].bus_cpu_s
+
+    whole_cpu, send_cpu = cpu(whole), cpu(send)
+    return {
+        "kind": "nats",
+        "pid": watch.bus_pid,
+        "cpu_s": None if whole_cpu is None else round(whole_cpu, 2),
+        "cpu_util_send": None
+        if send_cpu is None or send is None
+        else round(send_cpu / max(send[1].at - send[0].at, 1e-6), 3),
+        "rss_mb": round(watch.bus_max_rss_mb, 1),
+    }
 
 
 def _server_latency(record: RunRecord) -> dict[str, Any] | None:
@@ -457,11 +511,32 @@ def _server_latency(record: RunRecord) -> dict[str, Any] | None:
         return None
     ramp = between(marks.get("ramp_start"), marks.get("ramp_end")) or {}
     send = between(marks.get("send_start"), marks.get("end")) or {}
-    return {
+    result: dict[str, Any] = {
         "handshake_ms": ramp.get("handshake_ms"),
         "delivery_ms": send.get("delivery_ms"),
         "commit_ms": send.get("commit_ms"),
     }
+    nodes = record.node_metrics
+    if nodes:
+        # Each node's own, in node order (the figures above are all of them merged).
+        result["by_node"] = []
+        for index in range(len(next(iter(nodes.values())))):
+
+            def of(name: str, i: int = index) -> Snapshot | None:
+                found = nodes.get(name)
+                return None if found is None else found[i]
+
+            ramp = between(of("ramp_start"), of("ramp_end")) or {}
+            send = between(of("send_start"), of("end")) or {}
+            result["by_node"].append(
+                {
+                    "node": index + 1,
+                    "handshake_ms": ramp.get("handshake_ms"),
+                    "delivery_ms": send.get("delivery_ms"),
+                    "commit_ms": send.get("commit_ms"),
+                }
+            )
+    return result
 
 
 def _machine(
@@ -479,6 +554,7 @@ def _machine(
     known = sum(tester["worker_cpu_util_send"])
     if server is not None:
         known += (server.get("cpu_util_send") or 0) + (server.get("db_cpu_util_send") or 0)
+        known += (server.get("bus") or {}).get("cpu_util_send") or 0
     return {
         "cores": cpu_count(),
         "busy_cores_send": round(busy_cores, 2),
@@ -529,9 +605,14 @@ def _bottleneck(
         reasons.append(f"the tester handed out sends late (p99 {lag_p99:.0f} ms behind schedule)")
     server_bound = False
     server_util = None if server is None else server.get("cpu_util_send")
-    if server_util is not None and server_util >= SERVER_CPU_LIMIT:
+    nodes = 1 if server is None else server.get("nodes", 1)
+    if server_util is not None and server_util / nodes >= SERVER_CPU_LIMIT:
         server_bound = True
-        reasons.append(f"the server process used {server_util:.0%} of a core")
+        reasons.append(
+            f"the server process used {server_util:.0%} of a core"
+            if nodes == 1
+            else f"the {nodes} nodes used {server_util / nodes:.0%} of a core each"
+        )
     if machine is not None:
         if machine["busy_cores_send"] >= MACHINE_LIMIT * machine["cores"]:
             reasons.append(
@@ -622,6 +703,31 @@ def push_rows(push: dict[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
+def node_latency_rows(split: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Same-node and cross-node delivery latency (none with one node)."""
+    if not split:
+        return []
+    rows = []
+    for name, key in (("same node", "same_node"), ("cross node", "cross_node")):
+        part = split[key]
+        rows.append(
+            (
+                f"latency {name} p50/p90/p99",
+                f"{_ms(part['p50'])} / {_ms(part['p90'])} / {_ms(part['p99'])} "
+                f"({_n(part['count'])} deliveries)",
+            )
+        )
+    added = split["cross_minus_same_ms"]
+    if added is not None:
+        rows.append(
+            (
+                "cross-node adds",
+                f"{added['p50']:+.2f} / {added['p90']:+.2f} / {added['p99']:+.2f} ms (p50/p90/p99)",
+            )
+        )
+    return rows
+
+
 def server_latency_rows(latency: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not latency:
         return []
@@ -632,6 +738,16 @@ def server_latency_rows(latency: dict[str, Any] | None) -> list[tuple[str, str]]
             rows.append(
                 (
                     f"{name} p50/p90/p99",
+                    f"{_ms(part['p50'])} / {_ms(part['p90'])} / {_ms(part['p99'])} "
+                    f"({_n(part['count'])} observations)",
+                )
+            )
+    for node in latency.get("by_node") or []:
+        part = node.get("delivery_ms")
+        if part and part["count"]:
+            rows.append(
+                (
+                    f"  node {node['node']} delivery",
                     f"{_ms(part['p50'])} / {_ms(part['p90'])} / {_ms(part['p99'])} "
                     f"({_n(part['count'])} observations)",
                 )
@@ -668,6 +784,7 @@ def summary_table(report: dict[str, Any]) -> str:
         ),
         ("latency p50/p90/p99", f"{_ms(lat['p50'])} / {_ms(lat['p90'])} / {_ms(lat['p99'])}"),
         ("latency p99.9/max", f"{_ms(lat['p999'])} / {_ms(lat['max'])}"),
+        *node_latency_rows(report.get("latency_by_node_ms")),
         ("errors", ", ".join(f"{k} {v}" for k, v in report["errors"].items()) or "none"),
     ]
     if report["out_of_order"]:
@@ -687,11 +804,20 @@ def summary_table(report: dict[str, Any]) -> str:
         server = report["server"]
         rows.append(
             (
-                "server",
+                "server" if server.get("nodes", 1) == 1 else f"server ({server['nodes']} nodes)",
                 f"cpu {_n(server['cpu_s'])} s, rss {_n(server['rss_mb'])} MB, "
                 f"{_n(server['rss_per_connection_kb'])} KB/connection",
             )
         )
+        bus = server.get("bus")
+        if bus:
+            rows.append(
+                (
+                    "NATS server",
+                    f"cpu {_n(bus['cpu_s'])} s ({_n(bus['cpu_util_send'])} of a core while "
+                    f"sending), rss {_n(bus['rss_mb'])} MB",
+                )
+            )
         rows.append(
             (
                 "server per CPU-s",

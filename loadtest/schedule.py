@@ -5,8 +5,10 @@ wait for earlier ones: a slow server makes sends late, and latency counts from t
 time, so coordinated omission cannot hide the delay.
 
 Every message carries its identity in its client message id (`cid`), which the server hands
-back in every `msg`: `<run>.<worker>.<n>.<intended time in µs>`. The time is CLOCK_MONOTONIC,
-which all processes of a Linux machine share, so any worker can time any delivery.
+back in every `msg`: `<run>.<worker>.<n>.<intended time in µs>`, and when the devices are
+spread over several nodes `.<node>` after it (the node the sending device is connected to, so
+the receiver tells same-node from cross-node deliveries). The time is CLOCK_MONOTONIC, which
+all processes of a Linux machine share, so any worker can time any delivery.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ class MessageTag:
     run: str
     key: int
     intended_us: int
+    node: int | None = None
+    """The sending device's node (index into the gateways), when there are several."""
 
 
-def make_cid(run: str, worker: int, n: int, intended_us: int) -> str:
-    return f"{run}.{worker}.{n}.{intended_us}"
+def make_cid(run: str, worker: int, n: int, intended_us: int, node: int | None = None) -> str:
+    cid = f"{run}.{worker}.{n}.{intended_us}"
+    return cid if node is None else f"{cid}.{node}"
 
 
 def message_key(worker: int, n: int) -> int:
@@ -46,12 +51,20 @@ def parse_cid(cid: str | None) -> MessageTag | None:
     if cid is None:
         return None
     parts = cid.split(".")
-    if len(parts) != 4:
+    if len(parts) not in (4, 5):
         return None
-    run, worker, n, intended = parts
+    run, worker, n, intended = parts[:4]
+    node = parts[4] if len(parts) == 5 else None
     if not (worker.isdigit() and n.isdigit() and intended.isdigit()):
         return None
-    return MessageTag(run, message_key(int(worker), int(n)), int(intended))
+    if node is not None and not node.isdigit():
+        return None
+    return MessageTag(
+        run,
+        message_key(int(worker), int(n)),
+        int(intended),
+        None if node is None else int(node),
+    )
 
 
 def arrivals(rate: float, start: float, end: float, mode: Arrival, seed: int) -> Iterator[float]:

@@ -108,6 +108,24 @@ async def scrape(client: httpx.AsyncClient, token: str | None) -> Snapshot | str
     return parse(response.text)
 
 
+def merge(snapshots: list[Snapshot]) -> Snapshot:
+    """Several processes' histograms as one (their buckets summed: the same bounds)."""
+    if len(snapshots) == 1:
+        return snapshots[0]
+    merged: Snapshot = {}
+    for snapshot in snapshots:
+        for metric, histogram in snapshot.items():
+            total = merged.get(metric)
+            if total is None:
+                merged[metric] = Histogram(list(histogram.buckets), histogram.total)
+                continue
+            counts = dict(total.buckets)
+            for le, count in histogram.buckets:
+                counts[le] = counts.get(le, 0.0) + count
+            merged[metric] = Histogram(sorted(counts.items()), total.total + histogram.total)
+    return merged
+
+
 def between(earlier: Snapshot | None, later: Snapshot | None) -> dict[str, Any] | None:
     """The report's server-side latencies: what was observed between two scrapes."""
     if later is None:

@@ -16,6 +16,7 @@ from loadtest.cache import default_cache_path
 from loadtest.client import ConnectError, TlsVerificationError, tls_handshake
 from loadtest.config import RunConfig
 from loadtest.localserver import LocalServer, local_server
+from loadtest.nodes import LocalNodes, local_nodes
 from loadtest.progress import Display
 from loadtest.standin_proc import Standin, standin_process
 from protocol.errors import ObrolError
@@ -36,6 +37,15 @@ class Target:
     """The CA to trust for https:// and wss:// (None: the system's trust store)."""
     standin: Standin | None = None
     """The APNs/FCM stand-in the server pushes to (runs with --push-share)."""
+    nodes: LocalNodes | None = None
+    """With --nodes: every node of ours (`local` is node 1; `gateway_url` lists them all)."""
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every API whose /metrics the run reads: each node's, or the one."""
+        if self.nodes is None:
+            return [self.api_url]
+        return [server.api_url for server in self.nodes.servers]
 
 
 def default_gateway_url(api_url: str) -> str:
@@ -84,6 +94,24 @@ async def open_target(config: RunConfig, display: Display) -> AsyncIterator[Targ
             gateway = config.gateway_url or default_gateway_url(config.url)
             yield Target(config.url.rstrip("/"), gateway, None, config.ca_file, standin)
             return
+        if config.nodes is not None:
+            display.note(
+                f"starting {config.nodes} node(s) of our own on one PostgreSQL, bus {config.bus}..."
+            )
+            nodes = await stack.enter_async_context(
+                local_nodes(
+                    config.nodes,
+                    config.bus,
+                    config.report_dir,
+                    data_dir=config.data_dir,
+                    workers=config.server_workers,
+                )
+            )
+            first = nodes.servers[0]
+            gateways = ",".join(server.gateway_url for server in nodes.servers)
+            display.note(f"nodes up: API {first.api_url}, gateways {gateways}, bus {nodes.bus_url}")
+            yield Target(first.api_url, gateways, first, None, standin, nodes)
+            return
         display.note("starting a server of our own (embedded PostgreSQL)...")
         settings = None if standin is None else standin.server_env(config.push_grace_s)
         server = await stack.enter_async_context(
@@ -121,9 +149,14 @@ async def check_reachable(
             f"the API at {target.api_url} is not healthy (HTTP {response.status_code}: "
             f"{response.text[:200]})"
         )
-    parts = urlsplit(target.gateway_url)
+    for gateway in target.gateway_url.split(","):
+        await _check_gateway(gateway, ssl_context)
+
+
+async def _check_gateway(gateway: str, ssl_context: ssl.SSLContext | None) -> None:
+    parts = urlsplit(gateway)
     if parts.hostname is None or parts.port is None:
-        raise TargetError(f"the gateway URL {target.gateway_url} has no host and port")
+        raise TargetError(f"the gateway URL {gateway} has no host and port")
     try:
         with trio.fail_after(10):
             stream = await trio.open_tcp_stream(parts.hostname, parts.port)
@@ -134,12 +167,12 @@ async def check_reachable(
                 await stream.aclose()
     except TlsVerificationError as exc:
         raise TargetError(
-            f"the TLS certificate of the gateway at {target.gateway_url} is not trusted "
+            f"the TLS certificate of the gateway at {gateway} is not trusted "
             f"(certificate verify failed: {exc.verify_message}); {CA_HINT}"
         ) from None
     except (OSError, ConnectError, trio.TooSlowError) as exc:
         raise TargetError(
-            f"cannot reach the gateway at {target.gateway_url} ({exc}); "
+            f"cannot reach the gateway at {gateway} ({exc}); "
             "pass --gateway-url if it does not listen on the API port + 1"
         ) from None
 

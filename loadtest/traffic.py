@@ -89,7 +89,7 @@ class Traffic:
         if kind == "file" and conversation.file_id is None:
             kind = "text"
         n = self.obs.sends.schedule(conversation.index, user)
-        cid = make_cid(self.obs.run, self.obs.worker, n, int(intended * 1e6))
+        cid = make_cid(self.obs.run, self.obs.worker, n, int(intended * 1e6), device.node)
         if kind == "text":
             send = Send(cid=cid, conv=conversation.id, body=self.bodies.text)
         elif kind == "file":

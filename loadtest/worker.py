@@ -131,8 +131,16 @@ class Worker:
         for index, device_id, secret, user in plan.devices:
             identity = DeviceIdentity(uuid.UUID(bytes=device_id), secret, plan.server_key)
             state = DeviceState(identity, cursor=plan.cursor)
-            url = nodes[index % len(nodes)]
-            device = SimDevice(index, state, url, self.obs, self.rng, ssl_context)
+            node = index % len(nodes)
+            device = SimDevice(
+                index,
+                state,
+                nodes[node],
+                self.obs,
+                self.rng,
+                ssl_context,
+                None if len(nodes) == 1 else node,
+            )
             self.devices.append(device)
             self.by_user.setdefault(user, []).append(device)
         self.user_of = {index: user for index, _, _, user in plan.devices}
@@ -393,6 +401,8 @@ class Worker:
             "t": "final",
             "counts": obs.counts.as_wire(),
             "latency": obs.total_latency().encode(),
+            "latency_same_node": obs.same_node.encode(),
+            "latency_cross_node": obs.cross_node.encode(),
             "ack_latency": obs.ack_latency.encode(),
             "handshake": obs.handshake.encode(),
             "ready": obs.ready.encode(),

@@ -93,8 +93,12 @@ def test_cid_carries_run_key_and_intended_time() -> None:
     tag = parse_cid(cid)
     assert tag is not None
     assert (tag.run, tag.key, tag.intended_us) == ("ab12", message_key(3, 4567), 123456789)
-    for other in (None, "hello", "a.b.c.d", "x.1.2"):
+    for other in (None, "hello", "a.b.c.d", "x.1.2", "ab12.3.4.5.x", "a.1.2.3.4.5"):
         assert parse_cid(other) is None
+    # Devices spread over nodes: the sender's node rides along.
+    spread = parse_cid(make_cid("ab12", 3, 4567, 123456789, node=1))
+    assert spread is not None and spread.node == 1 and spread.key == tag.key
+    assert tag.node is None
 
 
 def test_constant_arrivals_are_evenly_spaced_and_bounded() -> None:
