@@ -4,7 +4,8 @@
 
 Without a URL it starts a throwaway embedded cluster. Prints the median, p99 and maximum of a
 `SELECT 1` transaction sequentially, with C concurrent callers, and with C callers while a
-trio task keeps the CPU busy (the case the bridge's GIL hand-off exists for).
+trio task keeps the CPU busy (the case the bridge's GIL hand-off exists for), and the
+process's CPU time per operation (both threads; the busy case includes the busy task).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ async def _select_one(conn: Any) -> None:
     await conn.fetchval("SELECT 1")
 
 
-def _summary(name: str, samples: list[float], wall_s: float) -> str:
+def _summary(name: str, samples: list[float], wall_s: float, cpu_s: float) -> str:
     samples.sort()
     p50 = statistics.median(samples) * 1e6
     p99 = samples[int(len(samples) * 0.99) - 1] * 1e6
@@ -37,11 +38,12 @@ def _summary(name: str, samples: list[float], wall_s: float) -> str:
     rate = len(samples) / wall_s
     return (
         f"{name:<28} ops={len(samples):>6}  p50={p50:7.0f} us  p99={p99:8.0f} us  "
-        f"max={worst:8.0f} us  {rate:8.0f} ops/s"
+        f"max={worst:8.0f} us  {rate:8.0f} ops/s  {cpu_s / len(samples) * 1e6:5.0f} CPU-us/op"
     )
 
 
-async def _measure(db: Database, ops: int, concurrency: int) -> tuple[list[float], float]:
+async def _measure(db: Database, ops: int, concurrency: int) -> tuple[list[float], float, float]:
+    """(each operation's latency, wall seconds, this process's CPU seconds: both threads)"""
     samples: list[float] = []
 
     async def worker(count: int) -> None:
@@ -50,11 +52,11 @@ async def _measure(db: Database, ops: int, concurrency: int) -> tuple[list[float
             await db.transaction(_select_one)
             samples.append(time.perf_counter() - start)
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker, ops // concurrency)
-    return samples, time.perf_counter() - began
+    return samples, time.perf_counter() - began, time.process_time() - cpu
 
 
 async def _busy(stop: trio.Event) -> None:
@@ -72,16 +74,14 @@ async def run(url: str, ops: int, concurrency: int) -> None:
     db = await Database.connect(bridge, url, pool_size=concurrency)
     try:
         await _measure(db, 200, 1)  # warm-up
-        samples, wall = await _measure(db, ops, 1)
-        print(_summary("sequential", samples, wall))
-        samples, wall = await _measure(db, ops, concurrency)
-        print(_summary(f"{concurrency} concurrent", samples, wall))
+        print(_summary("sequential", *await _measure(db, ops, 1)))
+        print(_summary(f"{concurrency} concurrent", *await _measure(db, ops, concurrency)))
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_busy, stop)
-            samples, wall = await _measure(db, ops, concurrency)
+            measured = await _measure(db, ops, concurrency)
             stop.set()
-        print(_summary(f"{concurrency} concurrent + busy trio", samples, wall))
+        print(_summary(f"{concurrency} concurrent + busy trio", *measured))
     finally:
         await db.close()
         bridge.stop()
