@@ -1,5 +1,6 @@
 """A server process killed with SIGKILL in the middle of a push batch, then started again:
-every push still owed goes out, and only a push in flight at the kill can go out twice."""
+every push still owed goes out, and only a push in flight at the kill can go out twice. And
+two worker processes (`obrol serve --workers 2`) sharing one outbox push each job once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +22,7 @@ from nacl.signing import SigningKey
 from push.standin import StandIn
 from server.runner import Running
 from server.settings import load_settings
-from tests.harness import FakeClock, Harness
+from tests.harness import FakeClock, Harness, Session
 from tests.processes import Process
 from tests.push.bridge_helpers import push_settings, send_texts, synced, wait_until
 
@@ -45,11 +47,11 @@ def server_env(settings: dict[str, object]) -> dict[str, str]:
 
 @asynccontextmanager
 async def server_process(
-    settings: dict[str, object], cwd: Path
+    settings: dict[str, object], cwd: Path, workers: int = 1
 ) -> AsyncIterator[tuple[Process, Harness]]:
     """`obrol serve` as a child process, and a harness (HTTP client + helpers) for it."""
     process = Process(
-        [sys.executable, "-m", "server.cli", "serve", "--workers", "1"],
+        [sys.executable, "-m", "server.cli", "serve", "--workers", str(workers)],
         cwd,
         env=server_env(settings),
     )
@@ -65,36 +67,54 @@ async def server_process(
         process.close()
 
 
-async def test_a_server_killed_mid_batch_owes_no_push_and_repeats_only_those_in_flight(
-    database_url: str, tmp_path: Path, standin: StandIn
-) -> None:
-    settings: dict[str, object] = {
-        **push_settings(
-            standin, push_grace_s=0.2, push_lease_s=5, push_send_timeout_s=1.5, push_batch=BATCH
-        ),
-        "push_workers": 1,
+def process_settings(
+    standin: StandIn, database_url: str, data_dir: Path, **overrides: object
+) -> dict[str, object]:
+    return {
+        **push_settings(standin, **overrides),
         "database_url": database_url,
-        "data_dir": tmp_path / "data",
+        "data_dir": data_dir,
         "port": free_port(),
         "gateway_port": free_port(),
         "allow_org_signup": "true",
         "password_hash_strength": "minimal",
         "gc_tuning": "false",
     }
+
+
+async def register_phones(server: Harness, tokens: list[str]) -> tuple[Session, uuid.UUID]:
+    """Bob with one phone per token, in a group with Olivia: (Olivia, the group)."""
+    olivia = await server.create_org()
+    bob = await server.add_member(olivia, "bob")
+    conv = await server.group(olivia, bob)
+    for token in tokens:  # bob's phones: one device and one token each
+        phone = await server.login("bob@members.example", key=SigningKey.generate())
+        response = await server.client.put(
+            "/v1/push/registration",
+            headers=phone.headers,
+            json={"provider": "apns", "token": token},
+        )
+        assert response.status_code == 200, response.text
+    return olivia, conv
+
+
+async def test_a_server_killed_mid_batch_owes_no_push_and_repeats_only_those_in_flight(
+    database_url: str, tmp_path: Path, standin: StandIn
+) -> None:
+    settings = process_settings(
+        standin,
+        database_url,
+        tmp_path / "data",
+        push_grace_s=0.2,
+        push_lease_s=5,
+        push_send_timeout_s=1.5,
+        push_batch=BATCH,
+        push_workers=1,
+    )
     tokens = [f"{i:064x}" for i in range(1, DEVICES + 1)]
     standin.latency_s = 0.3  # each batch is in flight a while: the kill lands inside one
     async with server_process(settings, tmp_path) as (process, server):
-        olivia = await server.create_org()
-        bob = await server.add_member(olivia, "bob")
-        conv = await server.group(olivia, bob)
-        for token in tokens:  # bob's phones: one device and one token each
-            phone = await server.login("bob@members.example", key=SigningKey.generate())
-            response = await server.client.put(
-                "/v1/push/registration",
-                headers=phone.headers,
-                json={"provider": "apns", "token": token},
-            )
-            assert response.status_code == 200, response.text
+        olivia, conv = await register_phones(server, tokens)
         async with await server.connect(olivia) as sender:
             await synced(sender)
             await send_texts(sender, conv, "to every phone")
@@ -121,3 +141,34 @@ async def test_a_server_killed_mid_batch_owes_no_push_and_repeats_only_those_in_
     assert repeated <= before and len(repeated) <= BATCH
     ids = {r.headers["apns-id"] for r in standin.received if r.token in repeated}
     assert len(ids) == len(repeated)
+
+
+async def test_two_worker_processes_share_the_outbox_and_push_each_job_once(
+    database_url: str, tmp_path: Path, standin: StandIn
+) -> None:
+    settings = process_settings(
+        standin,
+        database_url,
+        tmp_path / "data",
+        push_grace_s=0.2,
+        push_batch=5,  # many small claims: both processes' loops take part
+        push_workers=2,
+    )
+    tokens = [f"{i:064x}" for i in range(1, DEVICES + 1)]
+    standin.latency_s = 0.05
+    async with server_process(settings, tmp_path, workers=2) as (_, server):
+        olivia, conv = await register_phones(server, tokens)
+        async with await server.connect(olivia) as sender:
+            await synced(sender)
+            await send_texts(sender, conv, "to every phone")
+            await wait_until(
+                lambda: {r.token for r in standin.received if r.status == 200} == set(tokens)
+            )
+            await trio.sleep(1.0)  # a second claim of any job would have gone out by now
+            await send_texts(sender, conv, "again")
+            await wait_until(
+                lambda: len([r for r in standin.received if r.status == 200]) >= 2 * DEVICES
+            )
+            await trio.sleep(1.0)
+    counts = Counter(r.token for r in standin.received if r.status == 200)
+    assert counts == dict.fromkeys(tokens, 2)  # one push per phone per message, none twice
