@@ -38,6 +38,7 @@ from server.gateway.committer import Committer
 from server.gateway.cursors import CursorSaver
 from server.gateway.listener import Gateway, GatewaySettings
 from server.gateway.session import GatewayContext
+from server.gateway.standing import StandingWatch
 from server.gateway.stream import StreamFeed
 from server.handlers.minors import settle_at_start
 from server.identity import fingerprint, load_or_create_identity, public_key_b64
@@ -210,7 +211,12 @@ async def _run_services(
         async with trio.open_nursery() as bus:
             if node.bus is not None:
                 join(services.hub, services.keyring, node.bus)
-                await bus.start(run_node, node.bus, services.hub, node.feed)
+                standing = None
+                if node.feed is not None:  # a gateway: connections to keep honest
+                    standing = StandingWatch(services.devices, services.hub)
+                    interval = services.settings.standing_check_interval_s
+                    bus.start_soon(standing.run, interval)
+                await bus.start(run_node, node.bus, services.hub, node.feed, standing)
             if node.feed is not None:
                 bus.start_soon(node.feed.poll, services.settings.bus_poll_interval_s)
             await _serve_all(node, tls, shutdown, database, task_status)

@@ -217,6 +217,10 @@ class Settings(BaseSettings):
     workers: int | None = Field(None, ge=1, le=256)
     bus: str = "postgres"
     bus_poll_interval_s: float = Field(1.0, gt=0, le=60)
+    # ... and asks the database which devices' standing (revoked, signed out, account
+    # deactivated or cancelled, ...) changed, every `standing_check_interval_s` and when its
+    # bus comes back, closing what a lost bus event left open (server/gateway/standing.py).
+    standing_check_interval_s: float = Field(2.0, gt=0, le=60)
 
     @field_validator("trusted_proxies")
     @classmethod

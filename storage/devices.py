@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,21 +90,17 @@ async def _list(conn: Any, account_id: uuid.UUID) -> list[Device]:
     return [_device(r) for r in rows]
 
 
-async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
-    row = await conn.fetchrow(
-        f"""SELECT d.account_id, a.org_id, d.public_key,
-                  d.revoked_at IS NOT NULL AS revoked, a.status = 'active' AS account_active,
-                  a.status = 'pending_guardian' AS guardian_consent_required,
-                  a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out,
-                  {gate_columns("a.org_id", "a.id")}
-           FROM devices d JOIN accounts a ON a.id = d.account_id
-           WHERE d.id = $1""",
-        device_id,
-    )
-    if row is None:
-        raise NotFoundError("no such device")
+_CREDENTIALS = f"""SELECT d.id, d.account_id, a.org_id, d.public_key,
+        d.revoked_at IS NOT NULL AS revoked, a.status = 'active' AS account_active,
+        a.status = 'pending_guardian' AS guardian_consent_required,
+        a.password_change_required, d.signed_out_at IS NOT NULL AS signed_out,
+        {gate_columns("a.org_id", "a.id")}
+    FROM devices d JOIN accounts a ON a.id = d.account_id"""
+
+
+def _credentials_of(row: Any) -> Credentials:
     return Credentials(
-        device_id,
+        row["id"],
         row["account_id"],
         row["org_id"],
         bytes(row["public_key"]),
@@ -115,6 +112,30 @@ async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
         row["material_policy"],
         row["accepted_policy"],
     )
+
+
+async def _credentials(conn: Any, device_id: uuid.UUID) -> Credentials:
+    row = await conn.fetchrow(f"{_CREDENTIALS} WHERE d.id = $1", device_id)
+    if row is None:
+        raise NotFoundError("no such device")
+    return _credentials_of(row)
+
+
+async def _credentials_many(conn: Any, device_ids: list[uuid.UUID]) -> list[Credentials]:
+    rows = await conn.fetch(f"{_CREDENTIALS} WHERE d.id = ANY($1::uuid[])", device_ids)
+    return [_credentials_of(row) for row in rows]
+
+
+async def _standing_changed(conn: Any, since: datetime | None) -> tuple[datetime, list[uuid.UUID]]:
+    row = await conn.fetchrow(
+        """SELECT now() AS at, CASE WHEN $1::timestamptz IS NULL THEN '{}'::uuid[] ELSE ARRAY(
+               SELECT id FROM devices WHERE standing_changed_at > $1
+               UNION
+               SELECT d.id FROM accounts a JOIN devices d ON d.account_id = a.id
+               WHERE a.standing_changed_at > $1) END AS ids""",
+        since,
+    )
+    return row["at"], list(row["ids"])
 
 
 async def _revoke(conn: Any, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
@@ -159,6 +180,21 @@ class DeviceStore:
         """The device's key and whether it may connect, in one statement (the handshake's
         only read). Raises NotFoundError for an unknown device."""
         return await self._db.read(_credentials, device_id)
+
+    async def credentials_many(
+        self, device_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, Credentials]:
+        """`credentials` of each of these devices that exists, in one statement."""
+        found = await self._db.read(_credentials_many, list(device_ids))
+        return {c.device_id: c for c in found}
+
+    async def standing_changed(
+        self, since: datetime | None
+    ) -> tuple[datetime, Sequence[uuid.UUID]]:
+        """The database's clock now, and the devices whose standing (their own, or their
+        account's: what `credentials` says may stop them connecting) changed after `since`
+        (none for None), as the database stamped it (migration 0024)."""
+        return await self._db.read(_standing_changed, since)
 
     async def revoke(self, account_id: uuid.UUID, device_id: uuid.UUID) -> Device:
         """Revoke the account's device and every token bound to it, in one transaction."""

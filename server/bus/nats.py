@@ -73,6 +73,10 @@ class NatsBus(Bus):
                 name="obrol",
                 allow_reconnect=False,
                 connect_timeout=CONNECT_TIMEOUT_S,
+                # One try per server: nats-py's own retries (60, 2 s apart by default) would
+                # hold a node's start for two minutes while NATS is away; our loop retries.
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
                 no_echo=True,
                 disconnected_cb=on_lost,
                 closed_cb=on_lost,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import trio
@@ -9,10 +10,12 @@ import trio
 from server.bus.base import Bus
 from server.bus.events import Announcement
 from server.gateway.hub import Hub
+from server.gateway.standing import StandingWatch
 from server.gateway.stream import StreamFeed
 from server.settings import Settings
 from storage.bridge import AsyncioBridge
 from storage.database import Database
+from storage.errors import DatabaseUnavailableError
 from storage.keyring import Keyring
 
 logger = logging.getLogger(__name__)
@@ -42,11 +45,14 @@ async def run_node(
     bus: Bus,
     hub: Hub,
     feed: StreamFeed | None,
+    standing: StandingWatch | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bus until cancelled: announcements move the feed (stored messages read from
-    the store), events act on the hub. `feed` None: this process has no gateway."""
+    the store), events act on the hub. `feed` None: this process has no gateway. Each time
+    the bus connects, what it may have missed meanwhile is caught up: the stream from the
+    store, standing changes through `standing`."""
 
     async def receive(announcement: Announcement) -> None:
         if announcement.pos and feed is not None:
@@ -60,6 +66,9 @@ async def run_node(
     async def connected() -> None:
         if feed is not None:
             await feed.reached(None)  # whatever was announced while we were not listening
+        if standing is not None:
+            with contextlib.suppress(DatabaseUnavailableError):  # its timer tries again
+                await standing.check()  # revocations and the like we were not told of
 
     logger.info("bus: %s", bus.describe())
     await bus.run(receive, connected, task_status=task_status)

@@ -217,6 +217,19 @@ class Hub:
         for conn in list(self._by_device.get(device_id, ())):
             conn.close(code, error, message)
 
+    def is_connected(self, device_id: uuid.UUID) -> bool:
+        """Does the device have a live connection on this process?"""
+        return bool(self._by_device.get(device_id))
+
+    def refuse_device(
+        self, device_id: uuid.UUID, code: CloseCode, error: ErrorCode, message: str
+    ) -> None:
+        """Close this process's live connections of a device that may no longer connect
+        (found by server/gateway/standing.py, not told by the bus): here only."""
+        self.device_keys.invalidate_device(device_id)
+        for conn in list(self._by_device.get(device_id, ())):
+            conn.close(code, error, message)
+
     def disconnect_account(
         self, account_id: uuid.UUID, *, guardian_consent_required: bool = False
     ) -> None:

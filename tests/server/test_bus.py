@@ -114,6 +114,41 @@ async def test_a_device_revoked_on_one_node_is_closed_on_the_other(
             assert trio.current_time() - revoked_at < 5
 
 
+async def test_what_the_bus_never_carried_still_closes_devices_on_the_other_node(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Both nodes' bus is a NATS server that is not there, so every event is dropped: the
+    standing check (server/gateway/standing.py) closes the devices on B all the same, and
+    B's device-key cache no longer admits the revoked one it had cached."""
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    async with two_nodes(tmp_path, database_url, "--bus", nowhere) as (a, b, _):
+        ann = await a.create_org()
+        bob = await a.add_member(ann, "bob")
+        old_phone = await a.login("olivia@acme.example")
+        await (await synced(b, old_phone)).aclose()  # B keeps its key in the cache
+        phone = await a.login("olivia@acme.example")
+        async with await synced(b, phone) as on_b, await synced(b, bob) as bob_on_b:
+            for device in (old_phone, phone):
+                response = await a.client.delete(
+                    f"/v1/devices/{device.device['id']}", headers=ann.headers
+                )
+                assert response.status_code == 200, response.text
+            response = await a.client.post(
+                f"/v1/orgs/{ann.org_id}/members/{bob.id}/deactivate", headers=ann.headers
+            )
+            assert response.status_code == 200, response.text
+            for client, code in ((on_b, 4005), (bob_on_b, 4012)):
+                with pytest.raises(ConnectionClosedError) as closed:
+                    await receive_until(client, lambda _: False, limit_s=30)
+                assert closed.value.code == code
+        with pytest.raises(ConnectionClosedError) as refused:
+            async with await b.connect(old_phone) as client:
+                await receive_until(client, lambda _: False, limit_s=30)
+        assert refused.value.code == 4005
+        health = (await b.client.get("/healthz")).json()
+        assert health["bus"] == "down"  # nothing crossed on the bus
+
+
 async def test_a_deletion_on_one_node_reaches_the_other_in_stream_order(
     tmp_path: Path, database_url: str
 ) -> None:
