@@ -171,7 +171,10 @@ class Database:
     async def read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)`, which must issue exactly one statement, outside an explicit
         transaction: one round trip to the database instead of three (BEGIN, it, COMMIT).
-        The statement is still atomic; use `transaction` for anything that reads twice.
+        The statement is still atomic; use `transaction` for anything that reads twice -
+        unless each statement may see a newer snapshot than the one before without harm
+        (the stream's settled positions: storage/stream_read.py), as in any transaction at
+        our isolation level, READ COMMITTED: then a transaction only adds two round trips.
         (A read may add the lookup of data keys the keyring's cache lacks, which needs no
         snapshot shared with the statement: `storage.keyring`.)"""
 

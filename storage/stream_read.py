@@ -160,5 +160,10 @@ class StreamReader:
         DatabaseUnavailableError.
 
         The same rules as catch-up (storage.visible, storage.tombstones) decide who sees
-        each, so a device gets live what it would get by syncing."""
-        return await self._db.transaction(_stream, self._keyring, after, upto, limit)
+        each, so a device gets live what it would get by syncing.
+
+        Several statements, no transaction (`Database.read`): everything at or below `upto`
+        is settled (positions commit in order; membership windows and tombstones at those
+        positions are written under the stream lock before it moves on), so statements
+        reading with newer snapshots read the same rows."""
+        return await self._db.read(_stream, self._keyring, after, upto, limit)
