@@ -122,8 +122,11 @@ class _Connection:
             pending = _Pending()
             self._pending[stream_id] = pending
             try:
-                self._h2.send_headers(stream_id, headers, end_stream=not body)
-                await self._send_body(stream_id, body)
+                try:
+                    self._h2.send_headers(stream_id, headers, end_stream=not body)
+                    await self._send_body(stream_id, body)
+                except h2.exceptions.ProtocolError:  # the connection closed under us
+                    raise H2ConnectionError("connection_closed", unprocessed=True) from None
                 self._wake.set()
                 await pending.done.wait()
             finally:
