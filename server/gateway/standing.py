@@ -75,6 +75,8 @@ class StandingWatch:
                 await self.check()
             except DatabaseUnavailableError as exc:
                 self._reads.failed(1, exc)
+            except Exception:  # a bug must not take the server down: log, try again later
+                logger.exception("standing check failed")
             else:
                 self._reads.succeeded()
             await trio.sleep(interval_s)
