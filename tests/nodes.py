@@ -29,9 +29,13 @@ NODE_ENV = {
 }
 
 
-def start_node(data_dir: Path, database_url: str, *args: str) -> Process:
-    """`obrol serve` on free ports over `database_url` (started, not yet ready)."""
+def start_node(
+    data_dir: Path, database_url: str, *args: str, settings: dict[str, str] | None = None
+) -> Process:
+    """`obrol serve` on free ports over `database_url` (started, not yet ready); `settings`:
+    more `OBROL_*` environment variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBROL_")} | NODE_ENV
+    env |= settings or {}
     data_dir.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "server.cli", "serve", "--port", "0"]
     argv += ["--data-dir", str(data_dir), "--database-url", database_url, *args]

@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import trio
 
 from loadtest.client import ConnectionClosedError, GatewayClient
 from protocol import (
@@ -47,14 +46,16 @@ NATS_SERVER = str(Path(sys.executable).parent / "nats-server")
 
 @asynccontextmanager
 async def two_nodes(
-    tmp_path: Path, database_url: str, *args: str
+    tmp_path: Path, database_url: str, *args: str, settings: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[Harness, Harness, list[Process]]]:
     """Node A, then node B (same data folder: one server key and master key), both up."""
     data = tmp_path / "data"
-    processes = [start_node(data, database_url, "--workers", "1", *args)]
+    processes = [start_node(data, database_url, "--workers", "1", *args, settings=settings)]
     try:
         async with node_harness(processes[0]) as a:
-            processes.append(start_node(data, database_url, "--workers", "1", *args))
+            processes.append(
+                start_node(data, database_url, "--workers", "1", *args, settings=settings)
+            )
             async with node_harness(processes[1]) as b:
                 yield a, b, processes
     finally:
@@ -98,7 +99,10 @@ async def test_messages_typing_and_receipts_cross_nodes_over_postgres(
 async def test_a_device_revoked_on_one_node_is_closed_on_the_other(
     tmp_path: Path, database_url: str
 ) -> None:
-    async with two_nodes(tmp_path, database_url) as (a, b, _):
+    # The standing check (the safety net under the bus) waits a minute here: what closes
+    # the device within the 10 s the test listens is the bus.
+    settings = {"OBROL_STANDING_CHECK_INTERVAL_S": "60"}
+    async with two_nodes(tmp_path, database_url, settings=settings) as (a, b, _):
         ann = await a.create_org()
         phone = await a.login("olivia@acme.example")
         async with await synced(b, phone) as on_b:
@@ -106,12 +110,9 @@ async def test_a_device_revoked_on_one_node_is_closed_on_the_other(
                 f"/v1/devices/{phone.device['id']}", headers=ann.headers
             )
             assert response.status_code == 200
-            revoked_at = trio.current_time()
             with pytest.raises(ConnectionClosedError) as closed:
                 await receive_until(on_b, lambda _: False, limit_s=10)
             assert closed.value.code == 4005
-            # Announced on the bus, not found by a timer: well within a second here.
-            assert trio.current_time() - revoked_at < 5
 
 
 async def test_what_the_bus_never_carried_still_closes_devices_on_the_other_node(
