@@ -213,7 +213,7 @@ async def _run_services(
                 join(services.hub, services.keyring, node.bus)
                 standing = None
                 if node.feed is not None:  # a gateway: connections to keep honest
-                    standing = StandingWatch(services.devices, services.hub)
+                    standing = StandingWatch(services.devices, services.policies, services.hub)
                     interval = services.settings.standing_check_interval_s
                     bus.start_soon(standing.run, interval)
                 await bus.start(run_node, node.bus, services.hub, node.feed, standing)

@@ -15,6 +15,7 @@ account (token check, gateway credentials), so the gate costs no extra round tri
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -241,9 +242,23 @@ async def _gate(conn: Any, org_id: uuid.UUID, account_id: uuid.UUID) -> tuple[in
     return row["material_policy"], row["accepted_policy"]
 
 
+async def _newest_material(conn: Any, org_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    rows = await conn.fetch(
+        """SELECT org_id, max(id) AS id FROM policy_versions
+           WHERE material AND org_id = ANY($1::uuid[]) GROUP BY org_id""",
+        org_ids,
+    )
+    return {row["org_id"]: int(row["id"]) for row in rows}
+
+
 class PolicyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    async def newest_material(self, org_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """Each organization's newest material version id (none: not listed), in one
+        statement: what the gate of `gate_columns` compares acceptances with."""
+        return await self._db.read(_newest_material, list(org_ids))
 
     async def publish(
         self, org_id: uuid.UUID, by: uuid.UUID, new: NewPolicy, at: datetime

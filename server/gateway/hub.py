@@ -155,8 +155,9 @@ class Hub:
         handshake's one statement (`note_policy`) and only ever grow: `policy_published`
         raises the first, `policy_accepted` the second on every connection of the account.
         Since both moves are maxima, the order in which concurrent publications and
-        acceptances reach the hub does not matter. One process only, like the rest of
-        the hub: several processes will need these two events on the bus.
+        acceptances reach the hub does not matter. Other processes learn of both over the
+        bus; a publication the bus lost is read from the database by the standing check
+        (server/gateway/standing.py, `material_policy_found`).
         """
         assert conn.org_id is not None
         return self._material_policy.get(conn.org_id, 0) > conn.accepted_policy
@@ -185,6 +186,19 @@ class Hub:
         if material and policy_id > self._material_policy.get(org_id, 0):
             self._material_policy[org_id] = policy_id
         return self._fan_out_org(org_id, frame)
+
+    def connected_orgs(self) -> list[uuid.UUID]:
+        """The organizations with a live connection on this process."""
+        return [org for org, conns in self._by_org.items() if conns]
+
+    def material_policy_found(self, org_id: uuid.UUID, policy_id: int) -> bool:
+        """The database says `policy_id` is the org's newest material version (a publication
+        the bus did not bring: server/gateway/standing.py): block the org's accounts that
+        have not accepted it, here only. True if that raised the gate."""
+        if policy_id <= self._material_policy.get(org_id, 0):
+            return False
+        self._material_policy[org_id] = policy_id
+        return True
 
     def policy_accepted(self, account_id: uuid.UUID, policy_id: int) -> None:
         """The account accepted the version `policy_id` (committed): its connections are

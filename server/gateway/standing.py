@@ -14,6 +14,11 @@ key, and for each connected here it reads the standing and closes the connection
 same code the handshake would refuse it with. A change is looked at again for a margin
 after it (a transaction stamps its start, and may commit later than a check that did not
 see it); looking twice only drops a cache entry twice.
+
+The same check reads the newest material privacy-policy version of each organization
+connected here, so a publication the bus lost still gates the accounts that have not
+accepted it (`reconsent_required`). A lost acceptance needs no net: it errs on the safe
+side (the account stays gated here until its device reconnects, which reads it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from server.handlers.access import gateway_refusal
 from storage.devices import DeviceStore
 from storage.errors import DatabaseUnavailableError
 from storage.outages import OutageLog
+from storage.policies import PolicyStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +43,9 @@ GONE = (CloseCode.DEVICE_REVOKED, ErrorCode.DEVICE_REVOKED, "device revoked")  #
 
 
 class StandingWatch:
-    def __init__(self, devices: DeviceStore, hub: Hub) -> None:
+    def __init__(self, devices: DeviceStore, policies: PolicyStore, hub: Hub) -> None:
         self._devices = devices
+        self._policies = policies
         self._hub = hub
         self._since: datetime | None = None
         self._lock = trio.Lock()  # one check at a time (the timer, a reconnection)
@@ -67,6 +74,11 @@ class StandingWatch:
                         self.closed += 1
                         hub.refuse_device(device_id, *refusal)
             self._since = now - MARGIN
+            orgs = hub.connected_orgs()
+            if orgs:
+                for org_id, policy_id in (await self._policies.newest_material(orgs)).items():
+                    if hub.material_policy_found(org_id, policy_id):
+                        logger.info("a material policy version the bus did not bring: gated")
 
     async def run(self, interval_s: float) -> None:
         """Check every `interval_s` until cancelled, through database outages."""

@@ -16,11 +16,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import trio
 
 from loadtest.client import ConnectionClosedError, GatewayClient
 from protocol import (
     Erased,
+    Err,
+    ErrorCode,
     Msg,
+    Ping,
+    Pong,
     Receipt,
     ReceiptNotice,
     ReceiptStatus,
@@ -148,6 +153,39 @@ async def test_what_the_bus_never_carried_still_closes_devices_on_the_other_node
         assert refused.value.code == 4005
         health = (await b.client.get("/healthz")).json()
         assert health["bus"] == "down"  # nothing crossed on the bus
+
+
+async def test_a_material_policy_the_bus_never_carried_still_gates_the_other_node(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The publication's bus event is dropped (no NATS server): B's standing check reads
+    the org's newest material version and refuses what the gate refuses."""
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    async with two_nodes(tmp_path, database_url, "--bus", nowhere) as (a, b, _):
+        ann = await a.create_org()
+        bob = await a.add_member(ann, "bob")
+        conv = (await a.group(ann, bob)).bytes
+        async with await synced(b, bob) as bob_on_b:
+            response = await a.client.post(
+                f"/v1/orgs/{ann.org_id}/policies",
+                headers=ann.headers,
+                json={"version": "2026-12", "language": "id", "material": True, "text": "Ours."},
+            )
+            assert response.status_code == 201, response.text
+
+            async def refused() -> bool:
+                await bob_on_b.send(Typing(conv=conv, on=True), Ping())
+                frames = await receive_until(bob_on_b, lambda f: isinstance(f, Pong))
+                return any(
+                    isinstance(f, Err) and f.code is ErrorCode.RECONSENT_REQUIRED for f in frames
+                )
+
+            for _ in range(60):  # until B's standing check has read it (every 2 s here)
+                if await refused():
+                    break
+                await trio.sleep(0.5)
+            else:
+                raise AssertionError("B never gated bob: the publication did not reach it")
 
 
 async def test_a_deletion_on_one_node_reaches_the_other_in_stream_order(
