@@ -21,6 +21,17 @@ def read_report(folder: Path) -> dict[str, Any]:
     return report
 
 
+def run_passed(
+    folder: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> tuple[dict[str, Any], str]:
+    """`obrol loadtest *options` in this process, reporting into `folder`; asserts it exited
+    0 and returns its report and what it printed."""
+    status = main([*options, "--report", str(folder), "--quiet"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    return read_report(folder), out.out
+
+
 def assert_everything_delivered_once(report: dict[str, Any], devices: int) -> None:
     assert report["connected"] == devices
     assert report["messages_sent"] > 0
@@ -37,20 +48,14 @@ def test_a_short_run_on_its_own_server_delivers_every_message_exactly_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "report"
-    status = main(
-        [
-            "--devices", "50",
-            "--duration", "5",
-            "--rate", "40",
-            "--mix", "text=6,file=2,location=2",
-            "--storm", "20",
-            "--report", str(folder),
-            "--quiet",
-        ]
+    report, out = run_passed(
+        folder, capsys,
+        "--devices", "50",
+        "--duration", "5",
+        "--rate", "40",
+        "--mix", "text=6,file=2,location=2",
+        "--storm", "20",
     )  # fmt: skip
-    out = capsys.readouterr()
-    assert status == 0, out.err
-    report = read_report(folder)
     assert_everything_delivered_once(report, devices=50)
     # Every device dropped by the storm came back and caught up; nothing was lost on the way.
     assert report["storm"]["dropped"] == report["storm"]["reconnected"] == 10
@@ -60,11 +65,11 @@ def test_a_short_run_on_its_own_server_delivers_every_message_exactly_once(
     server_side = report["server_latency"]
     assert server_side["handshake_ms"]["count"] >= 50
     assert server_side["delivery_ms"]["count"] > 0 and server_side["delivery_ms"]["p99"] > 0
-    assert "server delivery p50/p90/p99" in out.out
+    assert "server delivery p50/p90/p99" in out
     assert report["errors"] == {}
     assert (folder / "report.png").stat().st_size > 0
     assert "report.png" in (folder / "index.html").read_text()
-    assert "loss check" in out.out
+    assert "loss check" in out
 
 
 def test_live_location_updates_flow_beside_stored_messages_and_stay_out_of_the_loss_check(
@@ -73,21 +78,14 @@ def test_live_location_updates_flow_beside_stored_messages_and_stay_out_of_the_l
     # `live` picks start a session per device and conversation, then send `live_pos`
     # updates; the server fans them out as ephemeral `msg` frames (no cid, no pos). The
     # storm drops devices mid-run: their sessions outlive the reconnect on the server.
-    folder = tmp_path / "report"
-    status = main(
-        [
-            "--devices", "40",
-            "--duration", "5",
-            "--rate", "40",
-            "--mix", "text=4,location=1,live=5",
-            "--storm", "25",
-            "--report", str(folder),
-            "--quiet",
-        ]
+    report, out = run_passed(
+        tmp_path / "report", capsys,
+        "--devices", "40",
+        "--duration", "5",
+        "--rate", "40",
+        "--mix", "text=4,location=1,live=5",
+        "--storm", "25",
     )  # fmt: skip
-    out = capsys.readouterr()
-    assert status == 0, out.err
-    report = read_report(folder)
     # Stored messages: every one delivered exactly once, the live updates in no way counted.
     assert_everything_delivered_once(report, devices=40)
     assert report["stale_messages"] == 0 and report["errors"] == {}
@@ -100,7 +98,7 @@ def test_live_location_updates_flow_beside_stored_messages_and_stay_out_of_the_l
     # The end of the run stopped every session, and the server said so (`live_end`).
     assert live["stops"] == live["stops_confirmed"] == live["started"]
     assert live["stop_refusals"] == {} and live["ends_received"] >= live["stops"]
-    assert "live updates" in out.out
+    assert "live updates" in out
 
 
 def test_a_short_run_over_tls_on_its_own_server(
@@ -109,11 +107,9 @@ def test_a_short_run_over_tls_on_its_own_server(
     # `--tls`: the server of its own serves https:// and wss:// on a throwaway certificate;
     # provisioning, every device's connection and the loss check go through it.
     folder = tmp_path / "report"
-    status = main(["--tls", "--devices", "30", "--duration", "3", "--rate", "20",
-                   "--report", str(folder), "--quiet"])  # fmt: skip
-    out = capsys.readouterr()
-    assert status == 0, out.err
-    assert_everything_delivered_once(read_report(folder), devices=30)
+    report, _ = run_passed(folder, capsys, "--tls", "--devices", "30", "--duration", "3",
+                           "--rate", "20")  # fmt: skip
+    assert_everything_delivered_once(report, devices=30)
     log = (folder / "server.log").read_text()
     assert "gateway:    wss://" in log and "API:        https://" in log
 

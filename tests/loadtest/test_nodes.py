@@ -16,6 +16,7 @@ from loadtest.cli import main
 from tests.loadtest.test_end_to_end import (
     assert_everything_delivered_once,
     read_report,
+    run_passed,
     run_tester,
 )
 from tests.server.test_bus import two_nodes
@@ -24,20 +25,13 @@ from tests.server.test_bus import two_nodes
 def test_a_run_on_its_own_server_with_two_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "report"
-    status = main(
-        [
-            "--devices", "40",
-            "--duration", "3",
-            "--rate", "30",
-            "--server-workers", "2",
-            "--report", str(folder),
-            "--quiet",
-        ]
+    report, _ = run_passed(
+        tmp_path / "report", capsys,
+        "--devices", "40",
+        "--duration", "3",
+        "--rate", "30",
+        "--server-workers", "2",
     )  # fmt: skip
-    out = capsys.readouterr()
-    assert status == 0, out.err
-    report = read_report(folder)
     assert_everything_delivered_once(report, devices=40)
     # The server's CPU is the supervisor's and both workers'; its metrics are theirs too.
     assert report["server"]["cpu_s"] > 0
@@ -89,20 +83,10 @@ def run_own_nodes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str
 ) -> tuple[dict[str, Any], str]:
     folder = tmp_path / "report"
-    status = main(
-        [
-            "--devices", "30",
-            "--duration", "3",
-            "--rate", "30",
-            "--nodes", "2",
-            *options,
-            "--report", str(folder),
-            "--quiet",
-        ]
+    report, out = run_passed(
+        folder, capsys, "--devices", "30", "--duration", "3", "--rate", "30", "--nodes", "2",
+        *options,
     )  # fmt: skip
-    out = capsys.readouterr()
-    assert status == 0, out.err
-    report = read_report(folder)
     assert_everything_delivered_once(report, devices=30)
     assert_latency_split(report)
     server = report["server"]
@@ -115,11 +99,11 @@ def run_own_nodes(
     assert sum(n["delivery_ms"]["count"] for n in nodes) == latency["delivery_ms"]["count"] > 0
     assert sum(n["handshake_ms"]["count"] for n in nodes) >= 30
     assert all(n["handshake_ms"]["count"] > 0 for n in nodes)  # devices on both nodes
-    assert "latency cross node p50/p90/p99" in out.out
+    assert "latency cross node p50/p90/p99" in out
     assert (folder / "node-1.log").is_file() and (folder / "node-2.log").is_file()
     # Everything the tester started has stopped: the nodes and their database.
     assert all(gone(pid) for pid in [*server["pids"], server["db_pid"]])
-    return report, out.out
+    return report, out
 
 
 def test_two_nodes_of_its_own_over_nats_lose_nothing(

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 import trio
 
-from loadtest.cli import main
 from push.standin import StandIn, running_standin
 from tests.harness import Harness, start_harness
-from tests.loadtest.test_end_to_end import read_report, run_tester
+from tests.loadtest.test_end_to_end import read_report, run_passed, run_tester
 from tests.push.bridge_helpers import push_settings
 
 
@@ -34,20 +33,14 @@ def test_offline_phones_each_get_a_push_for_their_latest_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "report"
-    status = main(
-        [
-            "--devices", "60",
-            "--duration", "5",
-            "--rate", "30",
-            "--push-share", "0.3",
-            "--push-grace", "0.5",
-            "--report", str(folder),
-            "--quiet",
-        ]
+    report, out = run_passed(
+        folder, capsys,
+        "--devices", "60",
+        "--duration", "5",
+        "--rate", "30",
+        "--push-share", "0.3",
+        "--push-grace", "0.5",
     )  # fmt: skip
-    out = capsys.readouterr()
-    assert status == 0, out.err
-    report = read_report(folder)
     assert report["loss_check"] == report["message_loss_check"] == "passed"
     # 18 phones (30%) never connect; the other 42 devices get every message exactly once.
     assert report["connected"] == 42
@@ -62,7 +55,7 @@ def test_offline_phones_each_get_a_push_for_their_latest_message(
     assert set(push["latency_ms"]) >= {"p50", "p99", "p999", "max"}
     assert push["latency_ms"]["max"] is not None
     assert push["standin"]["own"] is True
-    assert "push check" in out.out and "push check" in (folder / "index.html").read_text()
+    assert "push check" in out and "push check" in (folder / "index.html").read_text()
     assert (folder / "standin.log").stat().st_size > 0
 
 

@@ -28,6 +28,12 @@ from tests.push.bridge_helpers import push_settings, send_texts, synced, wait_un
 
 DEVICES = 60
 BATCH = 10
+TOKENS = [f"{i:064x}" for i in range(1, DEVICES + 1)]  # bob's phones, one token each
+
+
+def accepted(standin: StandIn) -> list[str]:
+    """The tokens of every push the stand-in accepted, once per push."""
+    return [r.token for r in standin.received if r.status == 200 and r.token is not None]
 
 
 def free_port() -> int:
@@ -111,28 +117,25 @@ async def test_a_server_killed_mid_batch_owes_no_push_and_repeats_only_those_in_
         push_batch=BATCH,
         push_workers=1,
     )
-    tokens = [f"{i:064x}" for i in range(1, DEVICES + 1)]
     standin.latency_s = 0.3  # each batch is in flight a while: the kill lands inside one
     async with server_process(settings, tmp_path) as (process, server):
-        olivia, conv = await register_phones(server, tokens)
+        olivia, conv = await register_phones(server, TOKENS)
         async with await server.connect(olivia) as sender:
             await synced(sender)
             await send_texts(sender, conv, "to every phone")
-        await wait_until(lambda: len([r for r in standin.received if r.status == 200]) >= 2 * BATCH)
+        await wait_until(lambda: len(accepted(standin)) >= 2 * BATCH)
         os.kill(process.popen.pid, signal.SIGKILL)
         await trio.to_thread.run_sync(process.popen.wait)
     await trio.sleep(standin.latency_s + 0.5)  # what was in flight is answered (or dropped)
-    before = {r.token for r in standin.received if r.status == 200}
+    before = set(accepted(standin))
     assert 2 * BATCH <= len(before) < DEVICES  # killed mid-way
 
     async with server_process(settings, tmp_path) as (_, server):
-        await wait_until(
-            lambda: {r.token for r in standin.received if r.status == 200} == set(tokens), 60
-        )
+        await wait_until(lambda: set(accepted(standin)) == set(TOKENS), 60)
         await trio.sleep(settings["push_lease_s"] + 1.0)  # type: ignore[operator]
-    counts = Counter(r.token for r in standin.received if r.status == 200)
-    assert set(counts) == set(tokens)  # nothing owed is lost
-    after_kill = set(tokens) - before
+    counts = Counter(accepted(standin))
+    assert set(counts) == set(TOKENS)  # nothing owed is lost
+    after_kill = set(TOKENS) - before
     assert all(counts[t] == 1 for t in after_kill)  # sent after the restart: once each
     repeated = {t for t, n in counts.items() if n > 1}
     # Only pushes the provider had already received when the server died (their answers
@@ -154,21 +157,16 @@ async def test_two_worker_processes_share_the_outbox_and_push_each_job_once(
         push_batch=5,  # many small claims: both processes' loops take part
         push_workers=2,
     )
-    tokens = [f"{i:064x}" for i in range(1, DEVICES + 1)]
     standin.latency_s = 0.05
     async with server_process(settings, tmp_path, workers=2) as (_, server):
-        olivia, conv = await register_phones(server, tokens)
+        olivia, conv = await register_phones(server, TOKENS)
         async with await server.connect(olivia) as sender:
             await synced(sender)
             await send_texts(sender, conv, "to every phone")
-            await wait_until(
-                lambda: {r.token for r in standin.received if r.status == 200} == set(tokens)
-            )
+            await wait_until(lambda: set(accepted(standin)) == set(TOKENS))
             await trio.sleep(1.0)  # a second claim of any job would have gone out by now
             await send_texts(sender, conv, "again")
-            await wait_until(
-                lambda: len([r for r in standin.received if r.status == 200]) >= 2 * DEVICES
-            )
+            await wait_until(lambda: len(accepted(standin)) >= 2 * DEVICES)
             await trio.sleep(1.0)
-    counts = Counter(r.token for r in standin.received if r.status == 200)
-    assert counts == dict.fromkeys(tokens, 2)  # one push per phone per message, none twice
+    counts = Counter(accepted(standin))
+    assert counts == dict.fromkeys(TOKENS, 2)  # one push per phone per message, none twice
